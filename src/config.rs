@@ -1,0 +1,361 @@
+//! The filter configuration: the JSON string the host passes, parsed and validated.
+//!
+//! Everything is checked at load time so that a bad configuration is refused by the host
+//! (Envoy refuses the listener) with a message that names the field, rather than being
+//! discovered on traffic. `tokenmeter check-config` runs the same code.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use crate::dimensions::{self, Dimension, ValueSpec, RESERVED_LABELS};
+use crate::labels;
+
+pub const DEFAULT_NAMESPACE: &str = "llm";
+pub const MAX_DIMENSIONS: usize = 10;
+/// Default for `max_body_bytes`: bodies up to this size are copied whole and parsed exactly.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default for a dimension's `max_values`.
+pub const DEFAULT_MAX_VALUES: usize = 100;
+/// The value a capped dimension reports for values past its cap or outside its allow list.
+pub const OTHER: &str = "other";
+
+/// A configuration that was refused; `field` names what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tokenmeter configuration: {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl ToString) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    namespace: Option<String>,
+    #[serde(default)]
+    dimensions: Vec<RawDimension>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDimension {
+    name: String,
+    value: Option<String>,
+    max_values: Option<usize>,
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    hash: bool,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub namespace: String,
+    pub dimensions: Vec<DimensionConfig>,
+    pub max_body_bytes: usize,
+}
+
+/// A dimension with its cardinality controls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimensionConfig {
+    pub dimension: Dimension,
+    /// Distinct values reported before further ones become `other`.
+    pub max_values: usize,
+    /// When set, only these values are reported; others become `other`.
+    pub allow: Option<HashSet<String>>,
+    /// Report a short hash of the value instead of the value.
+    pub hash: bool,
+}
+
+impl DimensionConfig {
+    /// Whether the dimension's values can come from clients, so they must be capped.
+    pub fn is_capped(&self) -> bool {
+        !matches!(
+            self.dimension.value,
+            ValueSpec::Literal(_)
+                | ValueSpec::Derived(
+                    dimensions::Derived::Operation | dimensions::Derived::UsageSource
+                )
+        )
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            dimensions: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates the filter configuration. Empty text means all defaults.
+    pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Config::default());
+        }
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ConfigError::new(
+                "configuration",
+                "must be a JSON object, e.g. {\"namespace\": \"llm\", \"dimensions\": [{\"name\": \"model\"}]}",
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "configuration".to_string()
+            } else {
+                path
+            };
+            ConfigError::new(field, e.into_inner())
+        })?;
+        raw.validate()
+    }
+
+    /// The label names, in order.
+    pub fn label_names(&self) -> impl Iterator<Item = &str> {
+        self.dimensions.iter().map(|d| d.dimension.label.as_str())
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let namespace = self
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        if !valid_namespace(&namespace) {
+            return Err(ConfigError::new(
+                "namespace",
+                format!("{namespace:?} must match [a-z][a-z0-9_]* (e.g. \"llm\")"),
+            ));
+        }
+        if self.dimensions.len() > MAX_DIMENSIONS {
+            return Err(ConfigError::new(
+                "dimensions",
+                format!(
+                    "{} dimensions given, at most {MAX_DIMENSIONS} are allowed",
+                    self.dimensions.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut dims = Vec::with_capacity(self.dimensions.len());
+        for (i, raw) in self.dimensions.into_iter().enumerate() {
+            let at = |f: &str| format!("dimensions[{i}].{f}");
+            let label = labels::label_name(&raw.name).ok_or_else(|| {
+                ConfigError::new(
+                    at("name"),
+                    format!(
+                        "{:?} does not make a label name: it needs a letter first and letters or digits",
+                        raw.name
+                    ),
+                )
+            })?;
+            if RESERVED_LABELS.contains(&label.as_str()) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!(
+                        "label {label:?} is used by tokenmeter's own metrics; pick another name"
+                    ),
+                ));
+            }
+            if !seen.insert(label.clone()) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!(
+                        "{:?} gives label {label:?}, which an earlier dimension already has",
+                        raw.name
+                    ),
+                ));
+            }
+            let value = match raw.value {
+                Some(text) => dimensions::parse_value(&text)
+                    .map_err(|e| ConfigError::new(at("value"), e))?,
+                None => dimensions::builtin(&label).ok_or_else(|| {
+                    ConfigError::new(
+                        at("value"),
+                        format!(
+                            "dimension {:?} needs a value: it is not a built-in (API ID, Operation ID, Product ID, User ID, Subscription ID, Location, Gateway ID, Backend ID, model, usage_source)",
+                            raw.name
+                        ),
+                    )
+                })?,
+            };
+            let max_values = raw.max_values.unwrap_or(DEFAULT_MAX_VALUES);
+            if max_values == 0 {
+                return Err(ConfigError::new(at("max_values"), "must be at least 1"));
+            }
+            let allow = match raw.allow {
+                Some(list) if list.is_empty() => {
+                    return Err(ConfigError::new(at("allow"), "an empty allow list would fold every value into \"other\"; remove it or list values"))
+                }
+                Some(list) => Some(list.iter().map(|v| labels::sanitize_value(v)).collect()),
+                None => None,
+            };
+            dims.push(DimensionConfig {
+                dimension: Dimension { label, value },
+                max_values,
+                allow,
+                hash: raw.hash,
+            });
+        }
+        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < crate::capture::EDGE {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                format!(
+                    "{max_body_bytes} is too small; use at least {}",
+                    crate::capture::EDGE
+                ),
+            ));
+        }
+        Ok(Config {
+            namespace,
+            dimensions: dims,
+            max_body_bytes,
+        })
+    }
+}
+
+fn valid_namespace(ns: &str) -> bool {
+    let mut chars = ns.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dimensions::{Derived, Source};
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = Config::parse(
+            br#"{
+              "namespace": "llm",
+              "dimensions": [
+                {"name": "API ID"},
+                {"name": "model"},
+                {"name": "team", "value": "{request.header.x-team|none}"},
+                {"name": "env", "value": "prod"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(c.namespace, "llm");
+        assert_eq!(
+            c.label_names().collect::<Vec<_>>(),
+            ["api_id", "model", "team", "env"]
+        );
+        assert_eq!(
+            c.dimensions[0].dimension.value,
+            ValueSpec::Source {
+                source: Source::Property(vec!["xds".into(), "route_name".into()]),
+                default: None
+            }
+        );
+        assert_eq!(
+            c.dimensions[1].dimension.value,
+            ValueSpec::Derived(Derived::Model)
+        );
+        assert_eq!(
+            c.dimensions[3].dimension.value,
+            ValueSpec::Literal("prod".into())
+        );
+        assert!(c.dimensions[2].is_capped());
+        assert!(!c.dimensions[3].is_capped());
+    }
+
+    #[test]
+    fn empty_configuration_means_defaults() {
+        assert_eq!(Config::parse(b"").unwrap(), Config::default());
+        assert_eq!(Config::parse(b"{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let cases = [
+            (r#"{"namespace": "LLM"}"#, "namespace"),
+            (r#"{"namespace": "9x"}"#, "namespace"),
+            (r#"{"namespace": 3}"#, "namespace"),
+            (r#"{"nmespace": "llm"}"#, "nmespace"),
+            (r#"[1, 2]"#, "configuration"),
+            (
+                r#"{"dimensions": [{"name": "model", "vale": "x"}]}"#,
+                "dimensions[0].vale",
+            ),
+            (
+                r#"{"dimensions": [{"name": "team"}]}"#,
+                "dimensions[0].value",
+            ),
+            (
+                r#"{"dimensions": [{"name": "a", "value": "{cookie.x}"}]}"#,
+                "dimensions[0].value",
+            ),
+            (
+                r#"{"dimensions": [{"name": "model"}, {"name": "Model"}]}"#,
+                "dimensions[1].name",
+            ),
+            (r#"{"dimensions": [{"name": "**"}]}"#, "dimensions[0].name"),
+            (
+                r#"{"dimensions": [{"name": "status class", "value": "x"}]}"#,
+                "dimensions[0].name",
+            ),
+            (
+                r#"{"dimensions": [{"name": "a", "value": "x", "max_values": 0}]}"#,
+                "dimensions[0].max_values",
+            ),
+            (
+                r#"{"dimensions": [{"name": "a", "value": "x", "allow": []}]}"#,
+                "dimensions[0].allow",
+            ),
+            (r#"{"max_body_bytes": 10}"#, "max_body_bytes"),
+            (r#"{"max_body_bytes": -1}"#, "max_body_bytes"),
+        ];
+        for (text, field) in cases {
+            let e = err(text);
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+        let many: Vec<String> = (0..11)
+            .map(|i| format!(r#"{{"name":"d{i}","value":"x"}}"#))
+            .collect();
+        let e = err(&format!(r#"{{"dimensions":[{}]}}"#, many.join(",")));
+        assert_eq!(e.field, "dimensions");
+        assert!(e.to_string().contains("at most 10"), "{e}");
+    }
+
+    #[test]
+    fn bad_json_is_refused() {
+        let e = err("{\"namespace\": ");
+        assert!(
+            e.to_string().contains("invalid tokenmeter configuration"),
+            "{e}"
+        );
+        let e = err("namespace=llm");
+        assert!(e.to_string().contains("must be a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_message_lists_known_ones() {
+        let e = err(r#"{"nmespace": "llm"}"#);
+        assert!(e.message.contains("unknown field `nmespace`"), "{e}");
+        assert!(e.message.contains("namespace"), "{e}");
+    }
+}

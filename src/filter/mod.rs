@@ -1,0 +1,178 @@
+//! The proxy-wasm glue: moves bytes between the host and the core, nothing more.
+//!
+//! One [`Vm`] per Wasm VM (Envoy runs one per worker thread) holds the validated
+//! configuration, the metric ids defined so far and the cardinality cache; one
+//! [`HttpFilter`] per request feeds an [`Exchange`] and records its settlement.
+
+mod host;
+mod store;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::cardinality::{Cardinality, LocalRegistry};
+use crate::config::Config;
+use crate::exchange::{self, Exchange};
+
+use store::MetricStore;
+
+proxy_wasm::main! {{
+    // Installs a panic hook that logs the message before the trap, for diagnosis.
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { vm: None }) });
+}}
+
+/// Per-VM state shared by the VM's requests.
+struct Vm {
+    config: Config,
+    metrics: RefCell<MetricStore>,
+    cardinality: RefCell<Cardinality>,
+}
+
+struct Root {
+    vm: Option<Rc<Vm>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        true
+    }
+
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let text = if plugin_configuration_size == 0 {
+            Vec::new()
+        } else {
+            host::buffer(
+                BufferType::PluginConfiguration,
+                0,
+                plugin_configuration_size,
+            )
+            .unwrap_or_default()
+        };
+        match Config::parse(&text) {
+            Ok(config) => {
+                let cardinality = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+                self.vm = Some(Rc::new(Vm {
+                    config,
+                    metrics: RefCell::new(MetricStore::default()),
+                    cardinality: RefCell::new(cardinality),
+                }));
+                true
+            }
+            Err(e) => {
+                host::log(LogLevel::Critical, &e.to_string());
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(HttpFilter {
+            vm: self.vm.clone(),
+            exchange: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct HttpFilter {
+    /// `None` only if the host creates streams on a VM whose configuration failed.
+    vm: Option<Rc<Vm>>,
+    exchange: Option<Exchange>,
+}
+
+struct EnvoyHost;
+
+impl exchange::Host for EnvoyHost {
+    fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+        host::property(path)
+    }
+}
+
+impl HttpFilter {
+    fn settle(&mut self) {
+        let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
+            return;
+        };
+        let Ok(mut cardinality) = vm.cardinality.try_borrow_mut() else {
+            return;
+        };
+        let Some(settlement) = ex.settle(&vm.config, &EnvoyHost, &mut cardinality) else {
+            return;
+        };
+        if let Ok(mut metrics) = vm.metrics.try_borrow_mut() {
+            metrics.record(&crate::metrics::points(&vm.config, &settlement));
+        }
+    }
+}
+
+impl Context for HttpFilter {}
+
+impl HttpContext for HttpFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(vm) = &self.vm else {
+            return Action::Continue;
+        };
+        let req = |name: &str| host::header(MapType::HttpRequestHeaders, name);
+        let (Some(method), Some(path)) = (req(":method"), req(":path")) else {
+            return Action::Continue;
+        };
+        self.exchange = Exchange::start(&vm.config, &method, &path, req);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(ex) = self.exchange.as_mut() {
+            if body_size > 0 {
+                if let Some(chunk) = host::buffer(BufferType::HttpRequestBody, 0, body_size) {
+                    ex.on_request_body(&chunk);
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
+            return Action::Continue;
+        };
+        let resp = |name: &str| host::header(MapType::HttpResponseHeaders, name);
+        let status = resp(":status").and_then(|s| s.trim().parse::<u16>().ok());
+        ex.on_response_headers(&vm.config, status, resp);
+        if end_of_stream {
+            self.settle();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(ex) = self.exchange.as_mut() {
+            if body_size > 0 && ex.wants_response_body() {
+                if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
+                    ex.on_response_body(&chunk);
+                }
+            }
+            if end_of_stream {
+                self.settle();
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.settle();
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.settle();
+    }
+}

@@ -1,0 +1,128 @@
+//! Label names and values, and how both travel inside a proxy-wasm metric name.
+//!
+//! proxy-wasm metrics have no labels, so each series is its own metric whose name carries
+//! its labels in the Istio form `base.label=.=value;.;label=.=value;.;`. The host turns
+//! them back into labels with one regex per label, `(label=\.=(.*?);\.;)`
+//! (Envoy `stats_tags`, Istio `extraStatTags`, Kong `label_patterns`).
+//!
+//! Values are sanitised so that they can never end a label early or forge another one:
+//! only ASCII letters, digits and `-_.:/@+ ` are kept, every other character becomes `_`,
+//! and values are cut to [`MAX_VALUE_CHARS`]. So `;` and `=` (the delimiters), quotes,
+//! backslashes, control characters and non-ASCII text never reach the name.
+
+use std::fmt::Write as _;
+
+/// Longest label value kept, in characters.
+pub const MAX_VALUE_CHARS: usize = 64;
+
+/// The value of a label whose source had nothing to offer and no default.
+pub const UNKNOWN: &str = "unknown";
+
+/// Turns a dimension's display name into a label name: lower-cased, every run of characters
+/// other than `[a-z0-9]` becomes one `_`, and leading or trailing `_` are dropped
+/// (`"API ID"` → `api_id`). `None` when nothing usable is left or it starts with a digit.
+pub fn label_name(display: &str) -> Option<String> {
+    let mut out = String::with_capacity(display.len());
+    let mut gap = false;
+    for c in display.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if gap && !out.is_empty() {
+                out.push('_');
+            }
+            gap = false;
+            out.push(c);
+        } else {
+            gap = true;
+        }
+    }
+    let first = out.chars().next()?;
+    first.is_ascii_lowercase().then_some(out)
+}
+
+fn keeps(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@' | '+' | ' ')
+}
+
+/// Whether `value` is already what [`sanitize_value`] would make of it.
+pub fn is_clean_value(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_VALUE_CHARS && value.chars().all(keeps)
+}
+
+/// Makes a label value safe to embed in a metric name (see the module docs).
+pub fn sanitize_value(raw: &str) -> String {
+    if is_clean_value(raw) {
+        return raw.to_string();
+    }
+    let out: String = raw
+        .chars()
+        .take(MAX_VALUE_CHARS)
+        .map(|c| if keeps(c) { c } else { '_' })
+        .collect();
+    if out.is_empty() {
+        UNKNOWN.to_string()
+    } else {
+        out
+    }
+}
+
+/// Appends `.label=.=value;.;label=.=value;.;` for the pairs (nothing when there are none);
+/// values must already be sanitised.
+pub fn encode_labels<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        if i == 0 {
+            out.push('.');
+        }
+        let _ = write!(out, "{name}=.={value};.;");
+    }
+}
+
+/// The host-side regex that extracts `label` from names built by [`encode_labels`].
+pub fn extraction_regex(label: &str) -> String {
+    format!(r"({label}=\.=(.*?);\.;)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names_are_normalised() {
+        assert_eq!(label_name("API ID").as_deref(), Some("api_id"));
+        assert_eq!(label_name("model").as_deref(), Some("model"));
+        assert_eq!(label_name("  Team--Name  ").as_deref(), Some("team_name"));
+        assert_eq!(label_name("x.y/z").as_deref(), Some("x_y_z"));
+        assert_eq!(label_name("Ünit 2").as_deref(), Some("nit_2"));
+        assert_eq!(label_name("9lives"), None);
+        assert_eq!(label_name("__"), None);
+        assert_eq!(label_name(""), None);
+    }
+
+    #[test]
+    fn values_cannot_break_or_forge_labels() {
+        assert_eq!(sanitize_value("gpt-4o-2024-08-06"), "gpt-4o-2024-08-06");
+        assert_eq!(sanitize_value("my api/v1.2"), "my api/v1.2");
+        assert_eq!(sanitize_value("a;.;team=.=admin"), "a_._team_._admin");
+        assert_eq!(
+            sanitize_value("quote\"back\\slash\nnl"),
+            "quote_back_slash_nl"
+        );
+        assert_eq!(sanitize_value("café"), "caf_");
+        assert_eq!(sanitize_value(""), "unknown");
+        assert_eq!(sanitize_value(&"x".repeat(100)).len(), MAX_VALUE_CHARS);
+        for v in ["a;.;b", "=.=", ";", "="] {
+            let s = sanitize_value(v);
+            assert!(!s.contains(';') && !s.contains('='), "{v} -> {s}");
+        }
+    }
+
+    #[test]
+    fn encoding_matches_the_istio_form() {
+        let mut name = String::from("llm_prompt_tokens_total");
+        encode_labels(&mut name, [("model", "gpt-4"), ("api_id", "my api/v1.2")]);
+        assert_eq!(
+            name,
+            "llm_prompt_tokens_total.model=.=gpt-4;.;api_id=.=my api/v1.2;.;"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! tokenmeter: token metering for OpenAI-style traffic at a proxy-wasm gateway.
+//!
+//! The crate is a host-agnostic core (parsing, dimensions, usage, metric naming) that the
+//! native `tokenmeter` binary and the proxy-wasm filter share. The filter glue in
+//! `filter` is compiled only for `wasm32-wasip1`; it moves bytes between the host and the
+//! core and nothing else. See `docs/architecture.md`.
+
+// Code a request can reach must never trap the VM.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+pub mod api;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bootstrap;
+pub mod capture;
+pub mod cardinality;
+pub mod config;
+pub mod dimensions;
+pub mod exchange;
+pub mod jsonscan;
+pub mod labels;
+pub mod metrics;
+pub mod record;
+pub mod usage;
+
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
+mod filter;
