@@ -51,7 +51,7 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
     let _ = writeln!(
         y,
         "# Envoy bootstrap rendered by `tokenmeter envoy-config`.\n\
-         # Envoy {{listen}} -> tokenmeter filter -> router -> upstream; metrics at admin /stats/prometheus."
+         # listener -> tokenmeter filter -> router -> upstream cluster; metrics at admin /stats/prometheus."
     );
     if spec.node_id.is_some() || spec.region.is_some() {
         let _ = writeln!(y, "node:");

@@ -115,7 +115,8 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_slice(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." {
+            // "." is the document itself, "?" a syntax error before any field was reached.
+            let field = if path == "." || path == "?" {
                 "configuration".to_string()
             } else {
                 path
@@ -297,6 +298,7 @@ mod tests {
             (r#"{"namespace": 3}"#, "namespace"),
             (r#"{"nmespace": "llm"}"#, "nmespace"),
             (r#"[1, 2]"#, "configuration"),
+            (r#"{,}"#, "configuration"),
             (
                 r#"{"dimensions": [{"name": "model", "vale": "x"}]}"#,
                 "dimensions[0].vale",

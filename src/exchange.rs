@@ -349,3 +349,186 @@ pub fn subscription_id(secret: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::cardinality::LocalRegistry;
+
+    struct FakeHost(HashMap<String, Vec<u8>>);
+
+    impl Host for FakeHost {
+        fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+            self.0.get(&path.join(".")).cloned()
+        }
+    }
+
+    fn host() -> FakeHost {
+        FakeHost(HashMap::from([
+            ("xds.route_name".to_string(), b"chat-route".to_vec()),
+            ("xds.cluster_name".to_string(), b"openai".to_vec()),
+        ]))
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn run(
+        config: &str,
+        path: &str,
+        req_headers: &[(&str, &str)],
+        request: &str,
+        resp_headers: &[(&str, &str)],
+        response: &str,
+        split: usize,
+    ) -> Settlement {
+        let config = Config::parse(config.as_bytes()).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(&config, "POST", path, headers(req_headers)).unwrap();
+        for chunk in request.as_bytes().chunks(split) {
+            ex.on_request_body(chunk);
+        }
+        ex.on_response_headers(&config, Some(200), headers(resp_headers));
+        for chunk in response.as_bytes().chunks(split) {
+            ex.on_response_body(chunk);
+        }
+        let s = ex.settle(&config, &host(), &mut card).unwrap();
+        assert_eq!(ex.settle(&config, &host(), &mut card), None, "settles once");
+        s
+    }
+
+    const CHAT_RESPONSE: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+
+    #[test]
+    fn a_chat_exchange_settles_with_its_dimensions_for_any_chunking() {
+        let config = r#"{"dimensions":[{"name":"API ID"},{"name":"Backend ID"},{"name":"Operation ID"},
+            {"name":"model"},{"name":"User ID"},{"name":"Subscription ID"},{"name":"usage_source"},
+            {"name":"team","value":"{request.header.x-team|none}"},
+            {"name":"region","value":"{response.header.x-region}"},
+            {"name":"project","value":"{request.body.metadata.project}"}]}"#;
+        let request = r#"{"model":"gpt-4o","user":"u-7","metadata":{"project":"apollo"},"messages":[{"role":"user","content":"hi"}]}"#;
+        for split in [1, 2, 7, 64, 10_000] {
+            let s = run(
+                config,
+                "/v1/chat/completions",
+                &[("x-team", "blue"), ("authorization", "Bearer sk-abc")],
+                request,
+                &[("x-region", "eu"), ("content-type", "application/json")],
+                CHAT_RESPONSE,
+                split,
+            );
+            assert_eq!(
+                s.labels,
+                [
+                    "chat-route",
+                    "openai",
+                    "chat.completions",
+                    "gpt-4o-2024-08-06",
+                    "u-7",
+                    &subscription_id("sk-abc"),
+                    "reported",
+                    "blue",
+                    "eu",
+                    "apollo",
+                ],
+                "split {split}"
+            );
+            let u = s.usage.unwrap();
+            assert_eq!((u.prompt, u.completion, u.total), (12, 5, 17));
+            assert_eq!(s.status, Some(200));
+        }
+    }
+
+    #[test]
+    fn model_falls_back_to_request_then_azure_deployment() {
+        let config = r#"{"dimensions":[{"name":"model"},{"name":"usage_source"},{"name":"team","value":"{request.header.x-team}"}]}"#;
+        let err = r#"{"error":{"message":"nope"}}"#;
+        let s = run(
+            config,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"gpt-4o"}"#,
+            &[],
+            err,
+            100,
+        );
+        assert_eq!(s.labels, ["gpt-4o", "none", "unknown"]);
+        assert_eq!(s.usage, None);
+        let s = run(
+            config,
+            "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21",
+            &[],
+            r#"{"messages":[]}"#,
+            &[],
+            err,
+            100,
+        );
+        assert_eq!(s.labels[0], "prod-4o");
+        let s = run(config, "/v1/embeddings", &[], "not json", &[], "", 100);
+        assert_eq!(s.labels[0], "unknown");
+    }
+
+    #[test]
+    fn credentials_are_hashed_in_order_of_preference() {
+        let config = r#"{"dimensions":[{"name":"Subscription ID"}]}"#;
+        let sub = |h: &[(&str, &str)]| {
+            run(config, "/v1/embeddings", h, "{}", &[], CHAT_RESPONSE, 50).labels[0].clone()
+        };
+        assert_eq!(
+            sub(&[("api-key", "k1"), ("authorization", "Bearer k2")]),
+            subscription_id("k1")
+        );
+        assert_eq!(
+            sub(&[("authorization", "Bearer k2")]),
+            subscription_id("k2")
+        );
+        assert_eq!(sub(&[("x-api-key", "k3")]), subscription_id("k3"));
+        assert_eq!(sub(&[("authorization", "  ")]), "unknown");
+        assert_eq!(subscription_id("k1").len(), 12);
+        assert_ne!(subscription_id("k1"), subscription_id("k2"));
+    }
+
+    #[test]
+    fn encoded_and_event_stream_bodies_are_not_parsed_as_json() {
+        let config = r#"{"dimensions":[{"name":"usage_source"}]}"#;
+        let s = run(
+            config,
+            "/v1/chat/completions",
+            &[],
+            "{}",
+            &[("content-encoding", "gzip")],
+            CHAT_RESPONSE,
+            30,
+        );
+        assert_eq!(s.usage, None);
+        let s = run(
+            config,
+            "/v1/chat/completions",
+            &[],
+            "{}",
+            &[("content-encoding", "identity")],
+            CHAT_RESPONSE,
+            30,
+        );
+        assert!(s.usage.is_some());
+    }
+
+    #[test]
+    fn a_reset_before_any_response_still_settles() {
+        let config = Config::parse(br#"{"dimensions":[{"name":"model"}]}"#).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(&config, "POST", "/v1/responses", headers(&[])).unwrap();
+        ex.on_request_body(br#"{"model":"gpt-4.1","input":"hi"}"#);
+        let s = ex.settle(&config, &host(), &mut card).unwrap();
+        assert_eq!(s.labels, ["gpt-4.1"]);
+        assert_eq!(s.status, None);
+        assert_eq!(s.usage, None);
+    }
+}
