@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::dimensions::{self, Dimension, ValueSpec, RESERVED_LABELS};
 use crate::labels;
+use crate::tokenizer::{Encoding, EncodingMap};
 
 pub const DEFAULT_NAMESPACE: &str = "llm";
 pub const MAX_DIMENSIONS: usize = 10;
@@ -44,6 +45,24 @@ struct RawConfig {
     #[serde(default)]
     dimensions: Vec<RawDimension>,
     max_body_bytes: Option<usize>,
+    inject_stream_usage: Option<bool>,
+    #[serde(default)]
+    stream_usage_rules: Vec<RawRule>,
+    max_event_bytes: Option<usize>,
+    #[serde(default)]
+    encodings: std::collections::BTreeMap<String, String>,
+    default_encoding: Option<String>,
+    decompress: Option<bool>,
+    identity_encoding: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    route: Option<String>,
+    path_prefix: Option<String>,
+    model_prefix: Option<String>,
+    inject: bool,
 }
 
 #[derive(Deserialize)]
@@ -57,12 +76,48 @@ struct RawDimension {
     hash: bool,
 }
 
+/// Default for `max_event_bytes`: the largest server-sent event read.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub namespace: String,
     pub dimensions: Vec<DimensionConfig>,
     pub max_body_bytes: usize,
+    /// Add `stream_options.include_usage` to streamed requests that lack it.
+    pub inject_stream_usage: bool,
+    /// Per-request exceptions to `inject_stream_usage`; the first match decides.
+    pub stream_usage_rules: Vec<StreamUsageRule>,
+    pub max_event_bytes: usize,
+    pub encodings: EncodingMap,
+    /// Decode gzip and deflate response bodies (a copy) to read their usage.
+    pub decompress: bool,
+    /// Ask upstreams for uncompressed responses on metered requests.
+    pub identity_encoding: bool,
+}
+
+/// When a request matches every condition given, `inject` decides for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamUsageRule {
+    pub route: Option<String>,
+    pub path_prefix: Option<String>,
+    pub model_prefix: Option<String>,
+    pub inject: bool,
+}
+
+impl StreamUsageRule {
+    fn matches(&self, route: Option<&str>, path: &str, model: Option<&str>) -> bool {
+        self.route.as_deref().is_none_or(|r| route == Some(r))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+            && self
+                .model_prefix
+                .as_deref()
+                .is_none_or(|m| model.is_some_and(|model| model.starts_with(m)))
+    }
 }
 
 /// A dimension with its cardinality controls.
@@ -96,6 +151,12 @@ impl Default for Config {
             namespace: DEFAULT_NAMESPACE.to_string(),
             dimensions: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            inject_stream_usage: true,
+            stream_usage_rules: Vec::new(),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            encodings: EncodingMap::default(),
+            decompress: true,
+            identity_encoding: false,
         }
     }
 }
@@ -124,6 +185,21 @@ impl Config {
             ConfigError::new(field, e.into_inner())
         })?;
         raw.validate()
+    }
+
+    /// Whether stream usage may be injected for some request of `endpoint`'s operation.
+    pub fn may_inject(&self, operation: crate::api::Operation) -> bool {
+        use crate::api::Operation::{ChatCompletions, Completions};
+        matches!(operation, ChatCompletions | Completions)
+            && (self.inject_stream_usage || self.stream_usage_rules.iter().any(|r| r.inject))
+    }
+
+    /// Whether to inject stream usage for a request with this route, path and model.
+    pub fn injects_for(&self, route: Option<&str>, path: &str, model: Option<&str>) -> bool {
+        self.stream_usage_rules
+            .iter()
+            .find(|r| r.matches(route, path, model))
+            .map_or(self.inject_stream_usage, |r| r.inject)
     }
 
     /// The label names, in order.
@@ -223,10 +299,56 @@ impl RawConfig {
                 ),
             ));
         }
+        let mut rules = Vec::with_capacity(self.stream_usage_rules.len());
+        for (i, r) in self.stream_usage_rules.into_iter().enumerate() {
+            if r.route.is_none() && r.path_prefix.is_none() && r.model_prefix.is_none() {
+                return Err(ConfigError::new(
+                    format!("stream_usage_rules[{i}]"),
+                    "a rule needs at least one of route, path_prefix, model_prefix",
+                ));
+            }
+            rules.push(StreamUsageRule {
+                route: r.route,
+                path_prefix: r.path_prefix,
+                model_prefix: r.model_prefix,
+                inject: r.inject,
+            });
+        }
+        let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+        if max_event_bytes < 1024 {
+            return Err(ConfigError::new(
+                "max_event_bytes",
+                format!("{max_event_bytes} is too small; use at least 1024"),
+            ));
+        }
+        let encoding = |field: String, name: &str| {
+            Encoding::parse(name).ok_or_else(|| {
+                ConfigError::new(
+                    field,
+                    format!("unknown encoding {name:?}; use \"o200k_base\" or \"cl100k_base\""),
+                )
+            })
+        };
+        let mut encodings = EncodingMap::default();
+        for (prefix, name) in &self.encodings {
+            encodings.rules.push((
+                prefix.clone(),
+                encoding(format!("encodings.{prefix}"), name)?,
+            ));
+        }
+        if let Some(name) = &self.default_encoding {
+            encodings.default = encoding("default_encoding".into(), name)?;
+        }
         Ok(Config {
             namespace,
             dimensions: dims,
             max_body_bytes,
+            inject_stream_usage: self.inject_stream_usage.unwrap_or(true),
+            stream_usage_rules: rules,
+            max_event_bytes,
+            encodings,
+            decompress: self.decompress.unwrap_or(true),
+            identity_encoding: self.identity_encoding.unwrap_or(false),
         })
     }
 }
@@ -330,6 +452,18 @@ mod tests {
             ),
             (r#"{"max_body_bytes": 10}"#, "max_body_bytes"),
             (r#"{"max_body_bytes": -1}"#, "max_body_bytes"),
+            (r#"{"inject_stream_usage": "yes"}"#, "inject_stream_usage"),
+            (
+                r#"{"stream_usage_rules": [{"inject": false}]}"#,
+                "stream_usage_rules[0]",
+            ),
+            (
+                r#"{"stream_usage_rules": [{"route": "r"}]}"#,
+                "stream_usage_rules[0]",
+            ),
+            (r#"{"max_event_bytes": 10}"#, "max_event_bytes"),
+            (r#"{"encodings": {"llama": "llama3"}}"#, "encodings.llama"),
+            (r#"{"default_encoding": "p50k_base"}"#, "default_encoding"),
         ];
         for (text, field) in cases {
             let e = err(text);
@@ -341,6 +475,38 @@ mod tests {
         let e = err(&format!(r#"{{"dimensions":[{}]}}"#, many.join(",")));
         assert_eq!(e.field, "dimensions");
         assert!(e.to_string().contains("at most 10"), "{e}");
+    }
+
+    #[test]
+    fn stream_usage_rules_decide_in_order() {
+        let c = Config::parse(
+            br#"{"inject_stream_usage": true, "stream_usage_rules": [
+                {"route": "legacy-vllm", "inject": false},
+                {"path_prefix": "/local/", "model_prefix": "llama", "inject": false}]}"#,
+        )
+        .unwrap();
+        assert!(!c.injects_for(Some("legacy-vllm"), "/v1/chat/completions", Some("gpt-4o")));
+        assert!(!c.injects_for(None, "/local/v1/chat/completions", Some("llama-3")));
+        assert!(c.injects_for(None, "/local/v1/chat/completions", Some("gpt-4o")));
+        assert!(c.injects_for(Some("main"), "/v1/chat/completions", None));
+        let off = Config::parse(br#"{"inject_stream_usage": false, "stream_usage_rules": [{"route": "openai", "inject": true}]}"#).unwrap();
+        assert!(off.injects_for(Some("openai"), "/v1/chat/completions", None));
+        assert!(!off.injects_for(Some("vllm"), "/v1/chat/completions", None));
+        assert!(off.may_inject(crate::api::Operation::ChatCompletions));
+        assert!(!off.may_inject(crate::api::Operation::Embeddings));
+        let never = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
+        assert!(!never.may_inject(crate::api::Operation::ChatCompletions));
+    }
+
+    #[test]
+    fn encodings_are_configurable() {
+        let c = Config::parse(
+            br#"{"encodings": {"llama": "cl100k_base"}, "default_encoding": "cl100k_base"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.encodings.for_model(Some("llama-3")), Encoding::Cl100kBase);
+        assert_eq!(c.encodings.for_model(Some("gpt-4o")), Encoding::O200kBase);
+        assert_eq!(c.encodings.for_model(Some("mistral")), Encoding::Cl100kBase);
     }
 
     #[test]

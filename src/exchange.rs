@@ -2,7 +2,18 @@
 //!
 //! The host glue feeds headers and body chunks in as they pass and asks for a
 //! [`Settlement`] when the exchange ends, however it ends. Nothing here talks to the host
-//! directly: properties are read through [`Host`], so the whole flow is testable natively.
+//! directly: properties are read through [`Host`] and times are passed in, so the whole
+//! flow is testable natively.
+//!
+//! Request side: the body is copied (bounded). For a streamed chat or completions request
+//! that lacks `stream_options.include_usage`, the glue holds the request body until it is
+//! complete (only up to `max_body_bytes`) and [`Exchange::request_complete`] may return a
+//! rewritten body that asks for usage.
+//!
+//! Response side: JSON bodies are copied (bounded) and read at the end; event streams are
+//! parsed as they pass ([`StreamMeter`]); gzip and deflate are decoded on a copy. When usage
+//! was injected, [`StreamEditor`] hands back each chunk without what the client did not
+//! ask for. Without reported usage, tokens are estimated ([`crate::estimate`]).
 
 use sha2::{Digest, Sha256};
 
@@ -10,17 +21,22 @@ use crate::api::{self, Endpoint};
 use crate::capture::{Capture, Captured};
 use crate::cardinality::Cardinality;
 use crate::config::{Config, DimensionConfig};
+use crate::decode::{Coding, Decoder};
 use crate::dimensions::{self, Derived, Source, ValueSpec};
-use crate::usage::{self, lenient, ResponseFacts, Usage};
+use crate::estimate;
+use crate::inject::{self, StreamEditor};
+use crate::stream::StreamMeter;
+use crate::tokenizer::Encoding;
+use crate::usage::{self, lenient, ResponseFacts, Usage, UsageSource};
 
-/// What the exchange needs from its host at settlement.
+/// What the exchange needs from its host.
 pub trait Host {
     /// A host property's raw bytes, `None` when the host has none.
     fn property(&self, path: &[String]) -> Option<Vec<u8>>;
 }
 
 /// The outcome of one exchange, to be recorded as metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
     /// One sanitised value per configured dimension, in order.
     pub labels: Vec<String>,
@@ -28,36 +44,77 @@ pub struct Settlement {
     pub folded: Vec<usize>,
     pub usage: Option<Usage>,
     pub status: Option<u16>,
+    /// Whether the response was an event stream.
+    pub streamed: bool,
+    /// Milliseconds from the request's start to the end of the exchange.
+    pub duration_ms: u64,
+    /// Milliseconds from the request's start to the first event with content (streams).
+    pub ttft_ms: Option<u64>,
+    /// The model the counts belong to, as far as it is known.
+    pub model: Option<String>,
+    /// Stream events skipped for exceeding `max_event_bytes`.
+    pub oversized_events: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKind {
     Json,
-    /// A format we do not read (event streams until stream support, compressed bodies).
+    EventStream,
+    /// A coding the filter cannot read (or decoding is off).
     Unread,
+}
+
+/// Stream usage injection, from request headers to the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injection {
+    /// Not a candidate: the body is not held.
+    No,
+    /// A candidate: the glue holds the request body until it is complete.
+    Pending,
+    /// Usage was added to the request; the response is edited.
+    Injected,
+    /// Looked at and left alone (not a stream, already asks for usage, too large, a rule).
+    Declined,
 }
 
 #[derive(Debug)]
 pub struct Exchange {
     endpoint: Endpoint,
+    path: String,
+    route: Option<String>,
     /// Per dimension: the request or response header value it reads, once seen.
     header_values: Vec<Option<String>>,
     subscription: Option<String>,
     request: Capture,
+    injection: Injection,
     response: Capture,
-    response_kind: BodyKind,
+    kind: BodyKind,
+    decoder: Option<Decoder>,
+    meter: Option<StreamMeter>,
+    editor: Option<StreamEditor>,
     status: Option<u16>,
+    started_ms: u64,
+    first_content_ms: Option<u64>,
     settled: bool,
+}
+
+/// Response header changes the glue must make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseHeaderEdits {
+    /// The body will be edited: its length changes.
+    pub remove_content_length: bool,
 }
 
 impl Exchange {
     /// Starts metering when the request is an LLM call; `None` lets it pass uncounted.
-    /// `header` looks up a request header by lower-case name.
+    /// `header` looks up a request header by lower-case name; `now_ms` is the host clock.
     pub fn start(
         config: &Config,
         method: &str,
         path: &str,
         header: impl Fn(&str) -> Option<String>,
+        host: &dyn Host,
+        now_ms: u64,
     ) -> Option<Exchange> {
         let endpoint = api::classify(method, path)?;
         let header_values = config
@@ -80,14 +137,33 @@ impl Exchange {
         } else {
             None
         };
+        let injection = if config.may_inject(endpoint.operation) {
+            Injection::Pending
+        } else {
+            Injection::No
+        };
+        let route = if config.stream_usage_rules.iter().any(|r| r.route.is_some()) {
+            host.property(&["xds".to_string(), "route_name".to_string()])
+                .and_then(|b| dimensions::property_text(&b))
+        } else {
+            None
+        };
         Some(Exchange {
             endpoint,
+            path: path.to_string(),
+            route,
             header_values,
             subscription,
             request: Capture::new(config.max_body_bytes),
+            injection,
             response: Capture::new(config.max_body_bytes),
-            response_kind: BodyKind::Json,
+            kind: BodyKind::Json,
+            decoder: None,
+            meter: None,
+            editor: None,
             status: None,
+            started_ms: now_ms,
+            first_content_ms: None,
             settled: false,
         })
     }
@@ -96,8 +172,50 @@ impl Exchange {
         &self.endpoint
     }
 
+    pub fn injection(&self) -> Injection {
+        self.injection
+    }
+
+    /// Whether the glue should hold the request body until it is complete (and at most
+    /// `max_body_bytes` of it).
+    pub fn holds_request_body(&self) -> bool {
+        self.injection == Injection::Pending
+    }
+
+    /// A request body chunk as it passes (not held).
     pub fn on_request_body(&mut self, chunk: &[u8]) {
         self.request.push(chunk);
+    }
+
+    /// The request body grew past the holding limit: it passes on as it is.
+    pub fn request_too_large(&mut self, held: &[u8]) {
+        self.request.push(held);
+        if self.injection == Injection::Pending {
+            self.injection = Injection::Declined;
+        }
+    }
+
+    /// The whole held request body. Returns the body to send instead, when usage is added.
+    pub fn request_complete(&mut self, config: &Config, body: &[u8]) -> Option<Vec<u8>> {
+        self.request.push(body);
+        if self.injection != Injection::Pending {
+            return None;
+        }
+        self.injection = Injection::Declined;
+        let model = crate::jsonscan::field_in_head::<String>(body, "model");
+        if !config.injects_for(self.route.as_deref(), &self.path, model.as_deref()) {
+            return None;
+        }
+        let rewritten = inject::request_usage(body)?;
+        self.injection = Injection::Injected;
+        Some(rewritten)
+    }
+
+    /// The host would not take the rewritten body: the request went on as it was.
+    pub fn injection_failed(&mut self) {
+        if self.injection == Injection::Injected {
+            self.injection = Injection::Declined;
+        }
     }
 
     /// `header` looks up a response header by lower-case name.
@@ -106,7 +224,7 @@ impl Exchange {
         config: &Config,
         status: Option<u16>,
         header: impl Fn(&str) -> Option<String>,
-    ) {
+    ) -> ResponseHeaderEdits {
         self.status = status;
         for (slot, d) in self.header_values.iter_mut().zip(&config.dimensions) {
             if let ValueSpec::Source {
@@ -117,30 +235,114 @@ impl Exchange {
                 *slot = header(name);
             }
         }
-        let encoded = header("content-encoding")
-            .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
-        let event_stream = header("content-type")
-            .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/event-stream"));
-        self.response_kind = if encoded || event_stream {
-            BodyKind::Unread
-        } else {
-            BodyKind::Json
+        let coding = Coding::from_header(header("content-encoding").as_deref());
+        let event_stream = header("content-type").is_some_and(|t| {
+            t.trim()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+        let readable = match coding {
+            Coding::Identity => true,
+            Coding::Gzip | Coding::Deflate => config.decompress,
+            Coding::Unsupported => false,
         };
+        self.kind = match (readable, event_stream) {
+            (false, _) => BodyKind::Unread,
+            (true, true) => BodyKind::EventStream,
+            (true, false) => BodyKind::Json,
+        };
+        if self.kind != BodyKind::Unread && coding != Coding::Identity {
+            self.decoder = Decoder::new(coding);
+        }
+        let mut edits = ResponseHeaderEdits::default();
+        if self.kind == BodyKind::EventStream {
+            self.meter = Some(StreamMeter::new(
+                self.endpoint.operation,
+                config.max_event_bytes,
+            ));
+            // Editing needs the plain bytes; an injected request asked for identity.
+            if self.injection == Injection::Injected && coding == Coding::Identity {
+                self.editor = Some(StreamEditor::new(config.max_event_bytes));
+                edits.remove_content_length = true;
+            }
+        }
+        edits
     }
 
     /// Whether response body chunks are worth passing to [`Exchange::on_response_body`].
     pub fn wants_response_body(&self) -> bool {
-        self.response_kind == BodyKind::Json && !self.settled
+        self.kind != BodyKind::Unread && !self.settled
     }
 
-    pub fn on_response_body(&mut self, chunk: &[u8]) {
-        if self.wants_response_body() {
-            self.response.push(chunk);
+    /// A response body chunk. Returns the bytes to send instead, when the stream is edited.
+    pub fn on_response_body(
+        &mut self,
+        config: &Config,
+        chunk: &[u8],
+        now_ms: u64,
+    ) -> Option<Vec<u8>> {
+        if !self.wants_response_body() {
+            return None;
         }
+        let enc = self.encoding(config);
+        let mut saw_content = false;
+        let edited = match (self.editor.as_mut(), self.meter.as_mut()) {
+            (Some(editor), Some(meter)) => Some(editor.feed(chunk, &mut |event| {
+                let info = meter.feed(event, enc);
+                saw_content |= info.content;
+                !info.usage_only
+            })),
+            _ => {
+                let (kind, response, meter) = (self.kind, &mut self.response, &mut self.meter);
+                let mut read = |bytes: &[u8]| match (kind, meter.as_mut()) {
+                    (BodyKind::EventStream, Some(m)) => saw_content |= m.feed(bytes, enc).content,
+                    _ => response.push(bytes),
+                };
+                match self.decoder.as_mut() {
+                    Some(d) => d.feed(chunk, &mut read),
+                    None => read(chunk),
+                }
+                None
+            }
+        };
+        if saw_content && self.first_content_ms.is_none() {
+            self.first_content_ms = Some(now_ms);
+        }
+        edited
+    }
+
+    /// The end of the response body. Returns bytes still held by the editor, to send last.
+    pub fn on_response_end(&mut self, config: &Config) -> Option<Vec<u8>> {
+        let enc = self.encoding(config);
+        let (Some(editor), Some(meter)) = (self.editor.as_mut(), self.meter.as_mut()) else {
+            return None;
+        };
+        let rest = editor.finish(&mut |event| !meter.feed(event, enc).usage_only);
+        self.editor = None;
+        (!rest.is_empty()).then_some(rest)
     }
 
     pub fn is_settled(&self) -> bool {
         self.settled
+    }
+
+    fn best_model(
+        &self,
+        request_model: Option<&str>,
+        response_model: Option<&str>,
+    ) -> Option<String> {
+        let stream_model = self.meter.as_ref().and_then(|m| m.model.as_deref());
+        stream_model
+            .or(response_model)
+            .or(request_model)
+            .map(str::to_string)
+            .or_else(|| self.endpoint.deployment.clone())
+    }
+
+    /// The encoding for counting this exchange's text, by the best model known so far.
+    fn encoding(&self, config: &Config) -> Encoding {
+        let model = self.meter.as_ref().and_then(|m| m.model.as_deref());
+        config.encodings.for_model(model)
     }
 
     /// Computes the outcome once; later calls return `None`, so every ending path of the
@@ -150,31 +352,37 @@ impl Exchange {
         config: &Config,
         host: &dyn Host,
         cardinality: &mut Cardinality,
+        now_ms: u64,
     ) -> Option<Settlement> {
         if self.settled {
             return None;
         }
         self.settled = true;
         let request = RequestFacts::read(self.request.captured(), config);
-        let response = if self.response_kind == BodyKind::Json {
-            usage::from_response(self.response.captured())
-        } else {
-            ResponseFacts::default()
+        let mut response = match self.kind {
+            BodyKind::Json => usage::from_response(self.response.captured()),
+            _ => ResponseFacts::default(),
         };
-        let response_json = if needs_response_json(config) {
-            match self.response.captured() {
-                Captured::Whole(b) if self.response_kind == BodyKind::Json => {
-                    serde_json::from_slice(b).ok()
-                }
-                _ => None,
+        let model = self.best_model(request.model.as_deref(), response.model.as_deref());
+        let enc = config.encodings.for_model(model.as_deref());
+        if let Some(meter) = self.meter.as_mut() {
+            meter.finish(enc);
+            response.usage = meter.usage;
+        }
+        if response.usage.is_none() && !response.error && self.should_estimate() {
+            response.usage = Some(self.estimate(&request, enc));
+        }
+        let response_json = match (needs_response_json(config), self.response.captured()) {
+            (true, Captured::Whole(b)) if self.kind == BodyKind::Json => {
+                serde_json::from_slice(b).ok()
             }
-        } else {
-            None
+            _ => None,
         };
         let facts = Facts {
             exchange: self,
             request: &request,
-            response: &response,
+            model: model.as_deref(),
+            usage: response.usage.as_ref(),
             response_json: response_json.as_ref(),
             host,
         };
@@ -192,7 +400,60 @@ impl Exchange {
             folded,
             usage: response.usage,
             status: self.status,
+            streamed: self.kind == BodyKind::EventStream,
+            duration_ms: now_ms.saturating_sub(self.started_ms),
+            ttft_ms: self
+                .first_content_ms
+                .map(|t| t.saturating_sub(self.started_ms)),
+            model,
+            oversized_events: self.meter.as_ref().map_or(0, StreamMeter::oversized),
         })
+    }
+
+    /// Estimate only a successful exchange that produced a response the filter could read.
+    fn should_estimate(&self) -> bool {
+        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        let read = match self.kind {
+            // Only an answer that is a JSON object: not an error page or a cut-off body.
+            BodyKind::Json => match self.response.captured() {
+                Captured::Whole(b) => {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(b).is_ok()
+                }
+                Captured::Edges { .. } => false,
+            },
+            BodyKind::EventStream => self.meter.is_some(),
+            BodyKind::Unread => false,
+        };
+        ok && read && !self.decoder.as_ref().is_some_and(Decoder::failed)
+    }
+
+    fn estimate(&mut self, request: &RequestFacts, enc: Encoding) -> Usage {
+        let op = self.endpoint.operation;
+        let prompt = match (&request.json, self.request.captured()) {
+            (Some(json), _) => estimate::prompt_tokens(op, json, enc),
+            // Too large to keep whole: about four bytes a token.
+            (None, Captured::Edges { .. }) => self.request.total().div_ceil(4),
+            (None, Captured::Whole(bytes)) => serde_json::from_slice(bytes)
+                .map(|json| estimate::prompt_tokens(op, &json, enc))
+                .unwrap_or(0),
+        };
+        let completion = match (self.meter.as_mut(), self.response.captured()) {
+            (Some(meter), _) => meter.estimated_completion(enc),
+            (None, Captured::Whole(bytes)) => serde_json::from_slice(bytes)
+                .map(|json| estimate::response_text_tokens(op, &json, enc))
+                .unwrap_or(0),
+            (None, Captured::Edges { .. }) => 0,
+        };
+        Usage {
+            prompt,
+            completion,
+            total: prompt + completion,
+            cached: None,
+            reasoning: None,
+            audio_prompt: None,
+            audio_completion: None,
+            source: UsageSource::Estimated,
+        }
     }
 }
 
@@ -213,6 +474,7 @@ fn needs_response_json(config: &Config) -> bool {
 struct RequestFacts {
     model: Option<String>,
     user: Option<String>,
+    /// The whole body, parsed, when it was kept whole and is JSON.
     json: Option<serde_json::Value>,
 }
 
@@ -238,21 +500,18 @@ impl RequestFacts {
             )
         });
         match body {
-            Captured::Whole(bytes) => {
-                let json = if needs_json {
-                    serde_json::from_slice(bytes).ok()
-                } else {
-                    None
-                };
-                match serde_json::from_slice::<RequestBody>(bytes) {
-                    Ok(r) => RequestFacts {
-                        model: r.model,
-                        user: r.user.or(r.safety_identifier),
-                        json,
+            Captured::Whole(bytes) => match serde_json::from_slice::<RequestBody>(bytes) {
+                Ok(r) => RequestFacts {
+                    model: r.model,
+                    user: r.user.or(r.safety_identifier),
+                    json: if needs_json {
+                        serde_json::from_slice(bytes).ok()
+                    } else {
+                        None
                     },
-                    Err(_) => Self::from_edges(bytes, bytes),
-                }
-            }
+                },
+                Err(_) => Self::from_edges(bytes, bytes),
+            },
             Captured::Edges { head, tail } => Self::from_edges(head, tail),
         }
     }
@@ -273,7 +532,8 @@ impl RequestFacts {
 struct Facts<'a> {
     exchange: &'a Exchange,
     request: &'a RequestFacts,
-    response: &'a ResponseFacts,
+    model: Option<&'a str>,
+    usage: Option<&'a Usage>,
     response_json: Option<&'a serde_json::Value>,
     host: &'a dyn Host,
 }
@@ -308,15 +568,10 @@ impl Facts<'_> {
                 Derived::Operation => Some(self.exchange.endpoint.operation.as_str().to_string()),
                 Derived::User => self.request.user.clone(),
                 Derived::Subscription => self.exchange.subscription.clone(),
-                Derived::Model => nonempty(self.response.model.clone())
-                    .or_else(|| nonempty(self.request.model.clone()))
-                    .or_else(|| self.exchange.endpoint.deployment.clone()),
-                Derived::UsageSource => Some(
-                    self.response
-                        .usage
-                        .map_or("none", |u| u.source.as_str())
-                        .to_string(),
-                ),
+                Derived::Model => self.model.map(str::to_string),
+                Derived::UsageSource => {
+                    Some(self.usage.map_or("none", |u| u.source.as_str()).to_string())
+                }
             }),
         }
     }
@@ -391,16 +646,21 @@ mod tests {
     ) -> Settlement {
         let config = Config::parse(config.as_bytes()).unwrap();
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
-        let mut ex = Exchange::start(&config, "POST", path, headers(req_headers)).unwrap();
+        let mut ex =
+            Exchange::start(&config, "POST", path, headers(req_headers), &host(), 0).unwrap();
         for chunk in request.as_bytes().chunks(split) {
             ex.on_request_body(chunk);
         }
         ex.on_response_headers(&config, Some(200), headers(resp_headers));
         for chunk in response.as_bytes().chunks(split) {
-            ex.on_response_body(chunk);
+            assert_eq!(ex.on_response_body(&config, chunk, 5), None);
         }
-        let s = ex.settle(&config, &host(), &mut card).unwrap();
-        assert_eq!(ex.settle(&config, &host(), &mut card), None, "settles once");
+        let s = ex.settle(&config, &host(), &mut card, 10).unwrap();
+        assert_eq!(
+            ex.settle(&config, &host(), &mut card, 10),
+            None,
+            "settles once"
+        );
         s
     }
 
@@ -524,9 +784,10 @@ mod tests {
     fn a_reset_before_any_response_still_settles() {
         let config = Config::parse(br#"{"dimensions":[{"name":"model"}]}"#).unwrap();
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
-        let mut ex = Exchange::start(&config, "POST", "/v1/responses", headers(&[])).unwrap();
+        let mut ex =
+            Exchange::start(&config, "POST", "/v1/responses", headers(&[]), &host(), 0).unwrap();
         ex.on_request_body(br#"{"model":"gpt-4.1","input":"hi"}"#);
-        let s = ex.settle(&config, &host(), &mut card).unwrap();
+        let s = ex.settle(&config, &host(), &mut card, 3).unwrap();
         assert_eq!(s.labels, ["gpt-4.1"]);
         assert_eq!(s.status, None);
         assert_eq!(s.usage, None);

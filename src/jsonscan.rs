@@ -16,6 +16,15 @@ pub fn field_in_head<T: DeserializeOwned>(head: &[u8], key: &str) -> Option<T> {
     first_value(head.get(at..)?)
 }
 
+/// The byte range of the value of top-level `key` in a whole document.
+pub fn top_level_value_span(doc: &[u8], key: &str) -> Option<(usize, usize)> {
+    let start = skip_ws(doc, top_level_value_offset(doc, key.as_bytes())?);
+    let mut values = serde_json::Deserializer::from_slice(doc.get(start..)?)
+        .into_iter::<serde::de::IgnoredAny>();
+    values.next()?.ok()?;
+    Some((start, start + values.byte_offset()))
+}
+
 /// Reads the value of the last `key` in key position within the end of a document.
 pub fn field_in_tail<T: DeserializeOwned>(tail: &[u8], key: &str) -> Option<T> {
     let key = key.as_bytes();
@@ -151,6 +160,16 @@ mod tests {
             field_in_tail::<String>(tail, "model").as_deref(),
             Some("text-embedding-3-small")
         );
+    }
+
+    #[test]
+    fn value_spans() {
+        let doc = br#"{"a": {"x": [1, "}"]} , "b":null}"#;
+        let (s, e) = top_level_value_span(doc, "a").unwrap();
+        assert_eq!(&doc[s..e], br#"{"x": [1, "}"]}"#);
+        let (s, e) = top_level_value_span(doc, "b").unwrap();
+        assert_eq!(&doc[s..e], b"null");
+        assert_eq!(top_level_value_span(doc, "x"), None);
     }
 
     #[test]

@@ -25,12 +25,18 @@ pub mod bootstrap;
 pub mod capture;
 pub mod cardinality;
 pub mod config;
+pub mod decode;
 pub mod dimensions;
+pub mod estimate;
 pub mod exchange;
+pub mod inject;
 pub mod jsonscan;
 pub mod labels;
 pub mod metrics;
 pub mod record;
+pub mod sse;
+pub mod stream;
+pub mod tokenizer;
 pub mod usage;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]

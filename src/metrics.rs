@@ -101,6 +101,7 @@ mod tests {
                 source: UsageSource::Reported,
             }),
             status: Some(200),
+            ..Settlement::default()
         };
         let names: Vec<_> = points(&config, &s)
             .into_iter()
@@ -129,10 +130,8 @@ mod tests {
     fn no_labels_means_plain_names() {
         let config = Config::default();
         let s = Settlement {
-            labels: vec![],
-            folded: vec![],
-            usage: None,
             status: Some(500),
+            ..Settlement::default()
         };
         assert_eq!(points(&config, &s)[0].name, "llm_requests_total");
     }

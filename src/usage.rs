@@ -100,6 +100,8 @@ impl RawUsage {
 pub struct ResponseFacts {
     pub model: Option<String>,
     pub usage: Option<Usage>,
+    /// The body is an error object (`{"error": {...}}`), whatever the status said.
+    pub error: bool,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +110,8 @@ struct ResponseBody {
     model: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     usage: Option<RawUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
 /// Reads a field, treating a value of the wrong shape as absent.
@@ -127,6 +131,7 @@ pub fn from_response(body: Captured<'_>) -> ResponseFacts {
             Ok(r) => ResponseFacts {
                 model: r.model.filter(|m| !m.is_empty()),
                 usage: r.usage.and_then(RawUsage::into_usage),
+                error: r.error.is_some(),
             },
             // Truncated or not quite JSON: take what a scan can still find.
             Err(_) => from_edges(bytes, bytes),
@@ -140,7 +145,14 @@ fn from_edges(head: &[u8], tail: &[u8]) -> ResponseFacts {
         .or_else(|| jsonscan::field_in_tail::<String>(tail, "model"))
         .filter(|m| !m.is_empty());
     let usage = jsonscan::field_in_tail::<RawUsage>(tail, "usage").and_then(RawUsage::into_usage);
-    ResponseFacts { model, usage }
+    let error = jsonscan::field_in_head::<Option<serde::de::IgnoredAny>>(head, "error")
+        .flatten()
+        .is_some();
+    ResponseFacts {
+        model,
+        usage,
+        error,
+    }
 }
 
 #[cfg(test)]
@@ -180,12 +192,13 @@ mod tests {
     #[test]
     fn responses_api_usage() {
         let f = whole(
-            r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-4.1-2025-04-14",
+            r#"{"id":"resp_1","object":"response","status":"completed","error":null,"model":"gpt-4.1-2025-04-14",
             "output":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},
             "output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#,
         );
         let u = f.usage.unwrap();
         assert_eq!((u.prompt, u.completion, u.total), (36, 87, 123));
+        assert!(!f.error, "\"error\": null is no error");
         assert_eq!(u.cached, Some(0));
     }
 
@@ -199,10 +212,9 @@ mod tests {
 
     #[test]
     fn errors_and_broken_bodies_have_no_usage() {
-        assert_eq!(
-            whole(r#"{"error":{"message":"Rate limit","type":"requests","code":"429"}}"#),
-            ResponseFacts::default()
-        );
+        let e = whole(r#"{"error":{"message":"Rate limit","type":"requests","code":"429"}}"#);
+        assert!(e.error);
+        assert_eq!(e.usage, None);
         assert_eq!(whole("<html>bad gateway</html>"), ResponseFacts::default());
         assert_eq!(whole(""), ResponseFacts::default());
         assert_eq!(

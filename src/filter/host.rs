@@ -41,6 +41,22 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
@@ -123,4 +139,37 @@ pub fn increment_metric(id: u32, offset: i64) -> bool {
 
 pub fn record_metric(id: u32, value: u64) -> bool {
     unsafe { proxy_record_metric(id, value) == OK }
+}
+
+/// Replaces `size` bytes at `start` of a buffer with `data`.
+pub fn set_buffer(kind: BufferType, start: usize, size: usize, data: &[u8]) -> bool {
+    unsafe { proxy_set_buffer_bytes(kind as u32, start, size, data.as_ptr(), data.len()) == OK }
+}
+
+/// Sets a header (adding it when absent).
+pub fn set_header(map: MapType, name: &str, value: &str) -> bool {
+    unsafe {
+        proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        ) == OK
+    }
+}
+
+pub fn remove_header(map: MapType, name: &str) -> bool {
+    unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) == OK }
+}
+
+/// The host's clock in milliseconds since the epoch (0 if the host will not say).
+pub fn now_ms() -> u64 {
+    let mut nanos: u64 = 0;
+    unsafe {
+        if proxy_get_current_time_nanoseconds(&mut nanos) != OK {
+            return 0;
+        }
+    }
+    nanos / 1_000_000
 }

@@ -75,6 +75,7 @@ impl RootContext for Root {
         Some(Box::new(HttpFilter {
             vm: self.vm.clone(),
             exchange: None,
+            holding: false,
         }))
     }
 
@@ -87,6 +88,8 @@ struct HttpFilter {
     /// `None` only if the host creates streams on a VM whose configuration failed.
     vm: Option<Rc<Vm>>,
     exchange: Option<Exchange>,
+    /// The request body is being held until it is complete (stream usage injection).
+    holding: bool,
 }
 
 struct EnvoyHost;
@@ -102,10 +105,14 @@ impl HttpFilter {
         let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
             return;
         };
+        if ex.is_settled() {
+            return;
+        }
         let Ok(mut cardinality) = vm.cardinality.try_borrow_mut() else {
             return;
         };
-        let Some(settlement) = ex.settle(&vm.config, &EnvoyHost, &mut cardinality) else {
+        let Some(settlement) = ex.settle(&vm.config, &EnvoyHost, &mut cardinality, host::now_ms())
+        else {
             return;
         };
         if let Ok(mut metrics) = vm.metrics.try_borrow_mut() {
@@ -116,25 +123,61 @@ impl HttpFilter {
 
 impl Context for HttpFilter {}
 
+const REQUEST: MapType = MapType::HttpRequestHeaders;
+const RESPONSE: MapType = MapType::HttpResponseHeaders;
+
 impl HttpContext for HttpFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(vm) = &self.vm else {
             return Action::Continue;
         };
-        let req = |name: &str| host::header(MapType::HttpRequestHeaders, name);
+        let req = |name: &str| host::header(REQUEST, name);
         let (Some(method), Some(path)) = (req(":method"), req(":path")) else {
             return Action::Continue;
         };
-        self.exchange = Exchange::start(&vm.config, &method, &path, req);
+        let Some(ex) = Exchange::start(&vm.config, &method, &path, req, &EnvoyHost, host::now_ms())
+        else {
+            return Action::Continue;
+        };
+        if vm.config.identity_encoding {
+            host::set_header(REQUEST, "accept-encoding", "identity");
+        }
+        // The body may be rewritten, so it is held until complete. proxy-wasm cannot hold
+        // headers while reading the body, so they go on now without a length (Envoy then
+        // frames the body itself).
+        self.holding = ex.holds_request_body() && !end_of_stream;
+        if self.holding {
+            host::remove_header(REQUEST, "content-length");
+        }
+        self.exchange = Some(ex);
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if let Some(ex) = self.exchange.as_mut() {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
+            return Action::Continue;
+        };
+        if !self.holding {
             if body_size > 0 {
                 if let Some(chunk) = host::buffer(BufferType::HttpRequestBody, 0, body_size) {
                     ex.on_request_body(&chunk);
                 }
+            }
+            return Action::Continue;
+        }
+        // While held, `body_size` is everything received so far.
+        if !end_of_stream && body_size <= vm.config.max_body_bytes {
+            return Action::Pause;
+        }
+        self.holding = false;
+        let body = host::buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
+        if !end_of_stream {
+            ex.request_too_large(&body);
+            return Action::Continue;
+        }
+        if let Some(rewritten) = ex.request_complete(&vm.config, &body) {
+            if !host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &rewritten) {
+                ex.injection_failed();
             }
         }
         Action::Continue
@@ -144,9 +187,12 @@ impl HttpContext for HttpFilter {
         let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
             return Action::Continue;
         };
-        let resp = |name: &str| host::header(MapType::HttpResponseHeaders, name);
+        let resp = |name: &str| host::header(RESPONSE, name);
         let status = resp(":status").and_then(|s| s.trim().parse::<u16>().ok());
-        ex.on_response_headers(&vm.config, status, resp);
+        let edits = ex.on_response_headers(&vm.config, status, resp);
+        if edits.remove_content_length {
+            host::remove_header(RESPONSE, "content-length");
+        }
         if end_of_stream {
             self.settle();
         }
@@ -154,15 +200,27 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(ex) = self.exchange.as_mut() {
-            if body_size > 0 && ex.wants_response_body() {
-                if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
-                    ex.on_response_body(&chunk);
-                }
+        let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
+            return Action::Continue;
+        };
+        let mut replacement = None;
+        if body_size > 0 && ex.wants_response_body() {
+            if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
+                replacement = ex.on_response_body(&vm.config, &chunk, host::now_ms());
             }
-            if end_of_stream {
-                self.settle();
+        }
+        if end_of_stream {
+            if let Some(rest) = ex.on_response_end(&vm.config) {
+                let mut out = replacement.unwrap_or_default();
+                out.extend_from_slice(&rest);
+                replacement = Some(out);
             }
+        }
+        if let Some(bytes) = replacement {
+            host::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes);
+        }
+        if end_of_stream {
+            self.settle();
         }
         Action::Continue
     }

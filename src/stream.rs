@@ -1,0 +1,423 @@
+//! Reading usage and text from streamed responses, event by event.
+//!
+//! One reader per API shape: chat completion chunks (`choices[].delta`), completion chunks
+//! (`choices[].text`), and Responses API events (`response.*.delta`, and usage on the
+//! terminal `response.completed`, `response.incomplete` and `response.failed`). A usage
+//! object may arrive in any chunk (after `finish_reason`, with `choices: []`, or on every
+//! chunk as some servers send it, cumulative); the last one wins.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::api::Operation;
+use crate::estimate::TextTally;
+use crate::sse::{Event, SseParser};
+use crate::tokenizer::Encoding;
+use crate::usage::{lenient, RawUsage, Usage};
+
+/// Most separate texts (choices × content/tool calls) tallied apart; beyond, they share one.
+const MAX_TALLIES: usize = 16;
+
+/// What one event was, for callers that edit or time the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The event carried content, a refusal or a tool call (the first one marks the time to
+    /// first token).
+    pub content: bool,
+    /// A chat/completions chunk with no choices and a usage object: the usage-only chunk
+    /// `stream_options.include_usage` adds.
+    pub usage_only: bool,
+    /// `[DONE]`, or a terminal Responses event.
+    pub terminal: bool,
+}
+
+#[derive(Debug)]
+pub struct StreamMeter {
+    op: Operation,
+    parser: SseParser,
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    /// `[DONE]` or a terminal event was seen.
+    pub done: bool,
+    /// Events whose data was not JSON of the expected shape.
+    pub unreadable: u64,
+    /// An event carried content already.
+    pub saw_content: bool,
+    tallies: Vec<(u64, TextTally)>,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    /// Completions.
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    /// Visible reasoning some servers stream (vLLM, DeepSeek); providers bill it as output.
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+    #[serde(default, borrow)]
+    function_call: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(default, borrow)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default)]
+    output_index: u64,
+    #[serde(default)]
+    response: Option<ResponseObject>,
+    #[serde(default, borrow)]
+    item: Option<Item<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+}
+
+impl StreamMeter {
+    pub fn new(op: Operation, max_event_bytes: usize) -> Self {
+        StreamMeter {
+            op,
+            parser: SseParser::new(max_event_bytes),
+            model: None,
+            usage: None,
+            done: false,
+            unreadable: 0,
+            saw_content: false,
+            tallies: Vec::new(),
+        }
+    }
+
+    /// Feeds stream bytes; `enc` counts text that outgrows its tally. Returns what the
+    /// events completed by these bytes carried, merged.
+    pub fn feed(&mut self, bytes: &[u8], enc: Encoding) -> EventInfo {
+        let mut parser = std::mem::replace(&mut self.parser, SseParser::new(0));
+        let mut info = EventInfo::default();
+        parser.feed(bytes, &mut |e| info = merge(info, self.event(e, enc)));
+        self.parser = parser;
+        info
+    }
+
+    /// Ends the stream (an event missing its final blank line still counts).
+    pub fn finish(&mut self, enc: Encoding) {
+        let mut parser = std::mem::replace(&mut self.parser, SseParser::new(0));
+        parser.finish(&mut |e| {
+            self.event(e, enc);
+        });
+        self.parser = parser;
+    }
+
+    /// Events dropped for exceeding the event size limit.
+    pub fn oversized(&self) -> u64 {
+        self.parser.skipped
+    }
+
+    /// Completion tokens of the text seen, for when no usage arrived.
+    pub fn estimated_completion(&mut self, enc: Encoding) -> u64 {
+        self.tallies
+            .iter_mut()
+            .map(|(_, t)| {
+                t.close(enc);
+                t.tokens()
+            })
+            .sum()
+    }
+
+    fn add_text(&mut self, key: u64, text: &str, enc: Encoding) -> bool {
+        if text.is_empty() {
+            return false;
+        }
+        let known = self.tallies.iter().any(|(k, _)| *k == key);
+        if !known && self.tallies.len() < MAX_TALLIES {
+            self.tallies.push((key, TextTally::default()));
+        }
+        // Past the limit, new texts share the last tally.
+        let pos = self
+            .tallies
+            .iter()
+            .position(|(k, _)| *k == key)
+            .unwrap_or(self.tallies.len().saturating_sub(1));
+        if let Some((_, t)) = self.tallies.get_mut(pos) {
+            t.push(text, enc);
+        }
+        true
+    }
+
+    fn event(&mut self, e: Event<'_>, enc: Encoding) -> EventInfo {
+        if e.data == b"[DONE]" {
+            self.done = true;
+            return EventInfo {
+                terminal: true,
+                ..EventInfo::default()
+            };
+        }
+        let info = match self.op {
+            Operation::Responses => self.responses_event(e.data, enc),
+            _ => self.chunk(e.data, enc),
+        };
+        self.saw_content |= info.content;
+        info
+    }
+
+    fn chunk(&mut self, data: &[u8], enc: Encoding) -> EventInfo {
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+            self.unreadable += 1;
+            return EventInfo::default();
+        };
+        let mut info = EventInfo::default();
+        if self.model.is_none() {
+            self.model = chunk.model.map(Cow::into_owned).filter(|m| !m.is_empty());
+        }
+        let choices = chunk.choices.unwrap_or_default();
+        for c in &choices {
+            // Tally keys: choice index in the high bits, 0 for text, 1 + n for tool call n.
+            let base = c.index.saturating_mul(1 << 16);
+            if let Some(t) = &c.text {
+                info.content |= self.add_text(base, t, enc);
+            }
+            let Some(d) = &c.delta else { continue };
+            for t in [&d.content, &d.refusal, &d.reasoning_content, &d.reasoning]
+                .into_iter()
+                .flatten()
+            {
+                info.content |= self.add_text(base, t, enc);
+            }
+            for call in d.tool_calls.iter().flatten() {
+                let key = base + 1 + call.index.min(0xfffe);
+                if let Some(f) = &call.function {
+                    for t in [&f.name, &f.arguments].into_iter().flatten() {
+                        info.content |= self.add_text(key, t, enc);
+                    }
+                }
+            }
+            if let Some(f) = &d.function_call {
+                for t in [&f.name, &f.arguments].into_iter().flatten() {
+                    info.content |= self.add_text(base + 1, t, enc);
+                }
+            }
+        }
+        if let Some(u) = chunk.usage.and_then(RawUsage::into_usage) {
+            info.usage_only = choices.is_empty();
+            self.usage = Some(u);
+        }
+        info
+    }
+
+    fn responses_event(&mut self, data: &[u8], enc: Encoding) -> EventInfo {
+        let Ok(ev) = serde_json::from_slice::<ResponsesEvent<'_>>(data) else {
+            self.unreadable += 1;
+            return EventInfo::default();
+        };
+        let mut info = EventInfo::default();
+        let kind = ev.kind.as_deref().unwrap_or("");
+        let key = ev.output_index.min(0xffff);
+        match kind {
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_text.delta"
+            | "response.reasoning_summary_text.delta" => {
+                if let Some(d) = &ev.delta {
+                    info.content = self.add_text(key, d, enc);
+                }
+            }
+            "response.output_item.added" => {
+                if let Some(item) = &ev.item {
+                    if item.kind.as_deref() == Some("function_call") {
+                        if let Some(name) = &item.name {
+                            info.content = self.add_text(key, name, enc);
+                        }
+                    }
+                }
+            }
+            "response.completed" | "response.incomplete" | "response.failed" | "error" => {
+                self.done = true;
+                info.terminal = true;
+            }
+            _ => {}
+        }
+        if let Some(r) = ev.response {
+            if let Some(m) = r.model.filter(|m| !m.is_empty()) {
+                self.model = Some(m);
+            }
+            if let Some(u) = r.usage.and_then(RawUsage::into_usage) {
+                self.usage = Some(u);
+            }
+        }
+        info
+    }
+}
+
+fn merge(a: EventInfo, b: EventInfo) -> EventInfo {
+    EventInfo {
+        content: a.content || b.content,
+        usage_only: a.usage_only || b.usage_only,
+        terminal: a.terminal || b.terminal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+        "data: [DONE]\n\n"
+    );
+
+    fn meter(op: Operation, s: &str, step: usize) -> StreamMeter {
+        let mut m = StreamMeter::new(op, 1 << 20);
+        for c in s.as_bytes().chunks(step) {
+            m.feed(c, Encoding::O200kBase);
+        }
+        m.finish(Encoding::O200kBase);
+        m
+    }
+
+    #[test]
+    fn chat_stream_with_usage_chunk() {
+        for step in [1, 5, 64, 4096] {
+            let mut m = meter(Operation::ChatCompletions, CHAT, step);
+            assert!(m.done);
+            assert_eq!(m.model.as_deref(), Some("gpt-4o-2024-08-06"));
+            let u = m.usage.unwrap();
+            assert_eq!((u.prompt, u.completion, u.total), (9, 2, 11));
+            assert_eq!(m.estimated_completion(Encoding::O200kBase), 2);
+        }
+    }
+
+    #[test]
+    fn event_info_marks_content_usage_only_and_done() {
+        let mut m = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
+        let infos: Vec<EventInfo> = CHAT
+            .split_inclusive("\n\n")
+            .map(|e| m.feed(e.as_bytes(), Encoding::O200kBase))
+            .collect();
+        assert!(!infos[0].content, "an empty first delta is not content");
+        assert!(infos[1].content);
+        assert!(infos[4].usage_only);
+        assert!(!infos[3].usage_only);
+        assert!(infos[5].terminal);
+    }
+
+    #[test]
+    fn tool_calls_and_refusals_are_text() {
+        let s = concat!(
+            "data: {\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\" \\\"Paris\\\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{\"refusal\":\"I can't help with that.\"}}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut m = meter(Operation::ChatCompletions, s, 7);
+        let enc = Encoding::O200kBase;
+        let expected =
+            enc.count("get_weather{\"city\": \"Paris\"}") + enc.count("I can't help with that.");
+        assert_eq!(m.estimated_completion(enc), expected);
+        assert!(m.usage.is_none());
+    }
+
+    #[test]
+    fn completions_stream() {
+        let s = "data: {\"choices\":[{\"text\":\"Once\",\"index\":0}],\"model\":\"gpt-3.5-turbo-instruct\"}\n\ndata: {\"choices\":[{\"text\":\" upon\",\"index\":0}]}\n\ndata: [DONE]\n\n";
+        let mut m = meter(Operation::Completions, s, 3);
+        assert_eq!(m.model.as_deref(), Some("gpt-3.5-turbo-instruct"));
+        assert_eq!(m.estimated_completion(Encoding::Cl100kBase), 2);
+    }
+
+    #[test]
+    fn responses_stream_usage_on_terminal_events() {
+        for terminal in [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ] {
+            let s = format!(
+                "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"model\":\"gpt-4.1-2025-04-14\",\"usage\":null}}}}\n\n\
+                 event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"output_index\":0,\"delta\":\"Hi\"}}\n\n\
+                 event: {terminal}\ndata: {{\"type\":\"{terminal}\",\"response\":{{\"model\":\"gpt-4.1-2025-04-14\",\"usage\":{{\"input_tokens\":5,\"output_tokens\":1,\"total_tokens\":6}}}}}}\n\n"
+            );
+            let m = meter(Operation::Responses, &s, 11);
+            assert!(m.done, "{terminal}");
+            assert_eq!(m.usage.unwrap().total, 6, "{terminal}");
+            assert_eq!(m.model.as_deref(), Some("gpt-4.1-2025-04-14"));
+        }
+    }
+
+    #[test]
+    fn usage_on_every_chunk_keeps_the_last() {
+        let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1,\"total_tokens\":5}}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\n";
+        let m = meter(Operation::ChatCompletions, s, 9);
+        assert_eq!(m.usage.unwrap().completion, 2);
+        assert!(!m.done);
+    }
+
+    #[test]
+    fn garbage_events_are_counted_and_skipped() {
+        let s = "data: not json\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"}}]}\n\n";
+        let mut m = meter(Operation::ChatCompletions, s, 4);
+        assert_eq!(m.unreadable, 1);
+        assert_eq!(m.estimated_completion(Encoding::O200kBase), 1);
+    }
+}
