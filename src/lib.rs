@@ -27,9 +27,13 @@ pub mod cardinality;
 pub mod config;
 pub mod dimensions;
 pub mod exchange;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod ingest;
 pub mod jsonscan;
 pub mod labels;
 pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod quality;
 pub mod record;
 pub mod usage;
 
