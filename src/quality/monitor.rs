@@ -405,17 +405,18 @@ fn thresholds(metric: Metric, raw: Option<RawThresholds>) -> Result<Thresholds, 
 
 impl RawJudge {
     fn validate(self) -> Result<JudgeConfig, MonitorError> {
-        let kind =
-            match self.kind.as_deref().unwrap_or("openai") {
-                "openai" => JudgeKind::OpenAi,
-                "azure" => JudgeKind::Azure,
-                other => return Err(MonitorError::new(
+        let kind = match self.kind.as_deref().unwrap_or("openai") {
+            "openai" => JudgeKind::OpenAi,
+            "azure" => JudgeKind::Azure,
+            other => {
+                return Err(MonitorError::new(
                     "judge.kind",
                     format!(
                         "{other:?} is not a judge kind; use openai (also vLLM, Ollama...) or azure"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         http_url("judge.url", &self.url)?;
         let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let deployment = nonempty(self.deployment);

@@ -1,1 +1,6 @@
 pub mod x {}
+
+pub mod axum_thread;
+pub mod collector;
+pub mod judge;
+pub mod webhook;
