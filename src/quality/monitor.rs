@@ -206,7 +206,16 @@ impl Monitor {
             } else {
                 path
             };
-            MonitorError::new(field, e.into_inner())
+            let message = e.into_inner().to_string();
+            // The YAML parser prefixes its own path ("judge: unknown field"); the field
+            // already names it.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if !head.contains(' ') && field.starts_with(head) => {
+                    rest.to_string()
+                }
+                _ => message,
+            };
+            MonitorError::new(field, message)
         })?;
         raw.validate()
     }
@@ -595,6 +604,7 @@ schedule: "15 10 * * *"
         assert!(e.message.contains("colour"), "{e}");
         let e = error(&with("model: gpt-4o", "model: gpt-4o\n  temperature: 0.5"));
         assert_eq!(e.field, "judge.temperature");
+        assert!(e.message.starts_with("unknown field `temperature`"), "{e}");
         assert!(e.message.contains("temperature"), "{e}");
         let e = error(&with(
             "fluency:      {}",
