@@ -739,3 +739,49 @@ fn sampling_is_deterministic_and_windowed() {
     assert_eq!(ids, expected_sorted);
     assert_eq!(run().1, ids, "the same sample on every run");
 }
+
+#[test]
+fn breaches_are_mailed_over_smtp() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let smtp = tokenmeter_testkit::smtp::SmtpServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(dir.path(), &[record("r0", "want=1", false)]);
+    let alerts = format!(
+        "alerts:\n  email:\n    smtp_host: 127.0.0.1\n    smtp_port: {}\n    tls: none\n    username_env: TM_SMTP_USER\n    password_env: TM_SMTP_PASSWORD\n    from: tokenmeter@example.com\n    to: [oncall@example.com, lead@example.com]\n",
+        smtp.port()
+    );
+    let monitor = write_monitor(
+        dir.path(),
+        "mailed",
+        &judge.url(),
+        "",
+        "{coherence: {}}",
+        &alerts,
+    );
+    let out = Command::new(BIN)
+        .arg("eval")
+        .arg("--monitor")
+        .arg(&monitor)
+        .args(["--records", file.to_str().unwrap(), "--now", NOW])
+        .env("TM_SMTP_USER", "alerts")
+        .env("TM_SMTP_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let mails = smtp.wait_for(1, Duration::from_secs(30)).unwrap();
+    let mail = &mails[0];
+    assert_eq!(mail.from, "<tokenmeter@example.com>");
+    assert_eq!(mail.to, ["<oncall@example.com>", "<lead@example.com>"]);
+    assert_eq!(mail.auth.as_deref(), Some("alerts\0s3cret"));
+    assert!(
+        mail.data
+            .contains("Subject: [tokenmeter] mailed: quality threshold breached"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data.contains("coherence: pass rate 0.0000 < 0.7"),
+        "{}",
+        mail.data
+    );
+}

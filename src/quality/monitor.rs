@@ -115,6 +115,19 @@ struct RawThresholds {
 #[serde(deny_unknown_fields)]
 struct RawAlerts {
     webhook: Option<String>,
+    email: Option<RawEmail>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp_host: String,
+    smtp_port: Option<u16>,
+    tls: Option<String>,
+    username_env: Option<String>,
+    password_env: Option<String>,
+    from: String,
+    to: Vec<String>,
 }
 
 /// The record fields holding each text column.
@@ -177,6 +190,31 @@ impl JudgeConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Alerts {
     pub webhook: Option<String>,
+    pub email: Option<EmailAlerts>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required), usually port 587.
+    StartTls,
+    /// TLS from the first byte, usually port 465.
+    Tls,
+    /// No encryption: only for a relay on the same host or network.
+    None,
+}
+
+/// E-mail alerts over SMTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAlerts {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub tls: SmtpTls,
+    /// Environment variables holding the SMTP credentials; none for an open relay.
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
 }
 
 /// A validated monitor definition.
@@ -352,7 +390,10 @@ impl RawMonitor {
                 if let Some(url) = &a.webhook {
                     http_url("alerts.webhook", url)?;
                 }
-                Alerts { webhook: a.webhook }
+                Alerts {
+                    webhook: a.webhook,
+                    email: a.email.map(RawEmail::validate).transpose()?,
+                }
             }
             None => Alerts::default(),
         };
@@ -412,6 +453,96 @@ fn thresholds(metric: Metric, raw: Option<RawThresholds>) -> Result<Thresholds, 
     })
 }
 
+fn env_name(field: &str, var: &Option<String>, example: &str) -> Result<(), MonitorError> {
+    match var {
+        Some(v) if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            Err(MonitorError::new(
+                field,
+                format!("must be the name of an environment variable, e.g. {example}"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn address(field: &str, text: &str) -> Result<(), MonitorError> {
+    let ok = match text.trim().rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !text.contains(char::is_whitespace)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(MonitorError::new(
+            field,
+            format!("{text:?} is not an e-mail address like oncall@example.com"),
+        ))
+    }
+}
+
+impl RawEmail {
+    fn validate(self) -> Result<EmailAlerts, MonitorError> {
+        if self.smtp_host.trim().is_empty() || self.smtp_host.contains(['/', ' ']) {
+            return Err(MonitorError::new(
+                "alerts.email.smtp_host",
+                "must be the SMTP server's host name, e.g. smtp.example.com",
+            ));
+        }
+        let tls = match self.tls.as_deref().unwrap_or("starttls") {
+            "starttls" => SmtpTls::StartTls,
+            "tls" => SmtpTls::Tls,
+            "none" => SmtpTls::None,
+            other => return Err(MonitorError::new(
+                "alerts.email.tls",
+                format!(
+                    "{other:?} is not a TLS mode; use starttls (port 587), tls (port 465) or none"
+                ),
+            )),
+        };
+        let smtp_port = self.smtp_port.unwrap_or(match tls {
+            SmtpTls::Tls => 465,
+            SmtpTls::StartTls | SmtpTls::None => 587,
+        });
+        env_name(
+            "alerts.email.username_env",
+            &self.username_env,
+            "SMTP_USERNAME",
+        )?;
+        env_name(
+            "alerts.email.password_env",
+            &self.password_env,
+            "SMTP_PASSWORD",
+        )?;
+        if self.username_env.is_some() != self.password_env.is_some() {
+            return Err(MonitorError::new(
+                "alerts.email.password_env",
+                "give both username_env and password_env, or neither for a relay without authentication",
+            ));
+        }
+        address("alerts.email.from", &self.from)?;
+        if self.to.is_empty() {
+            return Err(MonitorError::new(
+                "alerts.email.to",
+                "list at least one recipient, e.g. [oncall@example.com]",
+            ));
+        }
+        for (i, to) in self.to.iter().enumerate() {
+            address(&format!("alerts.email.to[{i}]"), to)?;
+        }
+        Ok(EmailAlerts {
+            smtp_host: self.smtp_host.trim().to_string(),
+            smtp_port,
+            tls,
+            username_env: self.username_env,
+            password_env: self.password_env,
+            from: self.from,
+            to: self.to,
+        })
+    }
+}
+
 impl RawJudge {
     fn validate(self) -> Result<JudgeConfig, MonitorError> {
         let kind = match self.kind.as_deref().unwrap_or("openai") {
@@ -463,14 +594,7 @@ impl RawJudge {
                 nonempty(self.model).unwrap_or(dep)
             }
         };
-        if let Some(var) = &self.api_key_env {
-            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(MonitorError::new(
-                    "judge.api_key_env",
-                    "must be the name of an environment variable, e.g. OPENAI_API_KEY",
-                ));
-            }
-        }
+        env_name("judge.api_key_env", &self.api_key_env, "OPENAI_API_KEY")?;
         let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY);
         if !(1..=256).contains(&max_concurrency) {
             return Err(MonitorError::new(
@@ -699,6 +823,54 @@ schedule: "15 10 * * *"
             let e = error(&text);
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn email_alerts() {
+        let m = Monitor::parse(&with(
+            "  webhook: http://127.0.0.1:9000/hook",
+            "  email: {smtp_host: smtp.example.com, username_env: SMTP_USER, password_env: SMTP_PASSWORD, from: tm@example.com, to: [oncall@example.com]}",
+        ))
+        .unwrap();
+        let e = m.alerts.email.unwrap();
+        assert_eq!((e.smtp_port, e.tls), (587, SmtpTls::StartTls));
+        assert_eq!(e.to, ["oncall@example.com"]);
+        let base =
+            "  email: {smtp_host: smtp.example.com, from: tm@example.com, to: [oncall@example.com]";
+        let cases = [
+            (format!("{base}, tls: ssl}}"), "alerts.email.tls"),
+            (
+                format!("{base}, username_env: U}}"),
+                "alerts.email.password_env",
+            ),
+            (
+                "  email: {smtp_host: h, from: nobody, to: [a@b]}".to_string(),
+                "alerts.email.from",
+            ),
+            (
+                "  email: {smtp_host: h, from: a@b, to: []}".to_string(),
+                "alerts.email.to",
+            ),
+            (
+                "  email: {smtp_host: h, from: a@b, to: [a@b, 'x y']}".to_string(),
+                "alerts.email.to[1]",
+            ),
+            (
+                "  email: {smtp_host: '', from: a@b, to: [a@b]}".to_string(),
+                "alerts.email.smtp_host",
+            ),
+            (format!("{base}, port: 25}}"), "alerts.email.port"),
+        ];
+        for (line, field) in cases {
+            let e = error(&with("  webhook: http://127.0.0.1:9000/hook", &line));
+            assert_eq!(e.field, field, "{e}");
+        }
+        let tls = Monitor::parse(&with(
+            "  webhook: http://127.0.0.1:9000/hook",
+            &format!("{base}, tls: tls}}"),
+        ))
+        .unwrap();
+        assert_eq!(tls.alerts.email.unwrap().smtp_port, 465);
     }
 
     #[test]

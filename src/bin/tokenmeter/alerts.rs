@@ -1,13 +1,16 @@
-//! Alerts: a JSON POST to the monitor's webhook when a window breaches a threshold or
-//! an evaluation fails.
+//! Alerts: a JSON POST to the monitor's webhook and an e-mail over SMTP, when a window
+//! breaches a threshold or an evaluation fails.
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{json, Value};
 
-use tokenmeter::quality::monitor::Monitor;
-use tokenmeter::quality::report::Report;
+use tokenmeter::quality::monitor::{EmailAlerts, Monitor, SmtpTls};
+use tokenmeter::quality::report::{self, Report};
 
 const ATTEMPTS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,11 +47,29 @@ pub fn failure(monitor: &str, error: &str) -> Value {
     json!({"monitor": monitor, "status": "failed", "error": error})
 }
 
-/// Delivers an alert to every configured destination; retries a failing webhook twice.
-pub async fn send(monitor: &Monitor, alert: &Value) -> Result<()> {
-    let Some(url) = &monitor.alerts.webhook else {
-        return Ok(());
-    };
+/// Delivers an alert to every configured destination; each is tried even if another
+/// fails, and the failures are returned together.
+pub async fn send(monitor: &Monitor, alert: &Value, report: Option<&Report>) -> Result<()> {
+    let mut failures = Vec::new();
+    if let Some(url) = &monitor.alerts.webhook {
+        if let Err(e) = webhook(url, alert).await {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if let Some(email) = &monitor.alerts.email {
+        if let Err(e) = mail(email, &monitor.name, alert, report).await {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(failures.join("; ")))
+    }
+}
+
+/// POSTs the alert; retries a failing webhook twice.
+async fn webhook(url: &str, alert: &Value) -> Result<()> {
     let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -62,4 +83,68 @@ pub async fn send(monitor: &Monitor, alert: &Value) -> Result<()> {
         }
     }
     bail!("alerts.webhook {url}: delivery failed after {ATTEMPTS} attempts: {last}")
+}
+
+/// The e-mail's subject and plain-text body.
+fn message_text(monitor: &str, alert: &Value, report: Option<&Report>) -> (String, String) {
+    match report {
+        Some(r) => (
+            format!("[tokenmeter] {monitor}: quality threshold breached"),
+            format!(
+                "The quality monitor {monitor} breached a threshold in the window {} .. {}.\n\n{}",
+                r.window.from,
+                r.window.to,
+                report::render_table(r)
+            ),
+        ),
+        None => (
+            format!("[tokenmeter] {monitor}: evaluation failed"),
+            format!(
+                "The quality monitor {monitor} could not evaluate its window:\n\n{}\n",
+                alert
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+            ),
+        ),
+    }
+}
+
+async fn mail(
+    email: &EmailAlerts,
+    monitor: &str,
+    alert: &Value,
+    report: Option<&Report>,
+) -> Result<()> {
+    let (subject, body) = message_text(monitor, alert, report);
+    let mut builder = Message::builder()
+        .from(email.from.parse().context("alerts.email.from")?)
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    for to in &email.to {
+        builder = builder.to(to
+            .parse()
+            .with_context(|| format!("alerts.email.to: {to}"))?);
+    }
+    let message = builder.body(body)?;
+    let host = email.smtp_host.as_str();
+    let transport = match email.tls {
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)?,
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)?,
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+    };
+    let mut transport = transport.port(email.smtp_port).timeout(Some(TIMEOUT));
+    if let (Some(user), Some(pass)) = (&email.username_env, &email.password_env) {
+        let read = |var: &str| {
+            std::env::var(var).map_err(|_| anyhow!("alerts.email: the environment variable {var} is not set; export the SMTP credentials in it"))
+        };
+        transport = transport.credentials(Credentials::new(read(user)?, read(pass)?));
+    }
+    transport.build().send(message).await.with_context(|| {
+        format!(
+            "alerts.email: sending through {host}:{} failed",
+            email.smtp_port
+        )
+    })?;
+    Ok(())
 }

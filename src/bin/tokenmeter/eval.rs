@@ -121,7 +121,7 @@ pub async fn run(args: EvalArgs) -> Result<ExitCode> {
     }
 
     if report.breached && !args.no_alerts {
-        if let Err(e) = alerts::send(&monitor, &alerts::breach(report)).await {
+        if let Err(e) = alerts::send(&monitor, &alerts::breach(report), Some(report)).await {
             eprintln!("warning: alert not delivered: {e:#}");
         }
     }

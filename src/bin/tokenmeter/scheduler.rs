@@ -65,7 +65,9 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
                 }
             );
             (
-                eval.report.breached.then(|| alerts::breach(&eval.report)),
+                eval.report
+                    .breached
+                    .then(|| (alerts::breach(&eval.report), Some(&eval.report))),
                 save(db, name, started, finished, Ok((&eval.report, &eval.rows))),
             )
         }
@@ -73,7 +75,7 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
             let message = format!("{e:#}");
             eprintln!("monitor {name}: evaluation failed: {message}");
             (
-                Some(alerts::failure(name, &message)),
+                Some((alerts::failure(name, &message), None)),
                 save(db, name, started, finished, Err(&message)),
             )
         }
@@ -81,8 +83,8 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
     if let Err(e) = saved {
         eprintln!("monitor {name}: cannot store the run: {e:#}");
     }
-    if let Some(alert) = alert {
-        if let Err(e) = alerts::send(monitor, &alert).await {
+    if let Some((alert, report)) = alert {
+        if let Err(e) = alerts::send(monitor, &alert, report).await {
             eprintln!("monitor {name}: alert not delivered: {e:#}");
         }
     }
