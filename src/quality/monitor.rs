@@ -494,12 +494,14 @@ impl RawEmail {
             "starttls" => SmtpTls::StartTls,
             "tls" => SmtpTls::Tls,
             "none" => SmtpTls::None,
-            other => return Err(MonitorError::new(
-                "alerts.email.tls",
-                format!(
+            other => {
+                return Err(MonitorError::new(
+                    "alerts.email.tls",
+                    format!(
                     "{other:?} is not a TLS mode; use starttls (port 587), tls (port 465) or none"
                 ),
-            )),
+                ))
+            }
         };
         let smtp_port = self.smtp_port.unwrap_or(match tls {
             SmtpTls::Tls => 465,
@@ -686,6 +688,13 @@ schedule: "15 10 * * *"
             Some("http://127.0.0.1:9000/hook")
         );
         assert_eq!(m.schedule.as_deref(), Some("15 10 * * *"));
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let m = Monitor::parse(include_str!("../../examples/monitor.yaml")).unwrap();
+        assert_eq!(m.metrics.len(), 4);
+        assert!(m.alerts.webhook.is_some() && m.alerts.email.is_some());
     }
 
     #[test]
