@@ -29,10 +29,14 @@ pub mod decode;
 pub mod dimensions;
 pub mod estimate;
 pub mod exchange;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod ingest;
 pub mod inject;
 pub mod jsonscan;
 pub mod labels;
 pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod quality;
 pub mod record;
 pub mod sse;
 pub mod stream;

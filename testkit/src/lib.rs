@@ -1,9 +1,15 @@
 //! Test support for tokenmeter, shared by the end-to-end tests, the demo and the benchmarks:
-//! an OpenAI-compatible upstream ([`upstream`]), the real Envoy ([`envoy`]), a Prometheus
-//! text reader ([`prom`]) and an HTTP client that never treats a status as an error
-//! ([`client`]).
+//! an OpenAI-compatible upstream ([`upstream`]) and judge ([`judge`]), the real Envoy
+//! ([`envoy`]), the collector ([`collector`]), webhook and SMTP receivers for alerts, a
+//! Prometheus text reader ([`prom`]) and an HTTP client that never treats a status as an
+//! error ([`client`]).
 
+pub mod axum_thread;
 pub mod client;
+pub mod collector;
 pub mod envoy;
+pub mod judge;
 pub mod prom;
+pub mod smtp;
 pub mod upstream;
+pub mod webhook;

@@ -1,5 +1,15 @@
 //! `tokenmeter`: the companion binary of the tokenmeter filter.
 
+mod alerts;
+mod collector;
+mod eval;
+mod evaluate;
+mod judge;
+mod records;
+mod scheduler;
+mod serve;
+mod store;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,10 +64,110 @@ enum Command {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Collect records over HTTP into SQLite, and run monitors on their schedules.
+    Serve {
+        /// The SQLite database (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to listen on, HOST:PORT (port 0 picks a free one, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: String,
+        /// A monitor definition to run on its schedule; repeat for several.
+        #[arg(long = "monitor")]
+        monitors: Vec<PathBuf>,
+        /// Prefix of the quality metric names at /metrics.
+        #[arg(long, default_value = "llm")]
+        namespace: String,
+        /// Largest accepted request body; larger ones get 413.
+        #[arg(long, default_value_t = 16 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Also run every monitor once at start, besides its schedule.
+        #[arg(long)]
+        run_monitors_now: bool,
+    },
+    /// Import or export records.
+    Records {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Evaluate a monitor's window once; exit 0 when no threshold is breached, 2 when one
+    /// is, 1 on error.
+    Eval {
+        /// The monitor definition (YAML).
+        #[arg(long)]
+        monitor: PathBuf,
+        /// Read records from this database (also the judge-result cache).
+        #[arg(long, conflicts_with = "records", required_unless_present = "records")]
+        db: Option<PathBuf>,
+        /// Read records from this JSONL file.
+        #[arg(long)]
+        records: Option<PathBuf>,
+        /// With --records: keep the judge-result cache (and run history) in this database.
+        #[arg(long, requires = "records")]
+        cache_db: Option<PathBuf>,
+        /// Report format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: eval::Format,
+        /// Write the report to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the per-record table (JSONL) to this file.
+        #[arg(long)]
+        records_out: Option<PathBuf>,
+        /// Score every metric of a record in one judge call.
+        #[arg(long)]
+        combined: bool,
+        /// Evaluate as if now were this RFC 3339 time (the window ends here, less its offset).
+        #[arg(long)]
+        now: Option<String>,
+        /// Do not send alerts for a breach.
+        #[arg(long)]
+        no_alerts: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordsCommand {
+    /// Store the records of a JSONL file (`-` for stdin); existing ids are kept as they are.
+    Import {
+        #[arg(long)]
+        db: PathBuf,
+        file: PathBuf,
+    },
+    /// Print stored records as JSONL, ordered by time.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        /// Start: a duration before now (P7D) or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        /// End (exclusive): a duration before now or an RFC 3339 time; default: no end.
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // Usage errors exit 1 like any other error: `eval` reserves 2 for a breach.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -114,6 +224,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", bootstrap::render(&spec, &config));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve {
+            db,
+            listen,
+            monitors,
+            namespace,
+            max_body_bytes,
+            run_monitors_now,
+        } => {
+            runtime()?.block_on(serve::run(serve::ServeArgs {
+                db,
+                listen,
+                monitors,
+                namespace,
+                max_body_bytes,
+                run_monitors_now,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Records { command } => {
+            match command {
+                RecordsCommand::Import { db, file } => records::import(&db, &file)?,
+                RecordsCommand::Export { db, since, until } => {
+                    records::export(&db, &since, until.as_deref())?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            monitor,
+            db,
+            records,
+            cache_db,
+            format,
+            out,
+            records_out,
+            combined,
+            now,
+            no_alerts,
+        } => runtime()?.block_on(eval::run(eval::EvalArgs {
+            monitor,
+            db,
+            records,
+            cache_db,
+            format,
+            out,
+            records_out,
+            combined,
+            now,
+            no_alerts,
+        })),
     }
 }
 

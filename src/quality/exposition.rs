@@ -1,0 +1,191 @@
+//! The latest monitor results as Prometheus text exposition.
+
+use std::fmt::Write as _;
+
+use super::report::Report;
+
+/// Whether a namespace is usable as a metric name prefix: `[a-z][a-z0-9_]*`.
+pub fn valid_namespace(ns: &str) -> bool {
+    let mut chars = ns.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Escapes a label value: backslash, double quote and newline, per the exposition format.
+pub fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The state of one monitor for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorState {
+    pub monitor: String,
+    /// The last successful evaluation and when it finished (Unix seconds).
+    pub last_report: Option<(Report, i64)>,
+    /// Whether the most recent run failed (judge unreachable, breaker open...).
+    pub last_run_failed: bool,
+}
+
+/// Renders the quality metrics of every monitor. Averages and pass rates of a metric
+/// with nothing scored are omitted (no NaN); `_breached` is 1 for it.
+pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
+    let mut out = String::new();
+    type Value = fn(&crate::quality::aggregate::Summary) -> Option<f64>;
+    let families: [(&str, &str, Value); 5] = [
+        ("quality_average_score", "Mean judge score (1-5) of the scored sampled records in the monitor's last window.", |s| s.average_score),
+        ("quality_pass_rate", "Fraction of scored records at or above the acceptable score in the last window.", |s| s.pass_rate),
+        ("quality_violations", "Scored records below the acceptable score in the last window.", |s| Some(s.violations as f64)),
+        ("quality_scored_records", "Records the judge scored in the last window.", |s| Some(s.scored as f64)),
+        ("quality_breached", "1 when the metric breached a threshold (or nothing could be scored) in the last window.", |s| Some(if s.breached { 1.0 } else { 0.0 })),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {ns}_{name} {help}");
+        let _ = writeln!(out, "# TYPE {ns}_{name} gauge");
+        for m in monitors {
+            let Some((report, _)) = &m.last_report else {
+                continue;
+            };
+            for (metric, summary) in &report.metrics {
+                if let Some(v) = value(summary) {
+                    let _ = writeln!(
+                        out,
+                        "{ns}_{name}{{monitor=\"{}\",metric=\"{}\"}} {v}",
+                        escape_label_value(&m.monitor),
+                        metric.name()
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP {ns}_quality_last_run_timestamp_seconds Unix time the monitor's last successful evaluation finished.");
+    let _ = writeln!(out, "# TYPE {ns}_quality_last_run_timestamp_seconds gauge");
+    for m in monitors {
+        if let Some((_, at)) = &m.last_report {
+            let _ = writeln!(
+                out,
+                "{ns}_quality_last_run_timestamp_seconds{{monitor=\"{}\"}} {at}",
+                escape_label_value(&m.monitor)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {ns}_quality_last_run_failed 1 when the monitor's most recent evaluation failed."
+    );
+    let _ = writeln!(out, "# TYPE {ns}_quality_last_run_failed gauge");
+    for m in monitors {
+        let _ = writeln!(
+            out,
+            "{ns}_quality_last_run_failed{{monitor=\"{}\"}} {}",
+            escape_label_value(&m.monitor),
+            u8::from(m.last_run_failed)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quality::aggregate::{Status, Tally, Thresholds};
+    use crate::quality::metric::Metric;
+    use crate::quality::report::{JudgeReport, Mode, WindowReport};
+
+    fn report(metrics: Vec<(Metric, Tally)>) -> Report {
+        Report {
+            monitor: "m".into(),
+            mode: Mode::PerMetric,
+            window: WindowReport {
+                from: "a".into(),
+                to: "b".into(),
+            },
+            records: 1,
+            sampled: 1,
+            judge: JudgeReport {
+                kind: "openai".into(),
+                model: "x".into(),
+                prompt_versions: Default::default(),
+                calls: 0,
+                cached: 0,
+            },
+            metrics: metrics
+                .into_iter()
+                .map(|(m, t)| (m, t.summarize(Thresholds::default())))
+                .collect(),
+            breached: false,
+        }
+    }
+
+    #[test]
+    fn renders_families_with_escaped_labels() {
+        let mut t = Tally::default();
+        t.add(Status::Scored, Some(5));
+        t.add(Status::Scored, Some(3));
+        let states = vec![
+            MonitorState {
+                monitor: "a\"b\\c\nd".into(),
+                last_report: Some((
+                    report(vec![
+                        (Metric::Coherence, t),
+                        (Metric::Fluency, Tally::default()),
+                    ]),
+                    1_700_000_000,
+                )),
+                last_run_failed: false,
+            },
+            MonitorState {
+                monitor: "never".into(),
+                last_report: None,
+                last_run_failed: true,
+            },
+        ];
+        let text = render("llm", &states);
+        assert!(text.contains("# TYPE llm_quality_average_score gauge\n"));
+        assert!(text.contains("# HELP llm_quality_pass_rate "));
+        assert!(
+            text.contains(
+                "llm_quality_average_score{monitor=\"a\\\"b\\\\c\\nd\",metric=\"coherence\"} 4\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "llm_quality_pass_rate{monitor=\"a\\\"b\\\\c\\nd\",metric=\"coherence\"} 0.5\n"
+        ));
+        assert!(text.contains(
+            "llm_quality_violations{monitor=\"a\\\"b\\\\c\\nd\",metric=\"coherence\"} 1\n"
+        ));
+        assert!(text.contains(
+            "llm_quality_scored_records{monitor=\"a\\\"b\\\\c\\nd\",metric=\"fluency\"} 0\n"
+        ));
+        assert!(text
+            .contains("llm_quality_breached{monitor=\"a\\\"b\\\\c\\nd\",metric=\"fluency\"} 1\n"));
+        // Nothing scored: no average or pass rate sample rather than NaN.
+        assert!(!text.contains("metric=\"fluency\"} NaN"));
+        assert!(!text
+            .lines()
+            .any(|l| l.starts_with("llm_quality_average_score") && l.contains("fluency")));
+        assert!(text.contains("llm_quality_last_run_failed{monitor=\"never\"} 1\n"));
+        assert!(text.contains(
+            "llm_quality_last_run_timestamp_seconds{monitor=\"a\\\"b\\\\c\\nd\"} 1700000000\n"
+        ));
+    }
+
+    #[test]
+    fn namespaces() {
+        assert!(valid_namespace("llm"));
+        assert!(valid_namespace("a1_b"));
+        assert!(!valid_namespace("1a"));
+        assert!(!valid_namespace(""));
+        assert!(!valid_namespace("Llm"));
+        assert!(!valid_namespace("l-m"));
+    }
+}

@@ -1,0 +1,292 @@
+//! The evaluation report: its JSON shape, the per-record table and the text table.
+
+use std::fmt::Write as _;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::aggregate::{round4, Status, Summary};
+use super::metric::Metric;
+
+/// Whether each metric had its own judge call, or one call scored them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    PerMetric,
+    Combined,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::PerMetric => "per_metric",
+            Mode::Combined => "combined",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowReport {
+    pub from: String,
+    pub to: String,
+}
+
+/// The judge that produced the scores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeReport {
+    pub kind: String,
+    pub model: String,
+    /// Prompt version per metric (or `combined`).
+    pub prompt_versions: std::collections::BTreeMap<String, String>,
+    /// Judge calls made in this run (after retries, one per request that got an answer
+    /// or failed), and answers taken from the cache instead.
+    pub calls: u64,
+    pub cached: u64,
+}
+
+/// One evaluation of one monitor's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub monitor: String,
+    pub mode: Mode,
+    pub window: WindowReport,
+    /// Records in the window.
+    pub records: u64,
+    /// Records in the sample.
+    pub sampled: u64,
+    pub judge: JudgeReport,
+    #[serde(
+        serialize_with = "serialize_metrics",
+        deserialize_with = "deserialize_metrics"
+    )]
+    pub metrics: Vec<(Metric, Summary)>,
+    pub breached: bool,
+}
+
+/// One line of the per-record table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    pub record_id: String,
+    pub metric: Metric,
+    pub status: String,
+    pub score: Option<u8>,
+    pub reason: String,
+    pub judge_model: String,
+    pub prompt_version: String,
+    pub cached: bool,
+}
+
+impl Row {
+    pub fn status(&self) -> Option<Status> {
+        [
+            Status::Scored,
+            Status::Unparsed,
+            Status::Errored,
+            Status::NotApplicable,
+        ]
+        .into_iter()
+        .find(|s| s.name() == self.status)
+    }
+}
+
+/// Serialises the metrics as an object in report order, with ratios rounded for display.
+fn serialize_metrics<S: Serializer>(
+    metrics: &[(Metric, Summary)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(metrics.len()))?;
+    for (metric, summary) in metrics {
+        let rounded = Summary {
+            average_score: summary.average_score.map(round4),
+            pass_rate: summary.pass_rate.map(round4),
+            ..summary.clone()
+        };
+        map.serialize_entry(metric.name(), &rounded)?;
+    }
+    map.end()
+}
+
+fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(Metric, Summary)>, D::Error> {
+    let map: std::collections::BTreeMap<Metric, Summary> = Deserialize::deserialize(d)?;
+    let mut metrics: Vec<(Metric, Summary)> = map.into_iter().collect();
+    metrics.sort_by_key(|(m, _)| Metric::ALL.iter().position(|x| x == m));
+    Ok(metrics)
+}
+
+fn ratio(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_string(), |v| format!("{:.4}", round4(v)))
+}
+
+/// The report as a text table, for people.
+pub fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "monitor   {}", r.monitor);
+    let _ = writeln!(out, "window    {} .. {}", r.window.from, r.window.to);
+    let _ = writeln!(
+        out,
+        "records   {} in window, {} sampled",
+        r.records, r.sampled
+    );
+    let _ = writeln!(
+        out,
+        "judge     {} {} ({} mode; {} calls, {} cached)",
+        r.judge.kind,
+        r.judge.model,
+        r.mode.name(),
+        r.judge.calls,
+        r.judge.cached
+    );
+    let _ = writeln!(out);
+    let header = [
+        "metric",
+        "average",
+        "pass rate",
+        "violations",
+        "scored",
+        "unparsed",
+        "errored",
+        "n/a",
+        "thresholds",
+        "status",
+    ];
+    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
+    for (metric, s) in &r.metrics {
+        rows.push([
+            metric.name().to_string(),
+            ratio(s.average_score),
+            ratio(s.pass_rate),
+            s.violations.to_string(),
+            s.scored.to_string(),
+            s.unparsed.to_string(),
+            s.errored.to_string(),
+            s.not_applicable.to_string(),
+            format!(
+                "score>={} rate>={} avg>={}",
+                s.acceptable_score, s.pass_rate_threshold, s.average_threshold
+            ),
+            if s.breached { "BREACHED" } else { "ok" }.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    let _ = writeln!(out);
+    let breaches: Vec<String> = r
+        .metrics
+        .iter()
+        .filter_map(|(m, s)| s.breach_reason().map(|why| format!("{}: {why}", m.name())))
+        .collect();
+    if r.breached {
+        let _ = writeln!(out, "result    BREACHED");
+        for b in breaches {
+            let _ = writeln!(out, "          {b}");
+        }
+    } else {
+        let _ = writeln!(out, "result    ok: no threshold breached");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quality::aggregate::{Tally, Thresholds};
+
+    fn report() -> Report {
+        let mut good = Tally::default();
+        for _ in 0..13 {
+            good.add(Status::Scored, Some(5));
+        }
+        good.add(Status::Scored, Some(3));
+        let mut none = Tally::default();
+        none.add(Status::Errored, None);
+        none.add(Status::NotApplicable, None);
+        Report {
+            monitor: "m".into(),
+            mode: Mode::PerMetric,
+            window: WindowReport {
+                from: "2026-11-19T10:15:00Z".into(),
+                to: "2026-11-26T10:15:00Z".into(),
+            },
+            records: 140,
+            sampled: 14,
+            judge: JudgeReport {
+                kind: "openai".into(),
+                model: "gpt-4o".into(),
+                prompt_versions: Default::default(),
+                calls: 15,
+                cached: 0,
+            },
+            metrics: vec![
+                (Metric::Coherence, good.summarize(Thresholds::default())),
+                (Metric::Groundedness, none.summarize(Thresholds::default())),
+            ],
+            breached: true,
+        }
+    }
+
+    #[test]
+    fn json_shape_keeps_order_rounds_and_uses_null() {
+        let json = serde_json::to_value(report()).unwrap();
+        assert_eq!(json["mode"], "per_metric");
+        let keys: Vec<&String> = json["metrics"].as_object().unwrap().keys().collect();
+        // serde_json sorts keys without preserve_order; the text form keeps report order.
+        assert_eq!(keys.len(), 2);
+        let text = serde_json::to_string(&report()).unwrap();
+        assert!(text.find("\"coherence\"").unwrap() < text.find("\"groundedness\"").unwrap());
+        let c = &json["metrics"]["coherence"];
+        assert_eq!(c["pass_rate"], 0.9286);
+        assert_eq!(c["average_score"], 4.8571);
+        assert_eq!(c["violations"], 1);
+        assert_eq!(c["breached"], false);
+        let g = &json["metrics"]["groundedness"];
+        assert!(g["average_score"].is_null() && g["pass_rate"].is_null());
+        assert_eq!(g["errored"], 1);
+        assert_eq!(g["not_applicable"], 1);
+        assert_eq!(g["breached"], true);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.metrics.first().unwrap().0, Metric::Groundedness);
+    }
+
+    #[test]
+    fn table_shows_every_count_and_the_breach() {
+        let t = render_table(&report());
+        assert!(t.contains("140 in window, 14 sampled"), "{t}");
+        assert!(t.contains("per_metric mode"), "{t}");
+        let coherence = t.lines().find(|l| l.starts_with("coherence")).unwrap();
+        let cells: Vec<&str> = coherence.split_whitespace().collect();
+        assert_eq!(
+            &cells[..8],
+            ["coherence", "4.8571", "0.9286", "1", "14", "0", "0", "0"]
+        );
+        assert!(coherence.ends_with("ok"));
+        let grounded = t.lines().find(|l| l.starts_with("groundedness")).unwrap();
+        assert!(
+            grounded.contains(" - ") && grounded.ends_with("BREACHED"),
+            "{grounded}"
+        );
+        assert!(t.contains("result    BREACHED"));
+        assert!(
+            t.contains(
+                "groundedness: no record could be scored (0 unparsed, 1 errored, 1 not applicable)"
+            ),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! `tokenmeter serve` as a collector: the real binary, a real SQLite file.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use tokenmeter_testkit::collector::{get, post, Collector};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenmeter");
+
+fn start(db: &Path, extra: &[&str]) -> Collector {
+    Collector::start(Path::new(BIN), db, extra).unwrap()
+}
+
+fn records_url(c: &Collector) -> String {
+    format!("{}/v1/records", c.url())
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn export(db: &Path, since: &str) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args(["records", "export", "--db"])
+        .arg(db)
+        .args(["--since", since])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect()
+}
+
+#[test]
+fn healthz_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("t.db"), &[]);
+    let (status, body) = get(&format!("{}/healthz", c.url())).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["status"], "ok");
+}
+
+#[test]
+fn accepts_one_json_record_and_ndjson_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &[]);
+    let one = r#"{"id":"a","time":"2020-11-26T12:00:00+02:00","model":"gpt-4o","question":"q","answer":"a"}"#;
+    let (status, body) = post(&records_url(&c), "application/json", one).unwrap();
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"stored": 1, "duplicates": 0}))
+    );
+
+    let before = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let batch = "{\"id\":\"b\",\"time\":\"2020-11-26T09:00:00Z\"}\n{\"id\":\"c\"}\n";
+    let (status, body) = post(&records_url(&c), "application/x-ndjson", batch).unwrap();
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"stored": 2, "duplicates": 0}))
+    );
+
+    // Either shape under either content type.
+    let (status, _) = post(
+        &records_url(&c),
+        "application/json",
+        "{\"id\":\"d\"}\n{\"id\":\"e\"}",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        &records_url(&c),
+        "application/x-ndjson",
+        "{\n \"id\": \"f\"\n}",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+
+    let all = export(&db, "2020-01-01T00:00:00Z");
+    let ids: Vec<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    // Ordered by time: b (09:00Z), a (10:00Z normalised), then those received now.
+    assert_eq!(&ids[..2], ["b", "a"]);
+    assert_eq!(ids.len(), 6);
+    assert_eq!(all[1]["time"], "2020-11-26T10:00:00Z");
+    assert_eq!(all[1]["question"], "q");
+    // Records without a time got the time they were received.
+    for r in &all[2..] {
+        let t = chrono::DateTime::parse_from_rfc3339(r["time"].as_str().unwrap()).unwrap();
+        assert!(
+            t >= chrono::DateTime::parse_from_rfc3339(&before).unwrap(),
+            "{t} {before}"
+        );
+    }
+}
+
+#[test]
+fn storing_an_id_twice_keeps_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &[]);
+    let first = r#"{"id":"same","time":"2026-11-26T10:00:00Z","answer":"first"}"#;
+    let second = r#"{"id":"same","time":"2026-11-26T11:00:00Z","answer":"second"}"#;
+    let (_, body) = post(&records_url(&c), "application/json", first).unwrap();
+    assert_eq!(json(&body)["stored"], 1);
+    let (status, body) = post(
+        &records_url(&c),
+        "application/x-ndjson",
+        format!("{second}\n{first}\n"),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"stored": 0, "duplicates": 2})
+    );
+    let all = export(&db, "2026-01-01T00:00:00Z");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["answer"], "first");
+}
+
+#[test]
+fn bad_input_is_refused_whole_with_the_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &[]);
+    let cases = [
+        (
+            "{\"id\":\"ok1\"}\n{\"id\":\"ok2\",\"status\":\"fine\"}\n",
+            "line 2: status: ",
+        ),
+        (
+            "{\"id\":\"ok1\"}\n{\"question\":\"no id\"}",
+            "line 2: missing field `id`",
+        ),
+        (
+            "{\"id\":\"ok1\"}\n{\"id\":\"x\",\"time\":\"last tuesday\"}",
+            "line 2: time: \"last tuesday\" is not an RFC 3339 time",
+        ),
+        (
+            "{\"id\":\"ok1\"}\nnot json at all",
+            "line 2: is not a JSON record",
+        ),
+        ("", "body: is empty"),
+    ];
+    for (body, reason) in cases {
+        let (status, answer) = post(&records_url(&c), "application/x-ndjson", body).unwrap();
+        assert_eq!(status, 400, "{answer}");
+        let error = json(&answer)["error"].as_str().unwrap().to_string();
+        assert!(
+            error.starts_with(reason),
+            "{error:?} should start with {reason:?}"
+        );
+    }
+    // The valid first lines of the refused batches were not stored.
+    assert!(export(&db, "P3650D").is_empty());
+}
+
+#[test]
+fn bodies_over_the_limit_get_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &["--max-body-bytes", "2048"]);
+    let big = format!("{{\"id\":\"big\",\"answer\":\"{}\"}}", "x".repeat(4096));
+    let (status, body) = post(&records_url(&c), "application/json", big).unwrap();
+    assert_eq!(status, 413);
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("--max-body-bytes"));
+    let small = "{\"id\":\"small\"}";
+    assert_eq!(
+        post(&records_url(&c), "application/json", small).unwrap().0,
+        200
+    );
+}
+
+#[test]
+fn accepted_records_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &[]);
+    let batch: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"r{i}\",\"time\":\"2026-11-26T10:{:02}:00Z\"}}\n",
+                i % 60
+            )
+        })
+        .collect();
+    let (status, body) = post(&records_url(&c), "application/x-ndjson", batch).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["stored"], 200);
+    c.kill().unwrap();
+
+    assert_eq!(export(&db, "2026-11-26T00:00:00Z").len(), 200);
+    // And the store is still usable by a new server.
+    let c = start(&db, &[]);
+    let (_, body) = post(&records_url(&c), "application/json", "{\"id\":\"r0\"}").unwrap();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"stored": 0, "duplicates": 1})
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_namespace_and_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            "Bad-NS",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--namespace"));
+
+    let monitor = dir.path().join("m.yaml");
+    std::fs::write(&monitor, "name: m\njudge: {url: 'http://127.0.0.1:9/v1', model: j}\nmetrics: {fluency: {}}\nschedule: sometimes\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .arg("--monitor")
+        .arg(&monitor)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid monitor definition: schedule:"),
+        "{stderr}"
+    );
+}
