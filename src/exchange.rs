@@ -756,18 +756,22 @@ mod tests {
     }
 
     #[test]
-    fn encoded_and_event_stream_bodies_are_not_parsed_as_json() {
+    fn bodies_that_cannot_be_read_are_counted_without_tokens() {
         let config = r#"{"dimensions":[{"name":"usage_source"}]}"#;
-        let s = run(
-            config,
-            "/v1/chat/completions",
-            &[],
-            "{}",
-            &[("content-encoding", "gzip")],
-            CHAT_RESPONSE,
-            30,
-        );
-        assert_eq!(s.usage, None);
+        // Brotli is not decoded; a body that claims gzip but is not stops decoding.
+        for coding in ["br", "gzip"] {
+            let s = run(
+                config,
+                "/v1/chat/completions",
+                &[],
+                "{}",
+                &[("content-encoding", coding)],
+                CHAT_RESPONSE,
+                30,
+            );
+            assert_eq!(s.usage, None, "{coding}");
+            assert_eq!(s.labels, ["none"], "{coding}");
+        }
         let s = run(
             config,
             "/v1/chat/completions",
@@ -777,7 +781,7 @@ mod tests {
             CHAT_RESPONSE,
             30,
         );
-        assert!(s.usage.is_some());
+        assert_eq!(s.usage.unwrap().source, UsageSource::Reported);
     }
 
     #[test]
@@ -791,5 +795,192 @@ mod tests {
         assert_eq!(s.labels, ["gpt-4.1"]);
         assert_eq!(s.status, None);
         assert_eq!(s.usage, None);
+    }
+
+    /// A chat stream as OpenAI sends it when usage was requested, and the same stream as a
+    /// client that did not ask receives it.
+    fn recorded_stream() -> (String, String) {
+        let chunk = |choices: &str, usage: &str| {
+            format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_1\",\"choices\":{choices}{usage}}}\n\n")
+        };
+        let deltas = [
+            r#"[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"Caf\u00e9 \ud83c\udf89 "},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"is open."},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]"#,
+        ];
+        let mut upstream = String::new();
+        let mut client = String::new();
+        for d in deltas {
+            upstream += &chunk(d, r#","usage":null"#);
+            client += &chunk(d, "");
+        }
+        upstream += &chunk(
+            "[]",
+            r#","usage":{"prompt_tokens":14,"completion_tokens":6,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":2}}"#,
+        );
+        upstream += "data: [DONE]\n\n";
+        client += "data: [DONE]\n\n";
+        (upstream, client)
+    }
+
+    fn injected_exchange(cuts: &[usize], crlf: bool) -> (Vec<u8>, Settlement) {
+        let config =
+            Config::parse(br#"{"dimensions":[{"name":"model"},{"name":"usage_source"}]}"#).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(
+            &config,
+            "POST",
+            "/v1/chat/completions",
+            headers(&[]),
+            &host(),
+            100,
+        )
+        .unwrap();
+        assert!(ex.holds_request_body());
+        let rewritten = ex
+            .request_complete(
+                &config,
+                br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            )
+            .expect("usage is asked for");
+        assert!(rewritten.starts_with(br#"{"stream_options":{"include_usage":true},"#));
+        let edits = ex.on_response_headers(
+            &config,
+            Some(200),
+            headers(&[("content-type", "text/event-stream")]),
+        );
+        assert!(edits.remove_content_length);
+        let (mut upstream, _) = recorded_stream();
+        if crlf {
+            upstream = upstream.replace('\n', "\r\n");
+        }
+        let bytes = upstream.as_bytes();
+        let mut client = Vec::new();
+        let mut last = 0;
+        for (i, &cut) in cuts.iter().chain(std::iter::once(&bytes.len())).enumerate() {
+            let cut = cut.clamp(last, bytes.len());
+            let out = ex.on_response_body(&config, &bytes[last..cut], 150 + i as u64);
+            client.extend(out.expect("an edited stream always hands back bytes"));
+            last = cut;
+        }
+        client.extend(ex.on_response_end(&config).unwrap_or_default());
+        let s = ex.settle(&config, &host(), &mut card, 400).unwrap();
+        (client, s)
+    }
+
+    #[test]
+    fn injected_streams_give_the_same_counts_and_client_bytes_for_every_split() {
+        let (upstream, client_view) = recorded_stream();
+        for crlf in [false, true] {
+            let want = if crlf {
+                client_view.replace('\n', "\r\n")
+            } else {
+                client_view.clone()
+            };
+            for cut in 0..=upstream.len() + 10 {
+                let (client, s) = injected_exchange(&[cut], crlf);
+                assert_eq!(
+                    String::from_utf8(client).unwrap(),
+                    want,
+                    "cut {cut} crlf {crlf}"
+                );
+                let u = s.usage.unwrap();
+                assert_eq!(
+                    (u.prompt, u.completion, u.total, u.cached),
+                    (14, 6, 20, Some(2))
+                );
+                assert_eq!(s.labels, ["gpt-4o-2024-08-06", "reported"]);
+                assert!(s.streamed);
+                assert_eq!(s.duration_ms, 300);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_of_an_injected_stream(mut cuts in proptest::collection::vec(0usize..1400, 0..12), crlf: bool) {
+            cuts.sort_unstable();
+            let (client, s) = injected_exchange(&cuts, crlf);
+            let (_, view) = recorded_stream();
+            let want = if crlf { view.replace('\n', "\r\n") } else { view };
+            proptest::prop_assert_eq!(String::from_utf8(client).unwrap(), want);
+            proptest::prop_assert_eq!(s.usage.unwrap().total, 20);
+        }
+
+        #[test]
+        fn any_chunking_of_an_estimated_stream(mut cuts in proptest::collection::vec(0usize..1400, 0..12)) {
+            cuts.sort_unstable();
+            let (_, stream) = recorded_stream();
+            let config = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
+            let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+            let mut ex = Exchange::start(&config, "POST", "/v1/chat/completions", headers(&[]), &host(), 0).unwrap();
+            proptest::prop_assert!(!ex.holds_request_body());
+            ex.on_request_body(br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+            ex.on_response_headers(&config, Some(200), headers(&[("content-type", "text/event-stream")]));
+            let bytes = stream.as_bytes();
+            let mut last = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+                let cut = cut.clamp(last, bytes.len());
+                proptest::prop_assert_eq!(ex.on_response_body(&config, &bytes[last..cut], 1), None);
+                last = cut;
+            }
+            let u = ex.settle(&config, &host(), &mut card, 2).unwrap().usage.unwrap();
+            proptest::prop_assert_eq!(u.source, UsageSource::Estimated);
+            // "hi" with OpenAI's accounting: 3 + user + hi + 3.
+            proptest::prop_assert_eq!(u.prompt, 8);
+            proptest::prop_assert_eq!(u.completion, Encoding::O200kBase.count("Café 🎉 is open."));
+        }
+    }
+
+    #[test]
+    fn time_to_first_token_is_the_first_content_not_the_first_byte() {
+        let config = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(
+            &config,
+            "POST",
+            "/v1/chat/completions",
+            headers(&[]),
+            &host(),
+            1000,
+        )
+        .unwrap();
+        ex.on_response_headers(
+            &config,
+            Some(200),
+            headers(&[("content-type", "text/event-stream")]),
+        );
+        let (_, stream) = recorded_stream();
+        let events: Vec<&str> = stream.split_inclusive("\n\n").collect();
+        // The role-only first chunk arrives at 1040; the first text at 1100.
+        ex.on_response_body(&config, events[0].as_bytes(), 1040);
+        ex.on_response_body(&config, events[1].as_bytes(), 1100);
+        ex.on_response_body(&config, events[2..].concat().as_bytes(), 1200);
+        let s = ex.settle(&config, &host(), &mut card, 1250).unwrap();
+        assert_eq!(s.ttft_ms, Some(100));
+        assert_eq!(s.duration_ms, 250);
+    }
+
+    #[test]
+    fn gzip_json_is_read_from_a_decoded_copy() {
+        use std::io::Write;
+        let config = Config::default();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex =
+            Exchange::start(&config, "POST", "/v1/embeddings", headers(&[]), &host(), 0).unwrap();
+        ex.on_response_headers(&config, Some(200), headers(&[("content-encoding", "gzip")]));
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(CHAT_RESPONSE.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        for c in z.chunks(5) {
+            assert_eq!(ex.on_response_body(&config, c, 1), None);
+        }
+        let u = ex
+            .settle(&config, &host(), &mut card, 2)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!((u.total, u.source), (17, UsageSource::Reported));
     }
 }

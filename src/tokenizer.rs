@@ -208,6 +208,23 @@ mod tests {
     }
 
     #[test]
+    fn pinned_counts_across_scripts_code_emoji_and_tool_calls() {
+        // Pinned from the encodings' own tables; a change here means estimates changed.
+        let cases: [(&str, u64, u64); 6] = [
+            ("The quick brown fox jumps over the lazy dog.", 10, 10),
+            ("日本語のテキストはどのように数えられますか？", 18, 21),
+            ("Привет, как дела? Всё хорошо.", 9, 17),
+            ("fn main() { println!(\"{}\", 1 + 2); }", 13, 13),
+            ("🎉🚀👩‍💻", 9, 13),
+            (r#"get_weather{"city": "Paris", "unit": "celsius"}"#, 15, 15),
+        ];
+        for (text, o200k, cl100k) in cases {
+            assert_eq!(Encoding::O200kBase.count(text), o200k, "{text}");
+            assert_eq!(Encoding::Cl100kBase.count(text), cl100k, "{text}");
+        }
+    }
+
+    #[test]
     fn segmenting_does_not_change_counts_of_ordinary_text() {
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(400)
             + "Ünïcödé text, 日本語のテキスト, emoji 🎉🎉 and code: fn main() { println!(\"hi\"); }";

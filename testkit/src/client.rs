@@ -79,3 +79,16 @@ fn reply(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Reply> {
         body,
     })
 }
+
+/// POSTs `body`, reads the first bytes of the response, then hangs up (a client that goes
+/// away mid-stream). Returns how many bytes it read.
+pub fn post_and_hang_up(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<usize> {
+    let mut req = agent().post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send(body)?;
+    let mut first = [0u8; 64];
+    let n = resp.body_mut().as_reader().read(&mut first)?;
+    Ok(n)
+}
