@@ -26,7 +26,16 @@ pub struct BootstrapSpec {
     pub upstream_tls: bool,
     pub node_id: Option<String>,
     pub region: Option<String>,
+    /// Write an access log with each request's usage to this path (`/dev/stdout` works).
+    pub access_log: Option<String>,
+    /// How often Envoy computes histograms for `/stats` (its default is 5 s).
+    pub stats_flush_ms: Option<u64>,
 }
+
+/// The access log line: one JSON object per request, with tokenmeter's usage summary
+/// (`%FILTER_STATE(wasm.tokenmeter:PLAIN)%`) beside what identifies the request.
+pub const ACCESS_LOG_FORMAT: &str = r#"{"time":"%START_TIME%","method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","status":%RESPONSE_CODE%,"route":"%ROUTE_NAME%","upstream":"%UPSTREAM_CLUSTER%","request_id":"%REQ(X-REQUEST-ID)%","user_agent":"%REQ(USER-AGENT)%","tokenmeter":%FILTER_STATE(wasm.tokenmeter:PLAIN)%}
+"#;
 
 fn q(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -70,6 +79,9 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
         "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}",
         spec.admin_port
     );
+    if let Some(ms) = spec.stats_flush_ms {
+        let _ = writeln!(y, "stats_flush_interval: {}.{:03}s", ms / 1000, ms % 1000);
+    }
     let tags = stats_tags(config);
     let _ = writeln!(
         y,
@@ -108,7 +120,7 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
+          stat_prefix: ingress{access_log}
           route_config:
             name: llm
             virtual_hosts:
@@ -145,6 +157,14 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
         - endpoint:
             address: {{socket_address: {{address: {upstream_host}, port_value: {upstream_port}}}}}{tls_host}
 "#,
+        access_log = match &spec.access_log {
+            Some(path) => format!(
+                "\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: {}}}}}",
+                q(path),
+                q(ACCESS_LOG_FORMAT)
+            ),
+            None => String::new(),
+        },
         listen_host = q(&spec.listen_host),
         listen_port = spec.listen_port,
         filter_config = q(&spec.filter_config),
@@ -174,6 +194,8 @@ mod tests {
             upstream_tls: false,
             node_id: None,
             region: None,
+            access_log: Some("/var/log/envoy/tokens.log".into()),
+            stats_flush_ms: Some(1500),
         };
         let y = render(&spec, &config);
         assert!(y.contains(r#"- tag_name: "api_id""#), "{y}");
@@ -188,5 +210,14 @@ mod tests {
             "{y}"
         );
         assert!(y.contains("type: STATIC"), "{y}");
+        assert!(y.contains("stats_flush_interval: 1.500s"), "{y}");
+        assert!(y.contains(r#"path: "/var/log/envoy/tokens.log""#), "{y}");
+        assert!(y.contains("FILTER_STATE(wasm.tokenmeter:PLAIN)"), "{y}");
+        for fixed in crate::metrics::FIXED_LABELS {
+            assert!(
+                y.contains(&format!("- tag_name: \"{fixed}\"")),
+                "{fixed}: {y}"
+            );
+        }
     }
 }

@@ -54,6 +54,7 @@ struct RawConfig {
     default_encoding: Option<String>,
     decompress: Option<bool>,
     identity_encoding: Option<bool>,
+    metric_names: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +96,27 @@ pub struct Config {
     pub decompress: bool,
     /// Ask upstreams for uncompressed responses on metered requests.
     pub identity_encoding: bool,
+    pub naming: Naming,
 }
+
+/// Which names the token and latency metrics take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `{namespace}_prompt_tokens_total` and friends.
+    Tokenmeter,
+    /// OpenTelemetry GenAI names (`gen_ai_client_token_usage`, ...), with the
+    /// `gen_ai_operation_name`, `gen_ai_provider_name`, `gen_ai_request_model` and
+    /// `gen_ai_response_model` labels added before the configured dimensions.
+    Otel,
+}
+
+/// The labels `"metric_names": "otel"` adds, with their values.
+pub const OTEL_LABELS: [(&str, dimensions::Derived); 4] = [
+    ("gen_ai_operation_name", dimensions::Derived::OtelOperation),
+    ("gen_ai_provider_name", dimensions::Derived::Provider),
+    ("gen_ai_request_model", dimensions::Derived::RequestModel),
+    ("gen_ai_response_model", dimensions::Derived::ResponseModel),
+];
 
 /// When a request matches every condition given, `inject` decides for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,13 +156,11 @@ pub struct DimensionConfig {
 impl DimensionConfig {
     /// Whether the dimension's values can come from clients, so they must be capped.
     pub fn is_capped(&self) -> bool {
-        !matches!(
-            self.dimension.value,
-            ValueSpec::Literal(_)
-                | ValueSpec::Derived(
-                    dimensions::Derived::Operation | dimensions::Derived::UsageSource
-                )
-        )
+        match self.dimension.value {
+            ValueSpec::Literal(_) => false,
+            ValueSpec::Derived(d) => !d.is_bounded(),
+            ValueSpec::Source { .. } => true,
+        }
     }
 }
 
@@ -157,6 +176,7 @@ impl Default for Config {
             encodings: EncodingMap::default(),
             decompress: true,
             identity_encoding: false,
+            naming: Naming::Tokenmeter,
         }
     }
 }
@@ -228,8 +248,33 @@ impl RawConfig {
                 ),
             ));
         }
+        let naming =
+            match self.metric_names.as_deref() {
+                None | Some("tokenmeter") => Naming::Tokenmeter,
+                Some("otel") => Naming::Otel,
+                Some(other) => return Err(ConfigError::new(
+                    "metric_names",
+                    format!(
+                        "{other:?} is not a naming; use \"tokenmeter\" (the default) or \"otel\""
+                    ),
+                )),
+            };
         let mut seen = HashSet::new();
-        let mut dims = Vec::with_capacity(self.dimensions.len());
+        let mut dims = Vec::with_capacity(self.dimensions.len() + OTEL_LABELS.len());
+        if naming == Naming::Otel {
+            for (label, derived) in OTEL_LABELS {
+                seen.insert(label.to_string());
+                dims.push(DimensionConfig {
+                    dimension: Dimension {
+                        label: label.to_string(),
+                        value: ValueSpec::Derived(derived),
+                    },
+                    max_values: DEFAULT_MAX_VALUES,
+                    allow: None,
+                    hash: false,
+                });
+            }
+        }
         for (i, raw) in self.dimensions.into_iter().enumerate() {
             let at = |f: &str| format!("dimensions[{i}].{f}");
             let label = labels::label_name(&raw.name).ok_or_else(|| {
@@ -349,6 +394,7 @@ impl RawConfig {
             encodings,
             decompress: self.decompress.unwrap_or(true),
             identity_encoding: self.identity_encoding.unwrap_or(false),
+            naming,
         })
     }
 }
@@ -464,6 +510,11 @@ mod tests {
             (r#"{"max_event_bytes": 10}"#, "max_event_bytes"),
             (r#"{"encodings": {"llama": "llama3"}}"#, "encodings.llama"),
             (r#"{"default_encoding": "p50k_base"}"#, "default_encoding"),
+            (r#"{"metric_names": "prometheus"}"#, "metric_names"),
+            (
+                r#"{"metric_names": "otel", "dimensions": [{"name": "gen_ai_request_model"}]}"#,
+                "dimensions[0].name",
+            ),
         ];
         for (text, field) in cases {
             let e = err(text);
@@ -496,6 +547,27 @@ mod tests {
         assert!(!off.may_inject(crate::api::Operation::Embeddings));
         let never = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
         assert!(!never.may_inject(crate::api::Operation::ChatCompletions));
+    }
+
+    #[test]
+    fn otel_naming_adds_its_labels_first() {
+        let c = Config::parse(
+            br#"{"metric_names": "otel", "dimensions": [{"name": "team", "value": "x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.naming, Naming::Otel);
+        assert_eq!(
+            c.label_names().collect::<Vec<_>>(),
+            [
+                "gen_ai_operation_name",
+                "gen_ai_provider_name",
+                "gen_ai_request_model",
+                "gen_ai_response_model",
+                "team"
+            ]
+        );
+        assert!(!c.dimensions[0].is_capped());
+        assert!(c.dimensions[2].is_capped());
     }
 
     #[test]

@@ -34,6 +34,24 @@ pub enum Derived {
     /// `reported` when the provider sent usage, `estimated` when tokenmeter counted,
     /// `none` when there were no tokens to count (e.g. an error response).
     UsageSource,
+    /// The model the request asked for (else the Azure deployment).
+    RequestModel,
+    /// The model the response names.
+    ResponseModel,
+    /// OpenTelemetry's `gen_ai.operation.name`: `chat`, `text_completion`, `embeddings`.
+    OtelOperation,
+    /// OpenTelemetry's `gen_ai.provider.name`: `openai`, or `azure.ai.openai` on Azure paths.
+    Provider,
+}
+
+impl Derived {
+    /// Whether the values come from a small fixed set (so need no cap).
+    pub fn is_bounded(self) -> bool {
+        matches!(
+            self,
+            Derived::Operation | Derived::UsageSource | Derived::OtelOperation | Derived::Provider
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +99,8 @@ pub fn builtin(label: &str) -> Option<ValueSpec> {
         "backend_id" => property(&["xds", "cluster_name"]),
         "model" => ValueSpec::Derived(Derived::Model),
         "usage_source" => ValueSpec::Derived(Derived::UsageSource),
+        "request_model" => ValueSpec::Derived(Derived::RequestModel),
+        "response_model" => ValueSpec::Derived(Derived::ResponseModel),
         _ => return None,
     })
 }

@@ -54,6 +54,35 @@ pub struct Settlement {
     pub model: Option<String>,
     /// Stream events skipped for exceeding `max_event_bytes`.
     pub oversized_events: u64,
+    /// Why the request failed, when it did (see [`error_type`]).
+    pub error_type: Option<&'static str>,
+}
+
+/// Classifies a failed exchange from its status and Envoy's response code details
+/// (`response.code_details`): `timeout`, `upstream_reset` and `client_cancelled` from the
+/// details, else `rate_limited` (429), `client_error` (4xx), `upstream_error` (5xx).
+pub fn error_type(status: Option<u16>, details: Option<&str>) -> Option<&'static str> {
+    let d = details.unwrap_or("");
+    if d.contains("timeout") || d.contains("max_stream_duration") {
+        return Some("timeout");
+    }
+    if d.contains("upstream_reset")
+        || d.contains("upstream_connection")
+        || d.starts_with("no_healthy_upstream")
+    {
+        return Some("upstream_reset");
+    }
+    if d.starts_with("downstream_remote_disconnect") || d.contains("client_disconnect") {
+        return Some("client_cancelled");
+    }
+    match status {
+        Some(429) => Some("rate_limited"),
+        Some(400..=499) => Some("client_error"),
+        Some(500..=599) => Some("upstream_error"),
+        Some(_) => None,
+        // No response at all, and the host did not say why: the client went away first.
+        None => Some("client_cancelled"),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +393,11 @@ impl Exchange {
             _ => ResponseFacts::default(),
         };
         let model = self.best_model(request.model.as_deref(), response.model.as_deref());
+        let response_model = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.model.clone())
+            .or_else(|| response.model.clone());
         let enc = config.encodings.for_model(model.as_deref());
         if let Some(meter) = self.meter.as_mut() {
             meter.finish(enc);
@@ -382,6 +416,7 @@ impl Exchange {
             exchange: self,
             request: &request,
             model: model.as_deref(),
+            response_model: response_model.as_deref(),
             usage: response.usage.as_ref(),
             response_json: response_json.as_ref(),
             host,
@@ -407,6 +442,12 @@ impl Exchange {
                 .map(|t| t.saturating_sub(self.started_ms)),
             model,
             oversized_events: self.meter.as_ref().map_or(0, StreamMeter::oversized),
+            error_type: error_type(
+                self.status,
+                host.property(&["response".to_string(), "code_details".to_string()])
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .as_deref(),
+            ),
         })
     }
 
@@ -533,6 +574,7 @@ struct Facts<'a> {
     exchange: &'a Exchange,
     request: &'a RequestFacts,
     model: Option<&'a str>,
+    response_model: Option<&'a str>,
     usage: Option<&'a Usage>,
     response_json: Option<&'a serde_json::Value>,
     host: &'a dyn Host,
@@ -569,6 +611,28 @@ impl Facts<'_> {
                 Derived::User => self.request.user.clone(),
                 Derived::Subscription => self.exchange.subscription.clone(),
                 Derived::Model => self.model.map(str::to_string),
+                Derived::RequestModel => self
+                    .request
+                    .model
+                    .clone()
+                    .or_else(|| self.exchange.endpoint.deployment.clone()),
+                Derived::ResponseModel => self.response_model.map(str::to_string),
+                Derived::OtelOperation => Some(
+                    match self.exchange.endpoint.operation {
+                        api::Operation::ChatCompletions | api::Operation::Responses => "chat",
+                        api::Operation::Completions => "text_completion",
+                        api::Operation::Embeddings => "embeddings",
+                    }
+                    .to_string(),
+                ),
+                Derived::Provider => Some(
+                    if self.exchange.endpoint.deployment.is_some() {
+                        "azure.ai.openai"
+                    } else {
+                        "openai"
+                    }
+                    .to_string(),
+                ),
                 Derived::UsageSource => {
                     Some(self.usage.map_or("none", |u| u.source.as_str()).to_string())
                 }
@@ -782,6 +846,43 @@ mod tests {
             30,
         );
         assert_eq!(s.usage.unwrap().source, UsageSource::Reported);
+    }
+
+    #[test]
+    fn error_types() {
+        assert_eq!(error_type(Some(200), Some("via_upstream")), None);
+        assert_eq!(
+            error_type(Some(429), Some("via_upstream")),
+            Some("rate_limited")
+        );
+        assert_eq!(error_type(Some(404), None), Some("client_error"));
+        assert_eq!(
+            error_type(Some(502), Some("via_upstream")),
+            Some("upstream_error")
+        );
+        assert_eq!(
+            error_type(Some(504), Some("upstream_response_timeout")),
+            Some("timeout")
+        );
+        assert_eq!(
+            error_type(
+                Some(503),
+                Some("upstream_reset_before_response_started{remote_reset}")
+            ),
+            Some("upstream_reset")
+        );
+        assert_eq!(
+            error_type(
+                Some(200),
+                Some("upstream_reset_after_response_started{remote_reset}")
+            ),
+            Some("upstream_reset")
+        );
+        assert_eq!(
+            error_type(Some(200), Some("downstream_remote_disconnect")),
+            Some("client_cancelled")
+        );
+        assert_eq!(error_type(None, None), Some("client_cancelled"));
     }
 
     #[test]

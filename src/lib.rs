@@ -19,6 +19,7 @@
     )
 )]
 
+pub mod access_log;
 pub mod api;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bootstrap;

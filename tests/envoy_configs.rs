@@ -80,3 +80,34 @@ static_resources:
     let (ok, log) = tokenmeter_testkit::envoy::validate(&yaml).unwrap();
     assert!(ok, "{log}\n{yaml}");
 }
+
+#[test]
+fn access_log_yaml_uses_the_rendered_format() {
+    let yaml = repo("envoy/access-log.yaml");
+    let line = tokenmeter::bootstrap::ACCESS_LOG_FORMAT.trim_end();
+    assert!(
+        yaml.contains(line),
+        "envoy/access-log.yaml differs from bootstrap::ACCESS_LOG_FORMAT"
+    );
+}
+
+#[test]
+fn readme_lists_every_metric_and_label() {
+    let readme = repo("README.md");
+    for naming in ["{}", r#"{"metric_names":"otel"}"#] {
+        let config = tokenmeter::config::Config::parse(naming.as_bytes()).unwrap();
+        for f in tokenmeter::metrics::families(&config) {
+            let name = tokenmeter::metrics::family_name(&config, f);
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README does not document {name}"
+            );
+        }
+    }
+    for label in tokenmeter::metrics::FIXED_LABELS {
+        assert!(
+            readme.contains(&format!("`{label}`")),
+            "README does not document {label}"
+        );
+    }
+}

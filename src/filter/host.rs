@@ -57,6 +57,26 @@ extern "C" {
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
@@ -172,4 +192,42 @@ pub fn now_ms() -> u64 {
         }
     }
     nanos / 1_000_000
+}
+
+/// A shared-data entry (shared by every VM of the plugin in the process) and its version.
+pub fn shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    unsafe {
+        let status = proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas);
+        let bytes = take(data, size);
+        (status == OK).then(|| (bytes.unwrap_or_default(), cas))
+    }
+}
+
+/// Outcome of a shared-data write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SetShared {
+    Done,
+    /// Another VM wrote the entry since `cas` was read.
+    Conflict,
+    Failed,
+}
+
+/// Writes a shared-data entry if its version is still `cas` (0: unconditionally).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SetShared {
+    const CAS_MISMATCH: u32 = 8;
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        OK => SetShared::Done,
+        CAS_MISMATCH => SetShared::Conflict,
+        _ => SetShared::Failed,
+    }
+}
+
+/// Sets a property of the current stream (Envoy keeps it as filter state `wasm.NAME`).
+pub fn set_property(name: &str, value: &[u8]) -> bool {
+    unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
 }

@@ -5,6 +5,7 @@
 //! [`HttpFilter`] per request feeds an [`Exchange`] and records its settlement.
 
 mod host;
+mod shared;
 mod store;
 
 use std::cell::RefCell;
@@ -13,7 +14,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::cardinality::{Cardinality, LocalRegistry};
+use crate::cardinality::Cardinality;
 use crate::config::Config;
 use crate::exchange::{self, Exchange};
 
@@ -56,7 +57,8 @@ impl RootContext for Root {
         };
         match Config::parse(&text) {
             Ok(config) => {
-                let cardinality = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+                let registry = shared::SharedRegistry::new(&config.namespace);
+                let cardinality = Cardinality::new(&config, Box::new(registry));
                 self.vm = Some(Rc::new(Vm {
                     config,
                     metrics: RefCell::new(MetricStore::default()),
@@ -118,6 +120,11 @@ impl HttpFilter {
         if let Ok(mut metrics) = vm.metrics.try_borrow_mut() {
             metrics.record(&crate::metrics::points(&vm.config, &settlement));
         }
+        // Per-request usage for access logs: %FILTER_STATE(wasm.tokenmeter:PLAIN)%.
+        host::set_property(
+            "tokenmeter",
+            crate::access_log::summary(&settlement).as_bytes(),
+        );
     }
 }
 
@@ -231,6 +238,11 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_log(&mut self) {
-        self.settle();
+        if self.exchange.is_some() {
+            self.settle();
+        } else if self.vm.is_some() {
+            // Access log lines stay valid JSON for requests that are not LLM calls.
+            host::set_property("tokenmeter", b"null");
+        }
     }
 }

@@ -26,6 +26,8 @@ pub fn spec(filter_config: &str, upstream: &Upstream) -> BootstrapSpec {
         upstream_tls: false,
         node_id: Some("gw-test-1".into()),
         region: Some("westeurope".into()),
+        access_log: None,
+        stats_flush_ms: Some(200),
     }
 }
 

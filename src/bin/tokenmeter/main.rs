@@ -63,6 +63,12 @@ enum Command {
         /// Envoy node locality region (the `Location` dimension).
         #[arg(long)]
         region: Option<String>,
+        /// Also write an access log with each request's token usage to this path.
+        #[arg(long)]
+        access_log: Option<String>,
+        /// How often Envoy computes histograms, in milliseconds (Envoy's default: 5000).
+        #[arg(long)]
+        stats_flush_interval_ms: Option<u64>,
     },
     /// Collect records over HTTP into SQLite, and run monitors on their schedules.
     Serve {
@@ -198,6 +204,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             upstream_tls,
             node_id,
             region,
+            access_log,
+            stats_flush_interval_ms,
         } => {
             let (text, config) = read_config(&filter_config)?;
             let (listen_host, listen_port) = match listen.rsplit_once(':') {
@@ -220,6 +228,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 upstream_tls: upstream_tls || upstream_port == 443,
                 node_id,
                 region,
+                access_log,
+                stats_flush_ms: stats_flush_interval_ms,
             };
             print!("{}", bootstrap::render(&spec, &config));
             Ok(ExitCode::SUCCESS)
