@@ -30,7 +30,12 @@ pub struct BootstrapSpec {
     pub access_log: Option<String>,
     /// How often Envoy computes histograms for `/stats` (its default is 5 s).
     pub stats_flush_ms: Option<u64>,
+    /// The record collector (`tokenmeter serve`), as the `COLLECTOR_CLUSTER` cluster.
+    pub collector: Option<(String, u16)>,
 }
+
+/// The cluster name `envoy-config --collector` gives the collector.
+pub const COLLECTOR_CLUSTER: &str = "tokenmeter_collector";
 
 /// The access log line: one JSON object per request, with tokenmeter's usage summary
 /// (`%FILTER_STATE(wasm.tokenmeter:PLAIN)%`) beside what identifies the request.
@@ -155,8 +160,16 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
       endpoints:
       - lb_endpoints:
         - endpoint:
-            address: {{socket_address: {{address: {upstream_host}, port_value: {upstream_port}}}}}{tls_host}
+            address: {{socket_address: {{address: {upstream_host}, port_value: {upstream_port}}}}}{tls_host}{collector}
 "#,
+        collector = match &spec.collector {
+            Some((host, port)) => format!(
+                "\n  - name: {COLLECTOR_CLUSTER}\n    type: {}\n    connect_timeout: 2s\n    load_assignment:\n      cluster_name: {COLLECTOR_CLUSTER}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address: {{socket_address: {{address: {}, port_value: {port}}}}}",
+                if host.parse::<std::net::IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" },
+                q(host)
+            ),
+            None => String::new(),
+        },
         access_log = match &spec.access_log {
             Some(path) => format!(
                 "\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: {}}}}}",
@@ -196,6 +209,7 @@ mod tests {
             region: None,
             access_log: Some("/var/log/envoy/tokens.log".into()),
             stats_flush_ms: Some(1500),
+            collector: Some(("127.0.0.1".into(), 8900)),
         };
         let y = render(&spec, &config);
         assert!(y.contains(r#"- tag_name: "api_id""#), "{y}");
@@ -213,6 +227,8 @@ mod tests {
         assert!(y.contains("stats_flush_interval: 1.500s"), "{y}");
         assert!(y.contains(r#"path: "/var/log/envoy/tokens.log""#), "{y}");
         assert!(y.contains("FILTER_STATE(wasm.tokenmeter:PLAIN)"), "{y}");
+        assert!(y.contains("- name: tokenmeter_collector"), "{y}");
+        assert!(y.contains("port_value: 8900"), "{y}");
         for fixed in crate::metrics::FIXED_LABELS {
             assert!(
                 y.contains(&format!("- tag_name: \"{fixed}\"")),

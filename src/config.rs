@@ -55,6 +55,7 @@ struct RawConfig {
     decompress: Option<bool>,
     identity_encoding: Option<bool>,
     metric_names: Option<String>,
+    collect: Option<crate::collect::RawCollect>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +98,8 @@ pub struct Config {
     /// Ask upstreams for uncompressed responses on metered requests.
     pub identity_encoding: bool,
     pub naming: Naming,
+    /// Sampled inference records for quality monitoring.
+    pub collect: Option<crate::collect::CollectConfig>,
 }
 
 /// Which names the token and latency metrics take.
@@ -177,6 +180,7 @@ impl Default for Config {
             decompress: true,
             identity_encoding: false,
             naming: Naming::Tokenmeter,
+            collect: None,
         }
     }
 }
@@ -248,17 +252,18 @@ impl RawConfig {
                 ),
             ));
         }
-        let naming =
-            match self.metric_names.as_deref() {
-                None | Some("tokenmeter") => Naming::Tokenmeter,
-                Some("otel") => Naming::Otel,
-                Some(other) => return Err(ConfigError::new(
+        let naming = match self.metric_names.as_deref() {
+            None | Some("tokenmeter") => Naming::Tokenmeter,
+            Some("otel") => Naming::Otel,
+            Some(other) => {
+                return Err(ConfigError::new(
                     "metric_names",
                     format!(
                         "{other:?} is not a naming; use \"tokenmeter\" (the default) or \"otel\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let mut seen = HashSet::new();
         let mut dims = Vec::with_capacity(self.dimensions.len() + OTEL_LABELS.len());
         if naming == Naming::Otel {
@@ -395,6 +400,10 @@ impl RawConfig {
             decompress: self.decompress.unwrap_or(true),
             identity_encoding: self.identity_encoding.unwrap_or(false),
             naming,
+            collect: self
+                .collect
+                .map(crate::collect::RawCollect::validate)
+                .transpose()?,
         })
     }
 }

@@ -20,11 +20,13 @@ use sha2::{Digest, Sha256};
 use crate::api::{self, Endpoint};
 use crate::capture::{Capture, Captured};
 use crate::cardinality::Cardinality;
+use crate::collect::{self, CollectConfig};
 use crate::config::{Config, DimensionConfig};
 use crate::decode::{Coding, Decoder};
 use crate::dimensions::{self, Derived, Source, ValueSpec};
 use crate::estimate;
 use crate::inject::{self, StreamEditor};
+use crate::record::Record;
 use crate::stream::StreamMeter;
 use crate::tokenizer::Encoding;
 use crate::usage::{self, lenient, ResponseFacts, Usage, UsageSource};
@@ -56,6 +58,8 @@ pub struct Settlement {
     pub oversized_events: u64,
     /// Why the request failed, when it did (see [`error_type`]).
     pub error_type: Option<&'static str>,
+    /// The inference record (JSON), when the request was sampled for collection.
+    pub record: Option<String>,
 }
 
 /// Classifies a failed exchange from its status and Envoy's response code details
@@ -125,6 +129,15 @@ pub struct Exchange {
     started_ms: u64,
     first_content_ms: Option<u64>,
     settled: bool,
+    /// Set when the request is sampled for an inference record.
+    sample: Option<Sample>,
+}
+
+#[derive(Debug)]
+struct Sample {
+    id: String,
+    /// The context column, when it comes from a request header.
+    context_header: Option<String>,
 }
 
 /// Response header changes the glue must make.
@@ -171,6 +184,25 @@ impl Exchange {
         } else {
             Injection::No
         };
+        let sample = config.collect.as_ref().and_then(|c| {
+            if endpoint.operation == api::Operation::Embeddings {
+                return None;
+            }
+            let id = header("x-request-id")
+                .filter(|id| !id.is_empty())
+                .or_else(|| {
+                    host.property(&["request".to_string(), "id".to_string()])
+                        .and_then(|b| dimensions::property_text(&b))
+                })?;
+            if !collect::sampled(&id, c.sample_rate) {
+                return None;
+            }
+            let context_header = match &c.context {
+                collect::ContextSource::RequestHeader(h) => header(h),
+                _ => None,
+            };
+            Some(Sample { id, context_header })
+        });
         let route = if config.stream_usage_rules.iter().any(|r| r.route.is_some()) {
             host.property(&["xds".to_string(), "route_name".to_string()])
                 .and_then(|b| dimensions::property_text(&b))
@@ -194,7 +226,13 @@ impl Exchange {
             started_ms: now_ms,
             first_content_ms: None,
             settled: false,
+            sample,
         })
+    }
+
+    /// Whether the exchange is sampled for an inference record.
+    pub fn is_sampled(&self) -> bool {
+        self.sample.is_some()
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -285,10 +323,11 @@ impl Exchange {
         }
         let mut edits = ResponseHeaderEdits::default();
         if self.kind == BodyKind::EventStream {
-            self.meter = Some(StreamMeter::new(
-                self.endpoint.operation,
-                config.max_event_bytes,
-            ));
+            let mut meter = StreamMeter::new(self.endpoint.operation, config.max_event_bytes);
+            if let (Some(_), Some(c)) = (&self.sample, &config.collect) {
+                meter.collect_answer(c.max_record_bytes);
+            }
+            self.meter = Some(meter);
             // Editing needs the plain bytes; an injected request asked for identity.
             if self.injection == Injection::Injected && coding == Coding::Identity {
                 self.editor = Some(StreamEditor::new(config.max_event_bytes));
@@ -430,25 +469,88 @@ impl Exchange {
             }
             labels.push(admitted.value);
         }
+        let error = error_type(
+            self.status,
+            host.property(&["response".to_string(), "code_details".to_string()])
+                .and_then(|b| String::from_utf8(b).ok())
+                .as_deref(),
+        );
+        let ttft_ms = self
+            .first_content_ms
+            .map(|t| t.saturating_sub(self.started_ms));
+        let duration_ms = now_ms.saturating_sub(self.started_ms);
+        let record = match (&self.sample, &config.collect) {
+            (Some(sample), Some(c)) => {
+                let base = Record {
+                    id: sample.id.clone(),
+                    time: Some(
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms),
+                        )
+                        .to_string(),
+                    ),
+                    model: model.clone(),
+                    operation: Some(self.endpoint.operation.as_str().to_string()),
+                    route: host
+                        .property(&["xds".to_string(), "route_name".to_string()])
+                        .and_then(|b| dimensions::property_text(&b)),
+                    dimensions: collect::record_dimensions(
+                        config.label_names().zip(labels.iter().map(String::as_str)),
+                    ),
+                    usage: collect::record_usage(response.usage.as_ref()),
+                    status: self.status,
+                    duration_ms: Some(duration_ms),
+                    ttft_ms,
+                    truncated: false,
+                    extra: Default::default(),
+                };
+                Some(self.record(c, sample, base))
+            }
+            _ => None,
+        };
         Some(Settlement {
             labels,
             folded,
             usage: response.usage,
             status: self.status,
             streamed: self.kind == BodyKind::EventStream,
-            duration_ms: now_ms.saturating_sub(self.started_ms),
-            ttft_ms: self
-                .first_content_ms
-                .map(|t| t.saturating_sub(self.started_ms)),
+            duration_ms,
+            ttft_ms,
             model,
             oversized_events: self.meter.as_ref().map_or(0, StreamMeter::oversized),
-            error_type: error_type(
-                self.status,
-                host.property(&["response".to_string(), "code_details".to_string()])
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .as_deref(),
-            ),
+            error_type: error,
+            record,
         })
+    }
+
+    /// The record's JSON: question and context from the request, the answer from the
+    /// stream or the JSON response.
+    fn record(&self, c: &CollectConfig, sample: &Sample, mut base: Record) -> String {
+        let op = self.endpoint.operation;
+        let request: Option<serde_json::Value> = match self.request.captured() {
+            Captured::Whole(b) => serde_json::from_slice(b).ok(),
+            Captured::Edges { .. } => None,
+        };
+        let context_header = |_: &str| sample.context_header.clone();
+        let (answer, cut) = match (self.meter.as_ref(), self.response.captured()) {
+            (Some(m), _) => m.answer().map_or((None, false), |(a, cut)| (Some(a), cut)),
+            (None, Captured::Whole(b)) if self.kind == BodyKind::Json => (
+                serde_json::from_slice(b)
+                    .ok()
+                    .and_then(|v| collect::answer_from_response(op, &v)),
+                false,
+            ),
+            _ => (None, self.kind == BodyKind::Json),
+        };
+        base.truncated = cut || matches!(self.request.captured(), Captured::Edges { .. });
+        let texts = collect::Texts {
+            question: request.as_ref().and_then(|r| collect::question(op, r)),
+            context: request
+                .as_ref()
+                .and_then(|r| collect::context(&c.context, r, &context_header)),
+            answer,
+        };
+        collect::record_json(c, base, texts)
     }
 
     /// Estimate only a successful exchange that produced a response the filter could read.
@@ -1083,5 +1185,107 @@ mod tests {
             .usage
             .unwrap();
         assert_eq!((u.total, u.source), (17, UsageSource::Reported));
+    }
+
+    #[test]
+    fn sampled_exchanges_carry_a_record() {
+        let config = Config::parse(
+            br#"{"dimensions":[{"name":"team","value":"{request.header.x-team}"}],
+                "collect":{"cluster":"collector","sample_rate":1,"context":"system","columns":{"answer":"response"}}}"#,
+        )
+        .unwrap();
+        let request = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Plan A costs 5 EUR. Mail help@example.com"},{"role":"user","content":"What does plan A cost?"}]}"#;
+        let s = run_with(
+            &config,
+            "/v1/chat/completions",
+            &[("x-request-id", "req-7"), ("x-team", "blue")],
+            request,
+            &[],
+            CHAT_RESPONSE_WITH_TEXT,
+            9,
+        );
+        let r: Record = serde_json::from_str(s.record.as_deref().unwrap()).unwrap();
+        assert_eq!(r.id, "req-7");
+        assert_eq!(r.text("question"), Some("What does plan A cost?"));
+        assert_eq!(r.text("context"), Some("Plan A costs 5 EUR. Mail [EMAIL]"));
+        assert_eq!(r.text("response"), Some("It costs 5 EUR."));
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(r.operation.as_deref(), Some("chat.completions"));
+        assert_eq!(r.route.as_deref(), Some("chat-route"));
+        assert_eq!(r.dimensions.get("team").map(String::as_str), Some("blue"));
+        assert_eq!(r.usage.as_ref().map(|u| u.total), Some(17));
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.duration_ms, Some(10));
+        assert!(r
+            .time
+            .as_deref()
+            .unwrap()
+            .starts_with("1970-01-01T00:00:00.010"));
+        assert!(!r.truncated);
+        // The same exchange at rate 0, or without an id... is not sampled.
+        let off = Config::parse(br#"{"collect":{"cluster":"c","sample_rate":0}}"#).unwrap();
+        assert!(run_with(
+            &off,
+            "/v1/chat/completions",
+            &[("x-request-id", "req-7")],
+            request,
+            &[],
+            CHAT_RESPONSE_WITH_TEXT,
+            9
+        )
+        .record
+        .is_none());
+    }
+
+    #[test]
+    fn streamed_answers_are_assembled_into_the_record() {
+        let config = Config::parse(
+            br#"{"inject_stream_usage":false,"collect":{"cluster":"c","sample_rate":1}}"#,
+        )
+        .unwrap();
+        let (_, stream) = recorded_stream();
+        let request = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Is the café open?"}]}"#;
+        let s = run_with(
+            &config,
+            "/v1/chat/completions",
+            &[("x-request-id", "s-1")],
+            request,
+            &[("content-type", "text/event-stream")],
+            &stream,
+            7,
+        );
+        let r: Record = serde_json::from_str(s.record.as_deref().unwrap()).unwrap();
+        assert_eq!(r.text("answer"), Some("Café 🎉 is open."), "{:?}", s.record);
+        assert_eq!(r.text("question"), Some("Is the café open?"));
+        assert_eq!(r.usage.unwrap().source.as_deref(), Some("estimated"));
+    }
+
+    const CHAT_RESPONSE_WITH_TEXT: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"It costs 5 EUR."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+
+    fn run_with(
+        config: &Config,
+        path: &str,
+        req_headers: &[(&str, &str)],
+        request: &str,
+        resp_headers: &[(&str, &str)],
+        response: &str,
+        split: usize,
+    ) -> Settlement {
+        let mut card = Cardinality::new(config, Box::new(LocalRegistry::default()));
+        let mut ex =
+            Exchange::start(config, "POST", path, headers(req_headers), &host(), 0).unwrap();
+        if ex.holds_request_body() {
+            ex.request_complete(config, request.as_bytes());
+        } else {
+            for chunk in request.as_bytes().chunks(split) {
+                ex.on_request_body(chunk);
+            }
+        }
+        ex.on_response_headers(config, Some(200), headers(resp_headers));
+        for chunk in response.as_bytes().chunks(split) {
+            ex.on_response_body(config, chunk, 5);
+        }
+        ex.on_response_end(config);
+        ex.settle(config, &host(), &mut card, 10).unwrap()
     }
 }

@@ -30,6 +30,7 @@ pub const FIXED_LABELS: &[&str] = &[
     "error_type",
     "dimension",
     "gen_ai_token_type",
+    "reason",
 ];
 
 /// A metric family: its name (without namespace where it has one), kind and meaning.
@@ -139,6 +140,20 @@ pub const OVERFLOW: Family = family(
     Some("dimension"),
     "Label values folded into \"other\" by a dimension's cap or allow list.",
 );
+pub const RECORDS_SENT: Family = family(
+    "records_sent_total",
+    Counter,
+    true,
+    None,
+    "Inference records the collector accepted.",
+);
+pub const RECORDS_DROPPED: Family = family(
+    "records_dropped_total",
+    Counter,
+    true,
+    Some("reason"),
+    "Inference records not delivered: queue_full, dispatch_failed, callout_failed, collector_error.",
+);
 pub const SKIPPED_EVENTS: Family = family(
     "skipped_events_total",
     Counter,
@@ -190,6 +205,8 @@ pub fn families(config: &Config) -> Vec<&'static Family> {
         &AUDIO_COMPLETION,
         &OVERFLOW,
         &SKIPPED_EVENTS,
+        &RECORDS_SENT,
+        &RECORDS_DROPPED,
     ];
     common.iter().chain(named).copied().collect()
 }
@@ -200,6 +217,24 @@ pub fn family_name(config: &Config, f: &Family) -> String {
         format!("{}_{}", config.namespace, f.name)
     } else {
         f.name.to_string()
+    }
+}
+
+/// The point counting one record's delivery: sent, or dropped for `reason`.
+pub fn record_point(config: &Config, dropped: Option<&str>) -> Point {
+    let family = if dropped.is_some() {
+        &RECORDS_DROPPED
+    } else {
+        &RECORDS_SENT
+    };
+    let mut name = family_name(config, family);
+    if let Some(reason) = dropped {
+        labels::encode_labels(&mut name, [("reason", reason)]);
+    }
+    Point {
+        name,
+        kind: Counter,
+        value: 1,
     }
 }
 

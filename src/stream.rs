@@ -45,6 +45,45 @@ pub struct StreamMeter {
     /// An event carried content already.
     pub saw_content: bool,
     tallies: Vec<(u64, TextTally)>,
+    /// The assembled answer, when the exchange is sampled for a record.
+    answer: Option<Answer>,
+}
+
+/// The answer's text as it streams: content of the first choice, and tool calls as
+/// `name(arguments)`, bounded.
+#[derive(Debug, Default)]
+struct Answer {
+    cap: usize,
+    len: usize,
+    truncated: bool,
+    /// Parts by key in arrival order; tool-call parts are closed with `)` at the end.
+    parts: Vec<(u64, bool, String)>,
+}
+
+impl Answer {
+    fn push(&mut self, key: u64, tool: bool, text: &str) {
+        if self.len + text.len() > self.cap {
+            self.truncated = true;
+            return;
+        }
+        self.len += text.len();
+        if let Some((_, _, s)) = self.parts.iter_mut().find(|(k, _, _)| *k == key) {
+            s.push_str(text);
+        } else if self.parts.len() < MAX_TALLIES {
+            self.parts.push((key, tool, text.to_string()));
+        } else {
+            self.truncated = true;
+        }
+    }
+
+    fn text(&self) -> String {
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(_, tool, s)| if *tool { format!("{s})") } else { s.clone() })
+            .collect();
+        parts.join("\n")
+    }
 }
 
 #[derive(Deserialize)]
@@ -142,6 +181,31 @@ impl StreamMeter {
             unreadable: 0,
             saw_content: false,
             tallies: Vec::new(),
+            answer: None,
+        }
+    }
+
+    /// Also assembles the answer's text (at most `cap` bytes) for a record.
+    pub fn collect_answer(&mut self, cap: usize) {
+        self.answer = Some(Answer {
+            cap,
+            ..Answer::default()
+        });
+    }
+
+    /// The answer assembled so far, and whether it was cut.
+    pub fn answer(&self) -> Option<(String, bool)> {
+        self.answer
+            .as_ref()
+            .filter(|a| !a.parts.is_empty())
+            .map(|a| (a.text(), a.truncated))
+    }
+
+    fn answer_text(&mut self, key: u64, tool: bool, text: &str) {
+        if let Some(a) = self.answer.as_mut() {
+            if !text.is_empty() {
+                a.push(key, tool, text);
+            }
         }
     }
 
@@ -229,8 +293,12 @@ impl StreamMeter {
         for c in &choices {
             // Tally keys: choice index in the high bits, 0 for text, 1 + n for tool call n.
             let base = c.index.saturating_mul(1 << 16);
+            let first = c.index == 0;
             if let Some(t) = &c.text {
                 info.content |= self.add_text(base, t, enc);
+                if first {
+                    self.answer_text(0, false, t);
+                }
             }
             let Some(d) = &c.delta else { continue };
             for t in [&d.content, &d.refusal, &d.reasoning_content, &d.reasoning]
@@ -239,17 +307,31 @@ impl StreamMeter {
             {
                 info.content |= self.add_text(base, t, enc);
             }
-            for call in d.tool_calls.iter().flatten() {
-                let key = base + 1 + call.index.min(0xfffe);
-                if let Some(f) = &call.function {
-                    for t in [&f.name, &f.arguments].into_iter().flatten() {
-                        info.content |= self.add_text(key, t, enc);
-                    }
+            if first {
+                for t in [&d.content, &d.refusal].into_iter().flatten() {
+                    self.answer_text(0, false, t);
                 }
             }
-            if let Some(f) = &d.function_call {
-                for t in [&f.name, &f.arguments].into_iter().flatten() {
-                    info.content |= self.add_text(base + 1, t, enc);
+            let calls = d
+                .tool_calls
+                .iter()
+                .flatten()
+                .filter_map(|call| {
+                    Some((base + 1 + call.index.min(0xfffe), call.function.as_ref()?))
+                })
+                .chain(d.function_call.as_ref().map(|f| (base + 1, f)));
+            for (key, f) in calls {
+                if let Some(name) = &f.name {
+                    info.content |= self.add_text(key, name, enc);
+                    if first {
+                        self.answer_text(key, true, &format!("{name}("));
+                    }
+                }
+                if let Some(args) = &f.arguments {
+                    info.content |= self.add_text(key, args, enc);
+                    if first {
+                        self.answer_text(key, true, args);
+                    }
                 }
             }
         }
@@ -276,6 +358,10 @@ impl StreamMeter {
             | "response.reasoning_summary_text.delta" => {
                 if let Some(d) = &ev.delta {
                     info.content = self.add_text(key, d, enc);
+                    let tool = kind == "response.function_call_arguments.delta";
+                    if tool || !kind.starts_with("response.reasoning") {
+                        self.answer_text(key, tool, d);
+                    }
                 }
             }
             "response.output_item.added" => {
@@ -283,6 +369,7 @@ impl StreamMeter {
                     if item.kind.as_deref() == Some("function_call") {
                         if let Some(name) = &item.name {
                             info.content = self.add_text(key, name, enc);
+                            self.answer_text(key, true, &format!("{name}("));
                         }
                     }
                 }
@@ -376,6 +463,28 @@ mod tests {
             enc.count("get_weather{\"city\": \"Paris\"}") + enc.count("I can't help with that.");
         assert_eq!(m.estimated_completion(enc), expected);
         assert!(m.usage.is_none());
+    }
+
+    #[test]
+    fn answers_are_assembled_for_records() {
+        let mut m = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
+        m.collect_answer(1000);
+        for c in CHAT.as_bytes().chunks(3) {
+            m.feed(c, Encoding::O200kBase);
+        }
+        assert_eq!(m.answer(), Some(("Hello world".to_string(), false)));
+        let tool = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":1}\"}}]}}]}\n\n",
+        );
+        let mut m = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
+        m.collect_answer(1000);
+        m.feed(tool.as_bytes(), Encoding::O200kBase);
+        assert_eq!(m.answer().unwrap().0, "get_weather({\"city\":1})");
+        let mut small = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
+        small.collect_answer(6);
+        small.feed(CHAT.as_bytes(), Encoding::O200kBase);
+        assert_eq!(small.answer(), Some(("Hello".to_string(), true)));
     }
 
     #[test]

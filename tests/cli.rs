@@ -146,3 +146,41 @@ fn envoy_config_refuses_bad_arguments() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream must be HOST:PORT"));
 }
+
+#[test]
+fn envoy_config_adds_the_collector() {
+    let wasm = tokenmeter_testkit::envoy::wasm_path();
+    let out = tokenmeter()
+        .args(["envoy-config", "--filter-config", &example(), "--wasm"])
+        .arg(&wasm)
+        .args([
+            "--listen",
+            "0",
+            "--admin",
+            "0",
+            "--upstream",
+            "127.0.0.1:8000",
+            "--collector",
+            "127.0.0.1:8787",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("- name: tokenmeter_collector"), "{yaml}");
+    assert!(
+        yaml.contains(r#"\"collect\":{\"cluster\":\"tokenmeter_collector\"}"#),
+        "{yaml}"
+    );
+    // The rest of the configuration keeps its order.
+    assert!(
+        yaml.contains(r#"value: "{\"namespace\":\"llm\",\"dimensions\""#),
+        "{yaml}"
+    );
+    let (ok, log) = tokenmeter_testkit::envoy::validate(&yaml).unwrap();
+    assert!(ok, "{log}");
+}

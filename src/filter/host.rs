@@ -71,6 +71,7 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -230,4 +231,8 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SetShared {
 /// Sets a property of the current stream (Envoy keeps it as filter state `wasm.NAME`).
 pub fn set_property(name: &str, value: &[u8]) -> bool {
     unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+}
+
+pub fn set_tick_period_ms(period: u32) -> bool {
+    unsafe { proxy_set_tick_period_milliseconds(period) == OK }
 }

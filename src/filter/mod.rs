@@ -5,6 +5,7 @@
 //! [`HttpFilter`] per request feeds an [`Exchange`] and records its settlement.
 
 mod host;
+mod outbox;
 mod shared;
 mod store;
 
@@ -31,13 +32,38 @@ struct Vm {
     config: Config,
     metrics: RefCell<MetricStore>,
     cardinality: RefCell<Cardinality>,
+    outbox: RefCell<outbox::Outbox>,
+}
+
+impl Vm {
+    /// Counts what became of a record.
+    fn record_outcome(&self, dropped: Option<&str>) {
+        if let Ok(mut metrics) = self.metrics.try_borrow_mut() {
+            metrics.record(&[crate::metrics::record_point(&self.config, dropped)]);
+        }
+    }
 }
 
 struct Root {
     vm: Option<Rc<Vm>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        num_headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let Some(vm) = &self.vm else { return };
+        let outcome = match vm.outbox.try_borrow_mut() {
+            Ok(mut outbox) => outbox.answered(num_headers),
+            Err(_) => return,
+        };
+        vm.record_outcome(outcome);
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -59,10 +85,14 @@ impl RootContext for Root {
             Ok(config) => {
                 let registry = shared::SharedRegistry::new(&config.namespace);
                 let cardinality = Cardinality::new(&config, Box::new(registry));
+                if config.collect.is_some() {
+                    host::set_tick_period_ms(outbox::FLUSH_MS);
+                }
                 self.vm = Some(Rc::new(Vm {
                     config,
                     metrics: RefCell::new(MetricStore::default()),
                     cardinality: RefCell::new(cardinality),
+                    outbox: RefCell::new(outbox::Outbox::default()),
                 }));
                 true
             }
@@ -79,6 +109,20 @@ impl RootContext for Root {
             exchange: None,
             holding: false,
         }))
+    }
+
+    fn on_tick(&mut self) {
+        let Some(vm) = &self.vm else { return };
+        let Some(collect) = &vm.config.collect else {
+            return;
+        };
+        let dropped = match vm.outbox.try_borrow_mut() {
+            Ok(mut outbox) => outbox.flush(collect),
+            Err(_) => return,
+        };
+        for reason in dropped {
+            vm.record_outcome(Some(reason));
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -113,12 +157,22 @@ impl HttpFilter {
         let Ok(mut cardinality) = vm.cardinality.try_borrow_mut() else {
             return;
         };
-        let Some(settlement) = ex.settle(&vm.config, &EnvoyHost, &mut cardinality, host::now_ms())
+        let Some(mut settlement) =
+            ex.settle(&vm.config, &EnvoyHost, &mut cardinality, host::now_ms())
         else {
             return;
         };
         if let Ok(mut metrics) = vm.metrics.try_borrow_mut() {
             metrics.record(&crate::metrics::points(&vm.config, &settlement));
+        }
+        if let (Some(record), Some(collect)) = (settlement.record.take(), &vm.config.collect) {
+            let dropped = match vm.outbox.try_borrow_mut() {
+                Ok(mut outbox) => outbox.push(collect, record),
+                Err(_) => Some("queue_full"),
+            };
+            if dropped.is_some() {
+                vm.record_outcome(dropped);
+            }
         }
         // Per-request usage for access logs: %FILTER_STATE(wasm.tokenmeter:PLAIN)%.
         host::set_property(

@@ -69,6 +69,10 @@ enum Command {
         /// How often Envoy computes histograms, in milliseconds (Envoy's default: 5000).
         #[arg(long)]
         stats_flush_interval_ms: Option<u64>,
+        /// Send sampled inference records to `tokenmeter serve` at HOST:PORT: adds the
+        /// collector cluster, and a `collect` block to the filter configuration if it has none.
+        #[arg(long)]
+        collector: Option<String>,
     },
     /// Collect records over HTTP into SQLite, and run monitors on their schedules.
     Serve {
@@ -206,8 +210,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             region,
             access_log,
             stats_flush_interval_ms,
+            collector,
         } => {
-            let (text, config) = read_config(&filter_config)?;
+            let (mut text, mut config) = read_config(&filter_config)?;
+            let collector = match collector {
+                Some(addr) => {
+                    let Some((host, port)) = addr.rsplit_once(':') else {
+                        bail!("--collector must be HOST:PORT, got {addr:?}");
+                    };
+                    text = with_collector(&text, bootstrap::COLLECTOR_CLUSTER)?;
+                    config = Config::parse(text.as_bytes())
+                        .context("the configuration with the collect block")?;
+                    Some((host.to_string(), parse_port(port, "--collector")?))
+                }
+                None => None,
+            };
             let (listen_host, listen_port) = match listen.rsplit_once(':') {
                 Some((h, p)) => (h.to_string(), parse_port(p, "--listen")?),
                 None => ("127.0.0.1".to_string(), parse_port(&listen, "--listen")?),
@@ -230,6 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 region,
                 access_log,
                 stats_flush_ms: stats_flush_interval_ms,
+                collector,
             };
             print!("{}", bootstrap::render(&spec, &config));
             Ok(ExitCode::SUCCESS)
@@ -285,6 +303,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_alerts,
         })),
     }
+}
+
+/// The filter configuration with its `collect` block pointed at `cluster` (a default
+/// block when it has none).
+fn with_collector(text: &str, cluster: &str) -> Result<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(text).context("the filter configuration is not JSON")?;
+    let Some(obj) = v.as_object_mut() else {
+        bail!("the filter configuration must be a JSON object");
+    };
+    let collect = obj
+        .entry("collect")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(collect) = collect.as_object_mut() else {
+        bail!("collect must be an object");
+    };
+    collect.insert("cluster".into(), serde_json::Value::String(cluster.into()));
+    Ok(v.to_string())
 }
 
 fn parse_port(text: &str, flag: &str) -> Result<u16> {
