@@ -71,6 +71,7 @@ fn main() -> Result<()> {
         .arg("--upstream")
         .arg(upstream.addr.to_string())
         .args(["--node-id", "gateway-demo", "--region", "westeurope"])
+        .args(["--stats-flush-interval-ms", "500"])
         .output()
         .context("running tokenmeter envoy-config")?;
     if !out.status.success() {
@@ -137,6 +138,14 @@ fn main() -> Result<()> {
             vec![("x-team", "azure")],
             json!({"messages": [{"role": "user", "content": "Hello from Azure"}]}),
         ),
+        ("/v1/chat/completions", vec![("x-team", "green")], {
+            let mut b = chat(
+                "gpt-4o-mini",
+                "Stream it: the gateway asks for usage and hides it again.",
+            );
+            b["stream"] = json!(true);
+            b
+        }),
         (
             "/v1/chat/completions",
             vec![("x-team", "blue"), ("x-upstream-status", "429")],
@@ -150,6 +159,18 @@ fn main() -> Result<()> {
     ];
     for (path, headers, body) in &traffic {
         let r = client::post(&envoy.url(path), headers, body.to_string().as_bytes())?;
+        if r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/event-stream"))
+        {
+            let events = r.text().matches("data: ").count();
+            let usage = if r.text().contains("\"usage\"") {
+                "with"
+            } else {
+                "no"
+            };
+            println!("POST {path:<75} {} a stream of {events} events, {usage} usage chunk (the filter counted the one it asked for)", r.status);
+            continue;
+        }
         let u = &r.json()["usage"];
         let n = |a: &str, b: &str| u[a].as_u64().or(u[b].as_u64()).unwrap_or(0);
         let shown = if u.is_null() {
@@ -170,14 +191,17 @@ fn main() -> Result<()> {
         "/v1/models", r.status
     );
 
-    // Stats are flushed to the admin view as they are written; read them.
+    // Counters show at once; histograms after Envoy's next stats flush.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
     let expo = envoy.prometheus()?;
     println!(
-        "\n{}/stats/prometheus (tokenmeter metrics):",
+        "\n{}/stats/prometheus (tokenmeter metrics; histogram buckets left out):",
         format_args!("http://{}", envoy.admin)
     );
     for line in expo.lines_with_prefix(&format!("{ns}_")) {
-        println!("  {line}");
+        if !line.contains("_bucket{") {
+            println!("  {line}");
+        }
     }
     if a.keep_running {
         println!("\nEnvoy keeps running: send traffic to {} and read http://{}/stats/prometheus; Ctrl-C stops it.", envoy.url("/v1/chat/completions"), envoy.admin);
