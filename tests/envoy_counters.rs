@@ -3,24 +3,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{chat, reported, Gateway};
+use common::{chat, eventually, reported, Gateway};
 use serde_json::json;
-use tokenmeter_testkit::prom::Exposition;
-
-/// Settlement runs when Envoy finishes the stream, which can be a moment after the client
-/// has the last byte: poll the stats until `check` holds (or show the last view).
-fn eventually(gw: &Gateway, check: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = gw.metrics();
-        if check(&m) || Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 const CASE_CONFIG: &str = r#"{
   "namespace": "llm",
@@ -139,7 +123,7 @@ fn every_api_and_path_shape_yields_the_upstream_usage() {
         assert!(p > 0.0 && t >= p, "{case}: upstream reported {p} {c} {t}");
         expected.push((*case, *op, *model, p, c, t));
     }
-    let m = eventually(&gw, |m| {
+    let m = eventually(&gw.envoy, |m| {
         m.sum("llm_requests_total", &[]) >= cases.len() as f64
     });
     for (case, op, model, p, c, t) in expected {
@@ -183,7 +167,7 @@ fn errors_are_requests_without_tokens() {
     // The upstream refuses a body that is not JSON with a 400.
     let r = gw.post_bytes("/v1/chat/completions", &[("x-case", "e400")], b"{not json");
     assert_eq!(r.status, 400);
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 4.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 4.0);
     for (case, model) in [
         ("e429", "gpt-4o"),
         ("e500", "gpt-4o"),
@@ -232,7 +216,7 @@ fn broken_bodies_pass_through_byte_for_byte_and_are_counted() {
     let junk: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let via = gw.post_bytes("/v1/embeddings", &[("x-case", "junk-request")], &junk);
     assert_eq!(via.status, 400);
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 5.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 5.0);
     // A truncated body still names its model (read from its head).
     assert_eq!(
         m.sum(
@@ -291,7 +275,7 @@ fn large_bodies_are_counted_exactly_from_their_edges() {
     );
     assert_eq!(r2.status, 200);
     let (p2, c2, t2) = reported(&r2);
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 2.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 2.0);
     let big = [("case", "big-emb"), ("model", "text-embedding-3-large")];
     assert_eq!(m.sum("llm_prompt_tokens_total", &big), p);
     assert_eq!(m.sum("llm_tokens_total", &big), t);
@@ -316,7 +300,7 @@ fn other_requests_pass_uncounted() {
         &chat("gpt-4o", "x"),
     );
     assert_eq!(r.status, 200);
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 1.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 1.0);
     assert_eq!(
         m.sum("llm_requests_total", &[]),
         1.0,
@@ -361,7 +345,7 @@ fn dimensions_from_headers_bodies_properties_and_builtins() {
         &chat("gpt-4o", "defaults"),
     );
     assert_eq!(r.status, 200);
-    let m = eventually(&gw, |m| m.sum("ai_requests_total", &[]) >= 2.0);
+    let m = eventually(&gw.envoy, |m| m.sum("ai_requests_total", &[]) >= 2.0);
     let lines = m.lines_with_prefix("ai_").join("\n");
     let first = [
         ("api_id", "llm-default"),
@@ -405,7 +389,7 @@ fn label_values_cannot_break_or_forge_labels() {
         &chat("gpt-4o", "hi"),
     );
     assert_eq!(r.status, 200);
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 1.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 1.0);
     let s = m.find("llm_requests_total", &[]);
     assert_eq!(s.len(), 1, "{:?}", s);
     assert_eq!(s[0].labels["model"], "gpt-4o-2024-08-06");

@@ -6,25 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{chat, spec, Gateway};
+use common::{chat, eventually, spec, Gateway};
 use serde_json::{json, Value};
 use tokenmeter::bootstrap;
 use tokenmeter::config::Config;
 use tokenmeter_testkit::client;
 use tokenmeter_testkit::envoy::Envoy;
-use tokenmeter_testkit::prom::Exposition;
 use tokenmeter_testkit::upstream::Upstream;
-
-fn eventually(envoy: &Envoy, check: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = envoy.prometheus().unwrap();
-        if check(&m) || Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 const CASE: &str = r#"{"dimensions": [{"name": "case", "value": "{request.header.x-case}"}]}"#;
 

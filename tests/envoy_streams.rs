@@ -5,11 +5,10 @@
 mod common;
 
 use std::io::Read as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{chat, Gateway};
+use common::{chat, eventually, Gateway};
 use serde_json::{json, Value};
-use tokenmeter_testkit::prom::Exposition;
 
 const CONFIG: &str = r#"{
   "dimensions": [
@@ -20,17 +19,6 @@ const CONFIG: &str = r#"{
   ],
   "stream_usage_rules": [{"path_prefix": "/legacy/", "inject": false}]
 }"#;
-
-fn eventually(gw: &Gateway, check: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = gw.metrics();
-        if check(&m) || Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn stream_body(model: &str, text: &str) -> Value {
     let mut b = chat(model, text);
@@ -97,7 +85,7 @@ fn client_requested_usage_is_kept_and_counted() {
     // What the upstream received is what the client sent.
     let sent = gw.upstream.received().last().unwrap().json();
     assert_eq!(sent, body);
-    let m = eventually(&gw, |m| {
+    let m = eventually(&gw.envoy, |m| {
         m.sum("llm_requests_total", &[("case", "asked")]) >= 1.0
     });
     let l = labels("asked", "reported");
@@ -167,7 +155,7 @@ fn injected_usage_is_counted_and_the_client_sees_the_stream_it_asked_for() {
         assert!(!via.text().contains("\"usage\""), "{case}");
         assert_eq!(via.header("content-type"), direct.header("content-type"));
         let (p, c, t) = upstream_usage(&gw, path, &headers, &body);
-        let m = eventually(&gw, |m| {
+        let m = eventually(&gw.envoy, |m| {
             m.sum("llm_requests_total", &[("case", case)]) >= 1.0
         });
         let l = labels(case, "reported");
@@ -205,7 +193,7 @@ fn without_injection_streams_are_estimated_and_labelled() {
             "{case}: nothing injected"
         );
         let (p, c, _) = upstream_usage(&gw, "/legacy/v1/chat/completions", &headers, &body);
-        let m = eventually(&gw, |m| {
+        let m = eventually(&gw.envoy, |m| {
             m.sum("llm_requests_total", &[("case", case)]) >= 1.0
         });
         let l = labels(case, "estimated");
@@ -232,7 +220,7 @@ fn without_injection_streams_are_estimated_and_labelled() {
     let headers = [("x-case", "est-tool"), ("x-upstream-tool", "get_weather")];
     gw.post("/legacy/v1/chat/completions", &headers, &body);
     let (_, c, _) = upstream_usage(&gw, "/legacy/v1/chat/completions", &headers, &body);
-    let m = eventually(&gw, |m| {
+    let m = eventually(&gw.envoy, |m| {
         m.sum("llm_requests_total", &[("case", "est-tool")]) >= 1.0
     });
     assert_eq!(
@@ -261,7 +249,7 @@ fn responses_api_streams_are_exact() {
         body,
         "Responses requests are not rewritten"
     );
-    let m = eventually(&gw, |m| {
+    let m = eventually(&gw.envoy, |m| {
         m.sum("llm_requests_total", &[("case", "resp")]) >= 1.0
     });
     let l = [
@@ -296,7 +284,7 @@ fn usage_on_every_chunk_counts_once() {
     ];
     let r = gw.post("/legacy/v1/chat/completions", &headers, &body);
     let last = events(&r.body).into_iter().last().unwrap();
-    let m = eventually(&gw, |m| {
+    let m = eventually(&gw.envoy, |m| {
         m.sum("llm_requests_total", &[("case", "every")]) >= 1.0
     });
     let l = labels("every", "reported");
@@ -345,7 +333,7 @@ fn gzip_responses_are_counted_exactly_and_reach_the_client_unchanged() {
         .read_to_end(&mut splain)
         .unwrap();
     let susage = events(&splain).last().unwrap()["usage"].clone();
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 2.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 2.0);
     let l = labels("gzip-json", "reported");
     assert_eq!(
         m.sum("llm_prompt_tokens_total", &l),
@@ -391,7 +379,7 @@ fn aborted_streams_are_counted_once_with_what_was_seen() {
     )
     .unwrap();
     assert!(n > 0);
-    let m = eventually(&gw, |m| m.sum("llm_requests_total", &[]) >= 2.0);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 2.0);
     for case in ["upstream-abort", "client-abort"] {
         let l = labels(case, "estimated");
         assert_eq!(
@@ -427,7 +415,7 @@ fn a_request_too_large_to_hold_passes_unchanged() {
     assert_eq!(r.status, 200);
     let got = gw.upstream.received().last().unwrap().json();
     assert_eq!(got, body, "not held, not rewritten");
-    let m = eventually(&gw, |m| {
+    let m = eventually(&gw.envoy, |m| {
         m.sum("llm_requests_total", &[("case", "huge")]) >= 1.0
     });
     let l = labels("huge", "estimated");

@@ -2,6 +2,7 @@
 //! the built filter, with the bootstrap `tokenmeter envoy-config` renders.
 #![allow(dead_code)]
 
+use std::time::{Duration, Instant};
 use tokenmeter::bootstrap::{self, BootstrapSpec};
 use tokenmeter::config::Config;
 use tokenmeter_testkit::client::{self, Reply};
@@ -84,4 +85,19 @@ pub fn chat(model: &str, text: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": text}]})
+}
+
+/// Settlement runs when Envoy finishes a stream, which can be a moment after the client has
+/// the last byte, and histograms appear at the next stats flush: polls the stats until
+/// `check` holds, or returns the last view after 10 s (the caller's assertions then fail
+/// with it).
+pub fn eventually(envoy: &Envoy, check: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = envoy.prometheus().expect("stats");
+        if check(&m) || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
