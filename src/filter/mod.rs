@@ -244,6 +244,18 @@ impl HttpContext for HttpFilter {
         Action::Continue
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A body that ends with trailers never reaches end of stream in a body callback:
+        // stop holding it, unchanged, rather than stall the request.
+        if self.holding {
+            self.holding = false;
+            if let Some(ex) = self.exchange.as_mut() {
+                ex.request_too_large(&[]);
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
             return Action::Continue;
