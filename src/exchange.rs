@@ -254,8 +254,9 @@ impl Exchange {
         self.request.push(chunk);
     }
 
-    /// The request body grew past the holding limit: it passes on as it is.
-    pub fn request_too_large(&mut self, held: &[u8]) {
+    /// The held request body passes on as it is (it grew past the holding limit, or ended
+    /// with trailers); `held` is what was held so far.
+    pub fn release_request(&mut self, held: &[u8]) {
         self.request.push(held);
         if self.injection == Injection::Pending {
             self.injection = Injection::Declined;

@@ -233,7 +233,7 @@ impl HttpContext for HttpFilter {
         self.holding = false;
         let body = host::buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
         if !end_of_stream {
-            ex.request_too_large(&body);
+            ex.release_request(&body);
             return Action::Continue;
         }
         if let Some(rewritten) = ex.request_complete(&vm.config, &body) {
@@ -250,7 +250,7 @@ impl HttpContext for HttpFilter {
         if self.holding {
             self.holding = false;
             if let Some(ex) = self.exchange.as_mut() {
-                ex.request_too_large(&[]);
+                ex.release_request(&[]);
             }
         }
         Action::Continue
