@@ -22,7 +22,7 @@ use crate::capture::{Capture, Captured};
 use crate::cardinality::Cardinality;
 use crate::collect::{self, CollectConfig};
 use crate::config::{Config, DimensionConfig};
-use crate::decode::{Coding, Decoder};
+use crate::decode::{Coding, Decoder, Encoder};
 use crate::dimensions::{self, Derived, Source, ValueSpec};
 use crate::estimate;
 use crate::inject::{self, StreamEditor};
@@ -125,6 +125,8 @@ pub struct Exchange {
     decoder: Option<Decoder>,
     meter: Option<StreamMeter>,
     editor: Option<StreamEditor>,
+    /// Compresses an edited stream again when the upstream compressed it.
+    encoder: Option<Encoder>,
     status: Option<u16>,
     started_ms: u64,
     first_content_ms: Option<u64>,
@@ -222,6 +224,7 @@ impl Exchange {
             decoder: None,
             meter: None,
             editor: None,
+            encoder: None,
             status: None,
             started_ms: now_ms,
             first_content_ms: None,
@@ -329,9 +332,11 @@ impl Exchange {
                 meter.collect_answer(c.max_record_bytes);
             }
             self.meter = Some(meter);
-            // Editing needs the plain bytes; an injected request asked for identity.
-            if self.injection == Injection::Injected && coding == Coding::Identity {
+            // An injected stream is edited; a compressed one is decoded, edited and
+            // compressed again in the same coding.
+            if self.injection == Injection::Injected && self.kind == BodyKind::EventStream {
                 self.editor = Some(StreamEditor::new(config.max_event_bytes));
+                self.encoder = Encoder::new(coding);
                 edits.remove_content_length = true;
             }
         }
@@ -356,11 +361,35 @@ impl Exchange {
         let enc = self.encoding(config);
         let mut saw_content = false;
         let edited = match (self.editor.as_mut(), self.meter.as_mut()) {
-            (Some(editor), Some(meter)) => Some(editor.feed(chunk, &mut |event| {
-                let info = meter.feed(event, enc);
-                saw_content |= info.content;
-                !info.usage_only
-            })),
+            (Some(editor), Some(meter)) => {
+                let mut decide = |event: &[u8]| {
+                    let info = meter.feed(event, enc);
+                    saw_content |= info.content;
+                    !info.usage_only
+                };
+                let (plain, failed) = match self.decoder.as_mut() {
+                    Some(d) => {
+                        let mut out = Vec::new();
+                        d.feed(chunk, &mut |p| out.extend(editor.feed(p, &mut decide)));
+                        (out, d.failed())
+                    }
+                    None => (editor.feed(chunk, &mut decide), false),
+                };
+                let mut out = match self.encoder.as_mut() {
+                    Some(e) => e.encode(&plain),
+                    None => plain,
+                };
+                if failed {
+                    // The upstream's own bytes are not valid: stop editing, pass them on.
+                    if let Some(e) = self.encoder.take() {
+                        out.extend(e.finish());
+                    }
+                    self.editor = None;
+                    self.decoder = None;
+                    self.kind = BodyKind::Unread;
+                }
+                Some(out)
+            }
             _ => {
                 let (kind, response, meter) = (self.kind, &mut self.response, &mut self.meter);
                 let mut read = |bytes: &[u8]| match (kind, meter.as_mut()) {
@@ -388,6 +417,14 @@ impl Exchange {
         };
         let rest = editor.finish(&mut |event| !meter.feed(event, enc).usage_only);
         self.editor = None;
+        let rest = match self.encoder.take() {
+            Some(mut e) => {
+                let mut out = e.encode(&rest);
+                out.extend(e.finish());
+                out
+            }
+            None => rest,
+        };
         (!rest.is_empty()).then_some(rest)
     }
 
@@ -1288,5 +1325,55 @@ mod tests {
         }
         ex.on_response_end(config);
         ex.settle(config, &host(), &mut card, 10).unwrap()
+    }
+
+    #[test]
+    fn compressed_injected_streams_are_edited_and_compressed_again() {
+        use std::io::{Read, Write};
+        let config = Config::default();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(
+            &config,
+            "POST",
+            "/v1/chat/completions",
+            headers(&[]),
+            &host(),
+            0,
+        )
+        .unwrap();
+        ex.request_complete(
+            &config,
+            br#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+        )
+        .unwrap();
+        let edits = ex.on_response_headers(
+            &config,
+            Some(200),
+            headers(&[
+                ("content-type", "text/event-stream"),
+                ("content-encoding", "gzip"),
+            ]),
+        );
+        assert!(edits.remove_content_length);
+        let (upstream, client_view) = recorded_stream();
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(upstream.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        let mut client = Vec::new();
+        for c in z.chunks(37) {
+            client.extend(ex.on_response_body(&config, c, 1).unwrap());
+        }
+        client.extend(ex.on_response_end(&config).unwrap_or_default());
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&client[..])
+            .read_to_string(&mut plain)
+            .unwrap();
+        assert_eq!(plain, client_view);
+        let u = ex
+            .settle(&config, &host(), &mut card, 2)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!((u.total, u.source), (20, UsageSource::Reported));
     }
 }

@@ -333,7 +333,38 @@ fn gzip_responses_are_counted_exactly_and_reach_the_client_unchanged() {
         .read_to_end(&mut splain)
         .unwrap();
     let susage = events(&splain).last().unwrap()["usage"].clone();
-    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 2.0);
+    // A compressed stream whose usage the filter asked for: edited, compressed again.
+    let ibody = stream_body("gpt-4o", "Compressed and injected.");
+    let iheaders = [
+        ("x-case", "gzip-injected"),
+        ("x-upstream-gzip", "1"),
+        ("accept-encoding", "gzip"),
+    ];
+    let iv = gw.post("/v1/chat/completions", &iheaders, &ibody);
+    assert_eq!(iv.header("content-encoding"), Some("gzip"));
+    let direct = gw.post_direct(
+        "/v1/chat/completions",
+        &iheaders,
+        ibody.to_string().as_bytes(),
+    );
+    let gunzip = |b: &[u8]| {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    };
+    assert_eq!(
+        gunzip(&iv.body),
+        gunzip(&direct.body),
+        "the client's stream, decompressed, is the one it asked for"
+    );
+    let (_, _, it) = upstream_usage(&gw, "/v1/chat/completions", &[], &ibody);
+    let m = eventually(&gw.envoy, |m| m.sum("llm_requests_total", &[]) >= 3.0);
+    assert_eq!(
+        m.sum("llm_tokens_total", &labels("gzip-injected", "reported")),
+        it
+    );
     let l = labels("gzip-json", "reported");
     assert_eq!(
         m.sum("llm_prompt_tokens_total", &l),
