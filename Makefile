@@ -74,6 +74,7 @@ test-wasm-host: wasm
 	cargo test $(HOST_TESTS)
 
 test-wasm-core: wasm-unknown-target wasm-bindgen-cli
+	@command -v node >/dev/null || { echo "the core's wasm tests run under Node.js: install node" >&2; exit 1; }
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
 	  cargo test --target wasm32-unknown-unknown -p tokenmeter-wasm-core-tests
 

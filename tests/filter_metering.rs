@@ -249,11 +249,12 @@ fn requests_ns(host: &Host, ns: &str, labels: &[(&str, &str)]) -> i64 {
 }
 
 #[test]
-fn property_dimensions_read_envoy_values_and_stream_properties() {
+fn property_and_response_header_dimensions() {
     let config = r#"{"dimensions": [
         {"name": "port", "value": "{property.source.port}"},
         {"name": "rid", "value": "{property.request.id|none}"},
-        {"name": "meta", "value": "{property.metadata.filter_metadata.team}"}]}"#;
+        {"name": "meta", "value": "{property.metadata.filter_metadata.team}"},
+        {"name": "region", "value": "{response.header.x-region|none}"}]}"#;
     let host = Host::new();
     let mut vm = host.vm(config);
     let chat = fixtures::bytes("chat.json");
@@ -268,10 +269,20 @@ fn property_dimensions_read_envoy_values_and_stream_properties() {
         false,
     );
     s.request_body(&req, true);
-    s.response_headers(Reply::json(200, &chat).headers, false);
+    s.response_headers(
+        Reply::json(200, &chat)
+            .header("X-Region", "eu-west")
+            .headers,
+        false,
+    );
     s.response_body(&chat, true);
     drop(s);
-    let labels = [("port", "54321"), ("rid", "9b7c-4a"), ("meta", "red")];
+    let labels = [
+        ("port", "54321"),
+        ("rid", "9b7c-4a"),
+        ("meta", "red"),
+        ("region", "eu-west"),
+    ];
     assert_eq!(requests(&host, &labels), 1, "{}", host.metrics().dump());
     assert_eq!(tokens(&host, &labels), (24, 17, 41));
 }
