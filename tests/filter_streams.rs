@@ -154,10 +154,15 @@ fn assert_injected(case: &StreamCase, out: &Outcome, what: &str) {
 /// Every byte position of the upstream stream as a cut, on one VM; then every position of
 /// the request body. Each exchange must flow, read the same, and count the same.
 fn every_split(case: &StreamCase) {
+    splits(case, (1..case.upstream.len()).collect());
+}
+
+/// Like [`every_split`], with the upstream stream cut at `cuts` only.
+fn splits(case: &StreamCase, cuts: Vec<usize>) {
     let host = Host::new();
     let mut vm = host.vm(CONFIG);
     let mut n = 0;
-    for cut in 1..case.upstream.len() {
+    for cut in cuts {
         let call = Call::post(case.path, case.request.as_bytes());
         let reply = Reply::sse(&case.upstream).cuts(&[cut]);
         let out = run(&mut vm, &call, &reply);
@@ -203,11 +208,17 @@ fn completions_stream_usage_is_injected_and_hidden_at_every_split() {
 }
 
 #[test]
-fn crlf_streams_are_edited_at_every_split() {
+fn crlf_streams_are_edited_at_every_third_split() {
+    // The same stream with CRLF line ends: every third byte, and every cut between a CR and
+    // its LF (the case a CRLF stream adds).
     let mut case = chat_case();
     case.upstream = crlf(&case.upstream);
     case.client = crlf(&case.client);
-    every_split(&case);
+    let mut cuts: Vec<usize> = (1..case.upstream.len()).step_by(3).collect();
+    cuts.extend((1..case.upstream.len()).filter(|&i| case.upstream[i - 1] == b'\r'));
+    cuts.sort_unstable();
+    cuts.dedup();
+    splits(&case, cuts);
 }
 
 #[test]
