@@ -571,3 +571,68 @@ fn a_held_request_goes_on_whole_and_rewritten_at_its_end() {
     drop(s);
     assert_eq!(tokens(&host, &[]), case.usage);
 }
+
+#[test]
+#[ignore = "filter bug: bytes the stream editor holds are dropped when trailers end the response"]
+fn an_edited_stream_ending_in_trailers_loses_no_bytes() {
+    // The editor holds an event until its blank line arrives. When the stream's last event
+    // has none and the response ends with trailers (no end-of-stream body call), the held
+    // bytes must still reach the client.
+    let case = chat_case();
+    let upstream = case.upstream.strip_suffix(b"\n\n").unwrap().to_vec();
+    let client = case.client.strip_suffix(b"\n\n").unwrap().to_vec();
+    let host = Host::new();
+    let mut vm = host.vm(CONFIG);
+    let trailers = Ending::Trailers(Headers::new().with("x-done", "1"));
+    let out = run(
+        &mut vm,
+        &Call::post(case.path, case.request.as_bytes()),
+        &Reply::sse(&upstream).cuts(&[1000]).ending(trailers.clone()),
+    );
+    out.assert_flowed();
+    // With an end-of-stream body call instead, the held bytes are released.
+    let ended = run(
+        &mut vm,
+        &Call::post(case.path, case.request.as_bytes()),
+        &Reply::sse(&upstream).cuts(&[1000]),
+    );
+    assert_eq!(ended.client_body, client, "released at the end of stream");
+    assert_eq!(
+        String::from_utf8_lossy(&out.client_body[out.client_body.len().saturating_sub(30)..]),
+        String::from_utf8_lossy(&client[client.len() - 30..]),
+        "the client's stream ends as the upstream's did"
+    );
+}
+
+#[test]
+#[ignore = "filter bug: a held request body that ends with trailers is never read"]
+fn a_held_request_ending_in_trailers_is_still_read() {
+    // HTTP/2 clients may end a request with trailers: no body callback carries end of
+    // stream. The filter holds chat bodies, and lets go at the trailers without reading
+    // what it held, so dimensions from the request body are lost.
+    let config = r#"{"dimensions":[{"name":"project","value":"{request.body.metadata.project|none}"},{"name":"User ID"}]}"#;
+    let host = Host::new();
+    let mut vm = host.vm(config);
+    let req = json!({"model": "gpt-4o", "user": "u-1", "metadata": {"project": "apollo"},
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", req.as_bytes())
+            .cuts(&[20])
+            .ending(Ending::Trailers(Headers::new().with("x-checksum", "abc"))),
+        &Reply::json(200, &fixtures::bytes("chat.json")),
+    );
+    out.assert_flowed();
+    assert_eq!(out.upstream_body, req.as_bytes());
+    let m = host.metrics();
+    assert_eq!(
+        m.sum(
+            "llm_requests_total",
+            &[("project", "apollo"), ("user_id", "u-1")]
+        ),
+        1,
+        "{}",
+        m.dump()
+    );
+}
