@@ -34,27 +34,42 @@ pub fn wasm_path() -> PathBuf {
 
 pub fn loaded() -> &'static Loaded {
     LOADED.get_or_init(|| {
-        let mut config = Config::new();
-        config.cranelift_opt_level(OptLevel::Speed);
-        let engine = Engine::new(&config).expect("wasmtime engine");
+        let engine = engine();
         let path = wasm_path();
         let module = compile(&engine, &path);
-        let mut linker = Linker::new(&engine);
-        let implemented = imports::define(&mut linker).expect("host functions");
-        let pre = linker.instantiate_pre(&module).unwrap_or_else(|e| {
-            panic!(
-                "{} cannot be linked against the test host: {e:#}",
-                path.display()
-            )
-        });
-        Loaded {
-            engine,
-            module,
-            pre,
-            implemented,
-            path,
-        }
+        link(engine, module, path)
     })
+}
+
+fn engine() -> Engine {
+    let mut config = Config::new();
+    config.cranelift_opt_level(OptLevel::Speed);
+    Engine::new(&config).expect("wasmtime engine")
+}
+
+fn link(engine: Engine, module: Module, path: PathBuf) -> Loaded {
+    let mut linker = Linker::new(&engine);
+    let implemented = imports::define(&mut linker).expect("host functions");
+    let pre = linker.instantiate_pre(&module).unwrap_or_else(|e| {
+        panic!(
+            "{} cannot be linked against the test host: {e:#}",
+            path.display()
+        )
+    });
+    Loaded {
+        engine,
+        module,
+        pre,
+        implemented,
+        path,
+    }
+}
+
+/// Another guest, from its bytes (for tests of the host itself).
+pub fn from_bytes(name: &str, bytes: &[u8]) -> Loaded {
+    let engine = engine();
+    let module = Module::new(&engine, bytes).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    link(engine, module, PathBuf::from(name))
 }
 
 fn compile(engine: &Engine, path: &Path) -> Module {

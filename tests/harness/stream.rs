@@ -37,6 +37,8 @@ pub struct Stream<'a> {
     request: Side,
     response: Side,
     pub buffer_limit: usize,
+    /// `proxy_continue_stream` calls already acted on.
+    continues_seen: usize,
     /// A local reply the host sent (the filter's or Envoy's own, e.g. 413).
     pub local_reply: Option<LocalResponse>,
     finished: bool,
@@ -51,6 +53,7 @@ impl<'a> Stream<'a> {
             request: Side::default(),
             response: Side::default(),
             buffer_limit: BUFFER_LIMIT,
+            continues_seen: 0,
             local_reply: None,
             finished: false,
         }
@@ -304,9 +307,36 @@ impl<'a> Stream<'a> {
         self.vm.finish_context(id);
     }
 
-    /// Whether the filter applied `proxy_continue_stream` to the request or response.
+    /// The `proxy_continue_stream` calls the filter made, by stream type.
     pub fn continued(&mut self) -> Vec<u32> {
         self.state().continued.clone()
+    }
+
+    /// Resumes what the filter continued since the last look (after a callback outside the
+    /// stream's own, such as a callout's response): Envoy then lets go of the held headers
+    /// and body.
+    pub fn apply_continues(&mut self) {
+        let continued = self.continued();
+        for kind in continued.iter().skip(self.continues_seen) {
+            let (side, request) = match *kind {
+                stream_type::REQUEST => (&mut self.request, true),
+                stream_type::RESPONSE => (&mut self.response, false),
+                _ => continue,
+            };
+            let held_headers = side.headers_held;
+            if let Some(held) = side.held.take() {
+                side.sent.extend_from_slice(&held);
+            }
+            side.stalled = false;
+            if held_headers {
+                if request {
+                    self.send_request_headers();
+                } else {
+                    self.send_response_headers();
+                }
+            }
+        }
+        self.continues_seen = continued.len();
     }
 
     pub fn upstream_headers(&self) -> Option<&Headers> {

@@ -9,7 +9,7 @@ use wasmtime::{Func, Instance, Store, TypedFunc, WasmParams, WasmResults};
 
 use super::abi::{Action, LogLevel, MetricType};
 use super::metrics::{Metrics, Registry};
-use super::module::loaded;
+use super::module::{loaded, Loaded};
 use super::state::{CalloutResponse, HostState, LogLine, Shared, StreamState};
 
 /// 2026-01-01T00:00:00Z, where every host's clock starts.
@@ -57,7 +57,16 @@ impl Host {
     }
 
     pub fn try_vm_with(&self, vm_config: &[u8], plugin_config: &[u8]) -> (Vm, bool, bool) {
-        let l = loaded();
+        self.try_vm_of(loaded(), vm_config, plugin_config)
+    }
+
+    /// A VM of another guest than the filter.
+    pub fn try_vm_of(
+        &self,
+        l: &Loaded,
+        vm_config: &[u8],
+        plugin_config: &[u8],
+    ) -> (Vm, bool, bool) {
         let state = HostState::new(
             self.shared.clone(),
             vm_config.to_vec(),
