@@ -13,14 +13,23 @@ WASM          := target/wasm32-wasip1/release/tokenmeter.wasm
 TOKENMETER    := target/release/tokenmeter
 CONFIG        ?= examples/filter-config.json
 
+# wasm-bindgen-test-runner must match the wasm-bindgen in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock)
+WASM_BINDGEN_ROOT    := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+WASM_BINDGEN_RUNNER  := $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner
+# The test host's suite: the built filter driven through Envoy's callback sequences.
+HOST_TESTS           := --test filter_host --test filter_metering --test filter_streams --test filter_longrun
+
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean
+.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean \
+	test-wasm test-wasm-host test-wasm-core wasm-unknown-target wasm-bindgen-cli
 
 help:
 	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
-	@echo "make test   every test layer (unit, CLI, real Envoy end to end)"
+	@echo "make test   every test layer (unit, CLI, test host, core under V8, real Envoy end to end)"
+	@echo "make test-wasm  the filter in the test host, and the core compiled to wasm under Node's V8"
 	@echo "make wasm   build $(WASM)"
 	@echo "make build  build the filter and the tokenmeter binary"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
@@ -53,8 +62,34 @@ run: tools build
 	cargo run --quiet --release -p tokenmeter-testkit --bin demo -- \
 	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG)
 
-test: tools wasm
+test: tools wasm wasm-unknown-target wasm-bindgen-cli
 	cargo test --workspace --no-fail-fast
+	@$(MAKE) --no-print-directory test-wasm-core
+
+# The filter in the test host (tests/harness), then the core's tests compiled to
+# wasm32-unknown-unknown and run under Node's V8 by wasm-bindgen-test-runner.
+test-wasm: test-wasm-host test-wasm-core
+
+test-wasm-host: wasm
+	cargo test $(HOST_TESTS)
+
+test-wasm-core: wasm-unknown-target wasm-bindgen-cli
+	@command -v node >/dev/null || { echo "the core's wasm tests run under Node.js: install node" >&2; exit 1; }
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
+	  cargo test --target wasm32-unknown-unknown -p tokenmeter-wasm-core-tests
+
+wasm-unknown-target:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+wasm-bindgen-cli: $(WASM_BINDGEN_RUNNER)
+
+# Built once per version into .tools/ (no prebuilt binary is reachable from here). Without
+# TLS: the runner only talks to a local Node.
+$(WASM_BINDGEN_RUNNER):
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
+	@echo "building wasm-bindgen-cli $(WASM_BINDGEN_VERSION) into $(WASM_BINDGEN_ROOT) (once)"
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
+	  --root $(WASM_BINDGEN_ROOT)
 
 test-unit:
 	cargo test --workspace --lib --bins
