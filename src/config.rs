@@ -78,6 +78,10 @@ struct RawDimension {
     hash: bool,
 }
 
+/// The most of a request body held for usage injection, whatever `max_body_bytes` says:
+/// Envoy answers 413 when a held body passes its buffer limit (1 MiB by default).
+pub const MAX_HELD_BYTES: usize = 960 * 1024;
+
 /// Default for `max_event_bytes`: the largest server-sent event read.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
@@ -209,6 +213,11 @@ impl Config {
             ConfigError::new(field, e.into_inner())
         })?;
         raw.validate()
+    }
+
+    /// How much of a request body the filter holds before letting it go unchanged.
+    pub fn held_bytes(&self) -> usize {
+        self.max_body_bytes.min(MAX_HELD_BYTES)
     }
 
     /// Whether stream usage may be injected for some request of `endpoint`'s operation.

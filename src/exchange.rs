@@ -252,27 +252,31 @@ impl Exchange {
         self.injection == Injection::Pending
     }
 
-    /// A request body chunk as it passes (not held).
+    /// A request body chunk as it arrives, whether it passes or is held: the glue hands
+    /// each new piece over at once, so nothing depends on the host's buffer later.
     pub fn on_request_body(&mut self, chunk: &[u8]) {
         self.request.push(chunk);
     }
 
     /// The held request body passes on as it is (it grew past the holding limit, or ended
-    /// with trailers); `held` is what was held so far.
-    pub fn release_request(&mut self, held: &[u8]) {
-        self.request.push(held);
+    /// with trailers).
+    pub fn release_request(&mut self) {
         if self.injection == Injection::Pending {
             self.injection = Injection::Declined;
         }
     }
 
-    /// The whole held request body. Returns the body to send instead, when usage is added.
-    pub fn request_complete(&mut self, config: &Config, body: &[u8]) -> Option<Vec<u8>> {
-        self.request.push(body);
+    /// The held request body is complete. Returns the body to send instead, when usage is
+    /// added.
+    pub fn request_complete(&mut self, config: &Config) -> Option<Vec<u8>> {
         if self.injection != Injection::Pending {
             return None;
         }
         self.injection = Injection::Declined;
+        // Held bodies stay within `max_body_bytes`, so the capture is whole.
+        let Captured::Whole(body) = self.request.captured() else {
+            return None;
+        };
         let model = crate::jsonscan::field_in_head::<String>(body, "model");
         if !config.injects_for(self.route.as_deref(), &self.path, model.as_deref()) {
             return None;
@@ -1079,12 +1083,10 @@ mod tests {
         )
         .unwrap();
         assert!(ex.holds_request_body());
-        let rewritten = ex
-            .request_complete(
-                &config,
-                br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-            )
-            .expect("usage is asked for");
+        ex.on_request_body(
+            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let rewritten = ex.request_complete(&config).expect("usage is asked for");
         assert!(rewritten.starts_with(br#"{"stream_options":{"include_usage":true},"#));
         let edits = ex.on_response_headers(
             &config,
@@ -1312,12 +1314,11 @@ mod tests {
         let mut card = Cardinality::new(config, Box::new(LocalRegistry::default()));
         let mut ex =
             Exchange::start(config, "POST", path, headers(req_headers), &host(), 0).unwrap();
+        for chunk in request.as_bytes().chunks(split) {
+            ex.on_request_body(chunk);
+        }
         if ex.holds_request_body() {
-            ex.request_complete(config, request.as_bytes());
-        } else {
-            for chunk in request.as_bytes().chunks(split) {
-                ex.on_request_body(chunk);
-            }
+            ex.request_complete(config);
         }
         ex.on_response_headers(config, Some(200), headers(resp_headers));
         for chunk in response.as_bytes().chunks(split) {
@@ -1341,11 +1342,8 @@ mod tests {
             0,
         )
         .unwrap();
-        ex.request_complete(
-            &config,
-            br#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
-        )
-        .unwrap();
+        ex.on_request_body(br#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
+        ex.request_complete(&config).unwrap();
         let edits = ex.on_response_headers(
             &config,
             Some(200),

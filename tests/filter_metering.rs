@@ -201,6 +201,7 @@ fn dimensions_come_from_headers_bodies_properties_and_builtins() {
         ("team", "Blue Team"),
         ("project", "apollo"),
         ("fingerprint", "fp_07871e2ad8"),
+        ("status_class", "2xx"),
     ];
     let m = host.metrics();
     let s = m.find("ai_requests_total", &[]);
@@ -311,9 +312,9 @@ fn label_values_are_sanitised_and_cannot_forge_labels() {
     assert_eq!(
         names,
         [
-            "llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.=_n_ c_d_;.;".to_string(),
-            format!("llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.={};.;", "a".repeat(64)),
-            "llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.=x_._model_._forged_.__quote_;.;".to_string(),
+            "llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.=_n_ c_d_;.;status_class=.=2xx;.;".to_string(),
+            format!("llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.={};.;status_class=.=2xx;.;", "a".repeat(64)),
+            "llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.=x_._model_._forged_.__quote_;.;status_class=.=2xx;.;".to_string(),
         ]
     );
 }
@@ -330,10 +331,15 @@ fn the_default_configuration_counts_without_labels() {
         );
         out.assert_flowed();
         let m = host.metrics();
-        assert_eq!(m.value("llm_requests_total"), Some(1), "{config:?}");
+        assert_eq!(
+            m.value("llm_requests_total.status_class=.=2xx;.;"),
+            Some(1),
+            "{config:?}"
+        );
         assert_eq!(m.value("llm_prompt_tokens_total"), Some(9));
         assert_eq!(m.value("llm_tokens_total"), Some(9));
-        assert_eq!(m.0.stats.len(), 3, "{}", m.dump());
+        // Requests, prompt and total tokens, and the duration histogram.
+        assert_eq!(m.0.stats.len(), 4, "{}", m.dump());
     }
 }
 
@@ -643,18 +649,18 @@ fn metric_ids_are_defined_once_per_series_and_vm_and_vms_share_the_stats() {
     }
     for vm in &workers {
         assert_clean_metric_use(vm);
-        // 3 cases × 4 families, in each VM.
-        assert_eq!(vm.define_counts().len(), 12);
+        // 3 cases × 5 families (requests, prompt, completion, total, duration), in each VM.
+        assert_eq!(vm.define_counts().len(), 15);
     }
     let m = host.metrics();
     assert_eq!(m.sum("llm_requests_total", &[]), 40);
     assert_eq!(m.sum("llm_requests_total", &[("case", "a")]), 14);
     assert_eq!(m.sum("llm_prompt_tokens_total", &[]), 40 * 24);
-    assert_eq!(m.0.stats.len(), 12, "{}", m.dump());
+    assert_eq!(m.0.stats.len(), 15, "{}", m.dump());
 }
 
 #[test]
-fn cardinality_caps_fold_new_values_into_other_per_vm() {
+fn cardinality_caps_fold_new_values_into_other() {
     let config = r#"{"dimensions":[{"name":"team","value":"{request.header.x-team}","max_values":2},
         {"name":"tier","value":"{request.header.x-tier}","allow":["gold"]},
         {"name":"who","value":"{request.header.x-who}","hash":true}]}"#;
@@ -699,4 +705,33 @@ fn cardinality_caps_fold_new_values_into_other_per_vm() {
     );
     assert_eq!(m.sum("llm_requests_total", &[("who", who.as_str())]), 4);
     assert!(!m.dump().contains("alice"));
+}
+
+#[test]
+fn caps_hold_across_vms_through_shared_data() {
+    let config =
+        r#"{"dimensions":[{"name":"team","value":"{request.header.x-team}","max_values":2}]}"#;
+    let host = Host::new();
+    let mut workers = [host.vm(config), host.vm(config)];
+    let chat = fixtures::bytes("chat.json");
+    // Worker 0 admits a and b; worker 1 then sees c, d (folded) and a (admitted already).
+    for (w, team) in [(0, "a"), (0, "b"), (1, "c"), (1, "d"), (1, "a"), (0, "e")] {
+        let out = run(
+            &mut workers[w],
+            &Call::post("/v1/chat/completions", &chat_request("gpt-4o")).header("x-team", team),
+            &Reply::json(200, &chat),
+        );
+        out.assert_flowed();
+    }
+    let m = host.metrics();
+    assert_eq!(
+        m.sum("llm_requests_total", &[("team", "a")]),
+        2,
+        "{}",
+        m.dump()
+    );
+    assert_eq!(m.sum("llm_requests_total", &[("team", "b")]), 1);
+    assert_eq!(m.sum("llm_requests_total", &[("team", "other")]), 3);
+    assert_eq!(m.sum("llm_overflow_total", &[("dimension", "team")]), 3);
+    assert!(!m.dump().contains("team=.=c;"));
 }

@@ -450,7 +450,6 @@ fn a_request_larger_than_max_body_bytes_is_let_go_unchanged() {
 }
 
 #[test]
-#[ignore = "filter bug: a held request body can outgrow Envoy's buffer limit (413)"]
 fn a_held_request_never_outgrows_the_hosts_buffer_limit() {
     // max_body_bytes may be set above Envoy's per-request buffer limit (1 MiB by default).
     // The filter then keeps answering Pause past that limit and Envoy turns the request
@@ -477,7 +476,7 @@ fn a_held_request_never_outgrows_the_hosts_buffer_limit() {
 }
 
 #[test]
-fn a_gzip_stream_is_counted_and_passes_compressed() {
+fn a_gzip_stream_is_edited_compressed_again_and_counted() {
     let case = chat_case();
     let gz = tokenmeter_testkit::upstream::gzip_bytes(&case.upstream);
     let host = Host::new();
@@ -491,7 +490,16 @@ fn a_gzip_stream_is_counted_and_passes_compressed() {
                 .header("content-encoding", "gzip"),
         );
         out.assert_flowed();
-        assert_eq!(out.client_body, gz, "a coded stream is never edited");
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&out.client_body[..]),
+            &mut plain,
+        )
+        .unwrap();
+        assert_eq!(
+            plain, case.client,
+            "the client's stream, decompressed, is the one it asked for"
+        );
     }
     assert_eq!(
         tokens(&host, &[("usage_source", "reported")]),
@@ -500,7 +508,6 @@ fn a_gzip_stream_is_counted_and_passes_compressed() {
 }
 
 #[test]
-#[ignore = "filter bug: an injected stream that comes back compressed reaches the client with the usage it did not ask for"]
 fn an_injected_stream_reaches_the_client_as_it_asked_whatever_the_upstreams_coding() {
     // Clients (the OpenAI SDKs among them) send accept-encoding: gzip. The filter asks for
     // usage on the client's behalf, but can only take the usage back out of plain bytes;
@@ -573,7 +580,7 @@ fn a_held_request_goes_on_whole_and_rewritten_at_its_end() {
 }
 
 #[test]
-#[ignore = "filter bug: bytes the stream editor holds are dropped when trailers end the response"]
+#[ignore = "known limitation (README, limits): a proxy-wasm filter cannot send body bytes from the trailers callback, so an event the editor still holds when trailers end the response is lost"]
 fn an_edited_stream_ending_in_trailers_loses_no_bytes() {
     // The editor holds an event until its blank line arrives. When the stream's last event
     // has none and the response ends with trailers (no end-of-stream body call), the held
@@ -605,7 +612,6 @@ fn an_edited_stream_ending_in_trailers_loses_no_bytes() {
 }
 
 #[test]
-#[ignore = "filter bug: a held request body that ends with trailers is never read"]
 fn a_held_request_ending_in_trailers_is_still_read() {
     // HTTP/2 clients may end a request with trailers: no body callback carries end of
     // stream. The filter holds chat bodies, and lets go at the trailers without reading

@@ -108,6 +108,7 @@ impl RootContext for Root {
             vm: self.vm.clone(),
             exchange: None,
             holding: false,
+            held: 0,
         }))
     }
 
@@ -136,6 +137,8 @@ struct HttpFilter {
     exchange: Option<Exchange>,
     /// The request body is being held until it is complete (stream usage injection).
     holding: bool,
+    /// How much of it the host holds so far.
+    held: usize,
 }
 
 struct EnvoyHost;
@@ -226,17 +229,26 @@ impl HttpContext for HttpFilter {
             }
             return Action::Continue;
         }
-        // While held, `body_size` is everything received so far.
-        if !end_of_stream && body_size <= vm.config.max_body_bytes {
+        // While held, `body_size` is everything received so far: copy only what is new.
+        if body_size > self.held {
+            if let Some(new) = host::buffer(
+                BufferType::HttpRequestBody,
+                self.held,
+                body_size - self.held,
+            ) {
+                ex.on_request_body(&new);
+            }
+            self.held = body_size;
+        }
+        if !end_of_stream && body_size <= vm.config.held_bytes() {
             return Action::Pause;
         }
         self.holding = false;
-        let body = host::buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
         if !end_of_stream {
-            ex.release_request(&body);
+            ex.release_request();
             return Action::Continue;
         }
-        if let Some(rewritten) = ex.request_complete(&vm.config, &body) {
+        if let Some(rewritten) = ex.request_complete(&vm.config) {
             if !host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &rewritten) {
                 ex.injection_failed();
             }
@@ -246,11 +258,11 @@ impl HttpContext for HttpFilter {
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // A body that ends with trailers never reaches end of stream in a body callback:
-        // stop holding it, unchanged, rather than stall the request.
+        // stop holding it, unchanged (what was held is already copied), rather than stall.
         if self.holding {
             self.holding = false;
             if let Some(ex) = self.exchange.as_mut() {
-                ex.release_request(&[]);
+                ex.release_request();
             }
         }
         Action::Continue

@@ -92,14 +92,15 @@ impl NativeVm {
                     continue;
                 }
                 held.extend_from_slice(chunk);
-                if !eos && held.len() <= self.config.max_body_bytes {
+                ex.on_request_body(chunk);
+                if !eos && held.len() <= self.config.held_bytes() {
                     continue;
                 }
                 holding = false;
                 if eos {
-                    ex.request_complete(&self.config, &held);
+                    ex.request_complete(&self.config);
                 } else {
-                    ex.request_too_large(&held);
+                    ex.release_request();
                 }
             }
         }
