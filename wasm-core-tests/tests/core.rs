@@ -427,12 +427,16 @@ fn whole_exchanges_settle_alike() {
     let points = tokenmeter::metrics::points(&config, &s);
     assert_eq!(
         points[0].name,
-        "llm_requests_total.api_id=.=chat-route;.;model=.=gpt-4o-2024-08-06;.;usage_source=.=estimated;.;team=.=blue;.;"
+        "llm_requests_total.api_id=.=chat-route;.;model=.=gpt-4o-2024-08-06;.;usage_source=.=estimated;.;team=.=blue;.;status_class=.=2xx;.;"
     );
+    // Requests and the three token counters, then the latency histograms.
     assert_eq!(
-        points.iter().map(|p| p.value).collect::<Vec<_>>(),
+        points.iter().take(4).map(|p| p.value).collect::<Vec<_>>(),
         [1, 12, 17, 29]
     );
+    assert!(points[4..]
+        .iter()
+        .all(|p| p.kind == tokenmeter::metrics::Kind::Histogram));
 }
 
 #[test]
