@@ -16,7 +16,7 @@ CONFIG        ?= examples/filter-config.json
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean
+.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean bench bench-tools
 
 help:
 	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
@@ -24,6 +24,7 @@ help:
 	@echo "make wasm   build $(WASM)"
 	@echo "make build  build the filter and the tokenmeter binary"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
+	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
 
 tools: wasm-target envoy
 
@@ -67,3 +68,27 @@ lint: wasm-target
 clean:
 	cargo clean
 	rm -rf $(TOOLS)
+
+# Benchmarks (not part of `make test`): plain Envoy, a do-nothing Wasm filter and tokenmeter
+# side by side; see BENCHMARKS.md. The do-nothing filter and the tokenizer counter are built
+# here, with the filter's release profile, in a workspace of their own (bench/wasm).
+BENCH_TARGET := target/bench
+BENCH_ARGS   ?=
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bench-tools: wasm-target
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v node >/dev/null || { echo "installing Node.js (Debian package)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
+	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml --target wasm32-wasip1
+	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
+	cargo build -p tokenmeter-bench
+
+bench: tools wasm bench-tools
+	target/debug/tokenmeter-bench --envoy $(ENVOY) --wasm $(WASM) \
+	  --noop $(BENCH_TARGET)/wasm32-wasip1/release/noop.wasm \
+	  --tokcount $(BENCH_TARGET)/release/tokcount \
+	  --tokcount-wasm $(BENCH_TARGET)/wasm32-wasip1/release/tokcount.wasm \
+	  --wasi-runner bench/wasm/run-wasi.mjs --config $(CONFIG) --out BENCHMARKS.md \
+	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

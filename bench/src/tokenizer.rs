@@ -1,0 +1,93 @@
+//! Tokenizer throughput: the same counting program natively and inside V8.
+//!
+//! `tokcount` (built by the benchmark from `bench/wasm/tokcount`) counts a fixed corpus with
+//! `tiktoken-rs` and prints one JSON line. Its wasm32-wasip1 build runs under Node's WASI,
+//! which executes it with V8, the engine Envoy's Wasm runtime embeds.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    /// Building the o200k_base encoding.
+    pub init_ms: f64,
+    /// Steady state: the median of the counting passes.
+    pub tokens_per_s: f64,
+    /// The first pass (for V8, before its optimising tier has taken over).
+    pub first_tokens_per_s: f64,
+    pub tokens: u64,
+    pub bytes: u64,
+}
+
+pub fn parse(output: &str) -> Result<Throughput> {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| anyhow!("no results from tokcount: {output}"))?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let n = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| anyhow!("no {k} in tokcount's results: {line}"))
+    };
+    Ok(Throughput {
+        init_ms: n("init_ms")?,
+        tokens_per_s: n("tokens_per_s")?,
+        first_tokens_per_s: n("first_tokens_per_s")?,
+        tokens: n("tokens")? as u64,
+        bytes: n("bytes")? as u64,
+    })
+}
+
+fn run(mut command: Command) -> Result<Throughput> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn native(program: &Path, passes: u32) -> Result<Throughput> {
+    let mut c = Command::new(program);
+    c.arg(passes.to_string());
+    run(c)
+}
+
+/// Runs the wasm build with `node` and the WASI runner script next to its sources.
+pub fn in_v8(runner: &Path, program: &Path, passes: u32) -> Result<Throughput> {
+    let mut c = Command::new("node");
+    c.arg("--no-warnings")
+        .arg(runner)
+        .arg(program)
+        .arg(passes.to_string());
+    run(c)
+}
+
+/// Node's version, for the report.
+pub fn node_version() -> String {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_json_line() {
+        let t = parse("{\"init_ms\":84.2,\"bytes\":262558,\"tokens\":50957,\"iterations\":5,\"first_tokens_per_s\":281708,\"tokens_per_s\":935828}\n").unwrap();
+        assert_eq!(t.tokens, 50957);
+        assert_eq!(t.tokens_per_s, 935828.0);
+        assert!(parse("").is_err());
+    }
+}
