@@ -81,7 +81,7 @@ bench-tools: wasm-target
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	@command -v node >/dev/null || { echo "installing Node.js (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
-	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml --target wasm32-wasip1
+	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml --target wasm32-wasip1 -p noop -p tokcount
 	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
 	cargo build -p tokenmeter-bench
 
