@@ -24,6 +24,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod capture;
 pub mod cardinality;
+pub mod chunkscan;
 pub mod config;
 pub mod decode;
 pub mod dimensions;

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::api::Operation;
+use crate::chunkscan::{self, ChunkParts};
 use crate::estimate::TextTally;
 use crate::sse::{Event, SseParser};
 use crate::tokenizer::Encoding;
@@ -217,44 +218,20 @@ impl StreamMeter {
     }
 
     fn chunk(&mut self, data: &[u8], enc: Encoding) -> EventInfo {
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        // The scanner reads the usual chunk in one pass; what it leaves, serde reads.
+        let Some(parts) = chunkscan::read(data).or_else(|| parts_from_serde(data)) else {
             self.unreadable += 1;
             return EventInfo::default();
         };
         let mut info = EventInfo::default();
         if self.model.is_none() {
-            self.model = chunk.model.map(Cow::into_owned).filter(|m| !m.is_empty());
+            self.model = parts.model.map(Cow::into_owned).filter(|m| !m.is_empty());
         }
-        let choices = chunk.choices.unwrap_or_default();
-        for c in &choices {
-            // Tally keys: choice index in the high bits, 0 for text, 1 + n for tool call n.
-            let base = c.index.saturating_mul(1 << 16);
-            if let Some(t) = &c.text {
-                info.content |= self.add_text(base, t, enc);
-            }
-            let Some(d) = &c.delta else { continue };
-            for t in [&d.content, &d.refusal, &d.reasoning_content, &d.reasoning]
-                .into_iter()
-                .flatten()
-            {
-                info.content |= self.add_text(base, t, enc);
-            }
-            for call in d.tool_calls.iter().flatten() {
-                let key = base + 1 + call.index.min(0xfffe);
-                if let Some(f) = &call.function {
-                    for t in [&f.name, &f.arguments].into_iter().flatten() {
-                        info.content |= self.add_text(key, t, enc);
-                    }
-                }
-            }
-            if let Some(f) = &d.function_call {
-                for t in [&f.name, &f.arguments].into_iter().flatten() {
-                    info.content |= self.add_text(base + 1, t, enc);
-                }
-            }
+        for (key, text) in &parts.texts {
+            info.content |= self.add_text(*key, text, enc);
         }
-        if let Some(u) = chunk.usage.and_then(RawUsage::into_usage) {
-            info.usage_only = choices.is_empty();
+        if let Some(u) = parts.usage {
+            info.usage_only = parts.no_choices;
             self.usage = Some(u);
         }
         info
@@ -303,6 +280,51 @@ impl StreamMeter {
         }
         info
     }
+}
+
+/// A chat/completions chunk read with serde: what [`chunkscan`] leaves, and its reference.
+pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
+    let chunk = serde_json::from_slice::<Chunk<'_>>(data).ok()?;
+    let choices = chunk.choices.unwrap_or_default();
+    let no_choices = choices.is_empty();
+    let mut texts = Vec::new();
+    for c in choices {
+        let base = chunkscan::text_key(c.index);
+        texts.extend(c.text.map(|t| (base, t)));
+        let Some(d) = c.delta else { continue };
+        for t in [d.content, d.refusal, d.reasoning_content, d.reasoning]
+            .into_iter()
+            .flatten()
+        {
+            texts.push((base, t));
+        }
+        for call in d.tool_calls.into_iter().flatten() {
+            let key = chunkscan::call_key(c.index, call.index);
+            if let Some(f) = call.function {
+                texts.extend(
+                    [f.name, f.arguments]
+                        .into_iter()
+                        .flatten()
+                        .map(|t| (key, t)),
+                );
+            }
+        }
+        if let Some(f) = d.function_call {
+            let key = chunkscan::call_key(c.index, 0);
+            texts.extend(
+                [f.name, f.arguments]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| (key, t)),
+            );
+        }
+    }
+    Some(ChunkParts {
+        model: chunk.model,
+        texts,
+        no_choices,
+        usage: chunk.usage.and_then(RawUsage::into_usage),
+    })
 }
 
 fn merge(a: EventInfo, b: EventInfo) -> EventInfo {
