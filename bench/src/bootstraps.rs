@@ -84,6 +84,12 @@ pub fn upstream() -> String {
               - match: {{prefix: "/"}}
                 direct_response: {{status: 404, body: {{inline_string: "no canned reply named"}}}}
           http_filters:
+          # A real provider reads the whole request before it answers; a direct response
+          # would answer on the headers alone, racing the gateway's request body.
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 1048576
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router

@@ -411,7 +411,7 @@ fn check(gateways: &[(Gateway, Envoy)], config: &FilterConfig) -> Result<()> {
                 let edited = !body.contains("\"usage\"");
                 ensure!(
                     edited == (*g == Gateway::Tokenmeter),
-                    "{}: the injected stream was {}edited",
+                    "{}: the injected stream was {}edited:\n{body}",
                     g.name(),
                     if edited { "" } else { "not " }
                 );
