@@ -81,7 +81,7 @@ bench-tools: wasm-target
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	@command -v node >/dev/null || { echo "installing Node.js (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
-	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml --target wasm32-wasip1 -p noop -p tokcount
+	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml --target wasm32-wasip1 -p noop -p tokcount -p replay
 	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
 	cargo build -p tokenmeter-bench
 
@@ -90,5 +90,6 @@ bench: tools wasm bench-tools
 	  --noop $(BENCH_TARGET)/wasm32-wasip1/release/noop.wasm \
 	  --tokcount $(BENCH_TARGET)/release/tokcount \
 	  --tokcount-wasm $(BENCH_TARGET)/wasm32-wasip1/release/tokcount.wasm \
+	  --replay-wasm $(BENCH_TARGET)/wasm32-wasip1/release/replay.wasm \
 	  --wasi-runner bench/wasm/run-wasi.mjs --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

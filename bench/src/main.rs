@@ -28,7 +28,7 @@ use report::{Memory, Results, Sample};
 use traffic::Kind;
 
 const USAGE: &str = "usage: tokenmeter-bench --envoy PATH --wasm PATH --noop PATH --tokcount PATH \
---tokcount-wasm PATH --wasi-runner PATH [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
+--tokcount-wasm PATH --wasi-runner PATH [--replay-wasm PATH] [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
 [--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT]";
 
 struct Args {
@@ -38,6 +38,7 @@ struct Args {
     tokcount: PathBuf,
     tokcount_wasm: PathBuf,
     wasi_runner: PathBuf,
+    replay_wasm: Option<PathBuf>,
     config: PathBuf,
     out: PathBuf,
     rounds: u32,
@@ -58,6 +59,7 @@ impl Args {
             tokcount: PathBuf::new(),
             tokcount_wasm: PathBuf::new(),
             wasi_runner: PathBuf::new(),
+            replay_wasm: None,
             config: PathBuf::from("examples/filter-config.json"),
             out: PathBuf::from("BENCHMARKS.md"),
             rounds: 5,
@@ -65,7 +67,7 @@ impl Args {
             warmup: 1.0,
             connections: 16,
             kinds: Kind::ALL.to_vec(),
-            starts: 5,
+            starts: 3,
             command: "make bench".to_string(),
         };
         let mut it = std::env::args().skip(1);
@@ -86,6 +88,7 @@ impl Args {
                 "--tokcount" => a.tokcount = value.into(),
                 "--tokcount-wasm" => a.tokcount_wasm = value.into(),
                 "--wasi-runner" => a.wasi_runner = value.into(),
+                "--replay-wasm" => a.replay_wasm = Some(envoy::absolute(Path::new(&value))?),
                 "--config" => a.config = value.into(),
                 "--out" => a.out = value.into(),
                 "--rounds" => a.rounds = num(&value)? as u32,
@@ -184,6 +187,10 @@ fn run() -> Result<()> {
     say("tokenizer: native, then wasm in V8");
     results.tokenizer_native = Some(tokenizer::native(&args.tokcount, 7)?);
     results.tokenizer_v8 = Some(tokenizer::in_v8(&args.wasi_runner, &args.tokcount_wasm, 7)?);
+    if let Some(replay) = &args.replay_wasm {
+        say("tokenmeter's own work per exchange in V8, without a host");
+        results.own_work_us = tokenizer::replay_in_v8(&args.wasi_runner, replay, 20_000)?;
+    }
 
     let upstream = Envoy::start(&args.envoy, &bootstraps::upstream(), 1).context("upstream")?;
     let wasm = args.wasm.display().to_string();

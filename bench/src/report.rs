@@ -84,6 +84,8 @@ pub struct Results {
     pub ready_ms: Vec<(Gateway, Vec<f64>)>,
     /// The first estimated request's latency and the median of the next ones, in ms.
     pub first_estimate_ms: Option<(f64, f64)>,
+    /// tokenmeter's core alone in V8 (no host), µs per exchange, by kind name.
+    pub own_work_us: Vec<(String, f64)>,
     pub tokenizer_native: Option<Throughput>,
     pub tokenizer_v8: Option<Throughput>,
     pub duration_s: f64,
@@ -233,6 +235,25 @@ pub fn render(r: &Results) -> String {
         o,
         "\nThe difference is the median of the per-round differences (the gateways of a round ran within seconds of each other); the ratios are of the medians above."
     );
+    if !r.own_work_us.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n### tokenmeter's own code, without the host
+"
+        );
+        let _ = writeln!(
+            o,
+            "The same exchanges replayed through tokenmeter's core compiled to wasm32-wasip1 and run in V8 (Node {}), with no host: the filter's own work. The rest of its cost in the gateway is the host calls it makes (headers, bodies, properties, metrics) and Envoy's side of them.\n",
+            m.node
+        );
+        let _ = writeln!(o, "| traffic | CPU µs per exchange in V8 |");
+        let _ = writeln!(o, "|---|---:|");
+        for kind in Kind::ALL {
+            if let Some((_, us)) = r.own_work_us.iter().find(|(k, _)| k == kind.name()) {
+                let _ = writeln!(o, "| {} | {:.1} |", kind.title(), us);
+            }
+        }
+    }
 
     render_memory(&mut o, r);
 

@@ -70,6 +70,42 @@ pub fn in_v8(runner: &Path, program: &Path, passes: u32) -> Result<Throughput> {
     run(c)
 }
 
+/// tokenmeter's own work per exchange inside V8, by traffic kind: the replay program
+/// (`bench/wasm/replay`) drives the filter's core through the benchmark's exchanges without
+/// a host, so this is the filter's code alone, with no host calls.
+pub fn replay_in_v8(runner: &Path, program: &Path, exchanges: u32) -> Result<Vec<(String, f64)>> {
+    let mut c = Command::new("node");
+    c.arg("--no-warnings")
+        .arg(runner)
+        .arg(program)
+        .arg("all")
+        .arg(exchanges.to_string());
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_replay(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn parse_replay(output: &str) -> Result<Vec<(String, f64)>> {
+    output
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            let us = v["us_per_exchange"]
+                .as_f64()
+                .ok_or_else(|| anyhow!("no us_per_exchange in {line}"))?;
+            Ok((kind, us))
+        })
+        .collect()
+}
+
 /// Node's version, for the report.
 pub fn node_version() -> String {
     Command::new("node")
@@ -89,5 +125,14 @@ mod tests {
         assert_eq!(t.tokens, 50957);
         assert_eq!(t.tokens_per_s, 935828.0);
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn reads_replay_lines() {
+        let r = parse_replay(
+            "{\"kind\":\"json\",\"exchanges\":20000,\"us_per_exchange\":14.52,\"check\":1}\n",
+        )
+        .unwrap();
+        assert_eq!(r, [("json".to_string(), 14.52)]);
     }
 }
