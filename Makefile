@@ -16,7 +16,7 @@ CONFIG        ?= examples/filter-config.json
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean bench bench-tools
+.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean bench bench-deps bench-wasm bench-native
 
 help:
 	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
@@ -70,26 +70,33 @@ clean:
 	rm -rf $(TOOLS)
 
 # Benchmarks (not part of `make test`): plain Envoy, a do-nothing Wasm filter and tokenmeter
-# side by side; see BENCHMARKS.md. The do-nothing filter and the tokenizer counter are built
-# here, with the filter's release profile, in a workspace of their own (bench/wasm).
-BENCH_TARGET := target/bench
+# side by side; see BENCHMARKS.md. The do-nothing filter, the tokenizer counter and the replay
+# are built here, with the filter's release profile, in a workspace of their own
+# (bench/wasm). The builds have their own target directories so that they run in parallel
+# with the filter's: their long single-threaded link steps then overlap.
+BENCH_WASM   := target/bench/wasm32-wasip1/release
+BENCH_NATIVE := target/bench-native/release
 BENCH_ARGS   ?=
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-bench-tools: wasm-target
+bench-deps:
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	@command -v node >/dev/null || { echo "installing Node.js (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
-	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml --target wasm32-wasip1 -p noop -p tokcount -p replay
-	CARGO_TARGET_DIR=$(BENCH_TARGET) cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
-	cargo build -p tokenmeter-bench
 
-bench: tools wasm bench-tools
+bench-wasm: wasm-target
+	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
+	  --target wasm32-wasip1 -p noop -p tokcount -p replay
+
+bench-native:
+	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
+
+bench: tools bench-deps
+	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native
+	cargo build -p tokenmeter-bench
 	target/debug/tokenmeter-bench --envoy $(ENVOY) --wasm $(WASM) \
-	  --noop $(BENCH_TARGET)/wasm32-wasip1/release/noop.wasm \
-	  --tokcount $(BENCH_TARGET)/release/tokcount \
-	  --tokcount-wasm $(BENCH_TARGET)/wasm32-wasip1/release/tokcount.wasm \
-	  --replay-wasm $(BENCH_TARGET)/wasm32-wasip1/release/replay.wasm \
+	  --noop $(BENCH_WASM)/noop.wasm --replay-wasm $(BENCH_WASM)/replay.wasm \
+	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
 	  --wasi-runner bench/wasm/run-wasi.mjs --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

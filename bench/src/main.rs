@@ -63,7 +63,7 @@ impl Args {
             config: PathBuf::from("examples/filter-config.json"),
             out: PathBuf::from("BENCHMARKS.md"),
             rounds: 5,
-            seconds: 4.0,
+            seconds: 3.0,
             warmup: 1.0,
             connections: 16,
             kinds: Kind::ALL.to_vec(),
@@ -207,7 +207,10 @@ fn run() -> Result<()> {
     say(format!("start-up: {} starts of each gateway", args.starts));
     results.ready_ms = startup(&args, &spec)?;
 
-    say("memory: each gateway with one and two workers");
+    say(format!(
+        "memory: each gateway with one and {} workers",
+        report::MANY_WORKERS
+    ));
     for g in Gateway::ALL {
         let (memory, first) = memory(&args, &spec, g, &scripts)?;
         results.memory.push((g, memory));
@@ -342,7 +345,7 @@ fn settled_rss(envoy: &Envoy) -> Result<f64> {
 }
 
 /// RSS of one gateway idle, after traffic whose usage is reported, and (tokenmeter) after
-/// estimates; with one worker and with two. Also the first estimate's latency.
+/// estimates; with one worker and with several. Also the first estimate's latency.
 fn memory(
     args: &Args,
     spec: &GatewaySpec<'_>,
@@ -351,39 +354,32 @@ fn memory(
 ) -> Result<(Memory, Option<(f64, f64)>)> {
     let mut m = Memory::default();
     let mut first_estimate = None;
-    for workers in [1, 2] {
+    for workers in [1, report::MANY_WORKERS] {
         let e = Envoy::start(&args.envoy, &bootstraps::gateway(g, spec), workers)?;
         let idle = settled_rss(&e)?;
         for kind in [Kind::Json, Kind::StreamUsage, Kind::StreamInjected] {
             load(&e, scripts, kind, args.connections, 1.0)?;
         }
         let traffic = settled_rss(&e)?;
-        if workers == 1 {
-            (m.idle_1, m.traffic_1) = (idle, traffic);
-        } else {
-            (m.idle_2, m.traffic_2) = (idle, traffic);
+        if workers > 1 {
+            (m.idle_many, m.traffic_many) = (idle, traffic);
+            continue;
         }
+        (m.idle_1, m.traffic_1) = (idle, traffic);
         if g != Gateway::Tokenmeter {
             continue;
         }
-        if workers == 1 {
-            let agent = agent();
-            let (status, _, first) = request(&agent, &e, Kind::StreamEstimated)?;
-            ensure!(status == 200, "estimated request answered {status}");
-            m.first_estimate_1 = Some(settled_rss(&e)?);
-            let mut next = Vec::new();
-            for _ in 0..21 {
-                next.push(request(&agent, &e, Kind::StreamEstimated)?.2.as_secs_f64() * 1e3);
-            }
-            first_estimate = Some((first.as_secs_f64() * 1e3, stats::median(&next)));
+        let agent = agent();
+        let (status, _, first) = request(&agent, &e, Kind::StreamEstimated)?;
+        ensure!(status == 200, "estimated request answered {status}");
+        m.first_estimate_1 = Some(settled_rss(&e)?);
+        let mut next = Vec::new();
+        for _ in 0..21 {
+            next.push(request(&agent, &e, Kind::StreamEstimated)?.2.as_secs_f64() * 1e3);
         }
+        first_estimate = Some((first.as_secs_f64() * 1e3, stats::median(&next)));
         load(&e, scripts, Kind::StreamEstimated, args.connections, 1.0)?;
-        let after = settled_rss(&e)?;
-        if workers == 1 {
-            m.estimates_1 = Some(after);
-        } else {
-            m.estimates_2 = Some(after);
-        }
+        m.estimates_1 = Some(settled_rss(&e)?);
     }
     Ok((m, first_estimate))
 }
