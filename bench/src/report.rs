@@ -255,7 +255,10 @@ pub fn render(r: &Results) -> String {
             "The same exchanges replayed through tokenmeter's core compiled to wasm32-wasip1 and run in V8 (Node {}), with no host: the filter's own work. The rest of its cost in the gateway is the host calls it makes (headers, bodies, properties, metrics) and Envoy's side of them.\n",
             m.node
         );
-        let _ = writeln!(o, "| traffic | CPU µs per exchange in V8 |");
+        let _ = writeln!(
+            o,
+            "| traffic | CPU µs per exchange in V8 (median of 3 runs) |"
+        );
         let _ = writeln!(o, "|---|---:|");
         for kind in Kind::ALL {
             if let Some((_, us)) = r.own_work_us.iter().find(|(k, _)| k == kind.name()) {
