@@ -24,7 +24,8 @@ export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean \
-	test-wasm test-wasm-host test-wasm-core wasm-unknown-target wasm-bindgen-cli
+	test-wasm test-wasm-host test-wasm-core wasm-unknown-target wasm-bindgen-cli \
+	bench bench-deps bench-wasm bench-native
 
 help:
 	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
@@ -33,6 +34,7 @@ help:
 	@echo "make wasm   build $(WASM)"
 	@echo "make build  build the filter and the tokenmeter binary"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
+	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
 
 tools: wasm-target envoy
 
@@ -102,3 +104,35 @@ lint: wasm-target
 clean:
 	cargo clean
 	rm -rf $(TOOLS)
+
+# Benchmarks (not part of `make test`): plain Envoy, a do-nothing Wasm filter and tokenmeter
+# side by side; see BENCHMARKS.md. The do-nothing filter, the tokenizer counter and the replay
+# are built here, with the filter's release profile, in a workspace of their own
+# (bench/wasm). The builds have their own target directories so that they run in parallel
+# with the filter's: their long single-threaded link steps then overlap.
+BENCH_WASM   := target/bench/wasm32-wasip1/release
+BENCH_NATIVE := target/bench-native/release
+BENCH_ARGS   ?=
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bench-deps:
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v node >/dev/null || { echo "installing Node.js (Debian package)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
+
+bench-wasm: wasm-target
+	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
+	  --target wasm32-wasip1 -p noop -p tokcount -p replay
+
+bench-native:
+	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
+
+bench: tools bench-deps
+	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native
+	cargo build -p tokenmeter-bench
+	target/debug/tokenmeter-bench --envoy $(ENVOY) --wasm $(WASM) \
+	  --noop $(BENCH_WASM)/noop.wasm --replay-wasm $(BENCH_WASM)/replay.wasm \
+	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
+	  --wasi-runner bench/wasm/run-wasi.mjs --config $(CONFIG) --out BENCHMARKS.md \
+	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

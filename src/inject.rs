@@ -125,7 +125,21 @@ impl StreamEditor {
                 start = 1;
             }
         }
-        for (i, &b) in chunk.iter().enumerate().skip(start) {
+        let mut i = start;
+        while let Some(rest) = chunk.get(i..).filter(|r| !r.is_empty()) {
+            // Only line ends change more than "inside a line": runs of other bytes are
+            // skipped whole.
+            let Some(offset) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.after_cr = false;
+                self.at_line_start = false;
+                break;
+            };
+            if offset > 0 {
+                self.after_cr = false;
+                self.at_line_start = false;
+            }
+            i += offset;
+            let Some(&b) = chunk.get(i) else { break };
             let ends_event = match b {
                 // The LF of a CRLF: the CR already ended the line.
                 b'\n' if self.after_cr => {
@@ -159,6 +173,7 @@ impl StreamEditor {
                 self.emit(chunk.get(start..end).unwrap_or_default(), &mut out, decide);
                 start = end;
             }
+            i += 1;
         }
         let rest = chunk.get(start..).unwrap_or_default();
         if self.pending.len() + rest.len() > self.max_event_bytes {
@@ -214,26 +229,39 @@ impl StreamEditor {
 /// JSON strings quotes are escaped, so text that mentions it is never touched.
 pub fn strip_usage_null(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     const NEEDLE: &[u8] = br#","usage":null"#;
-    if !event.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
-        return std::borrow::Cow::Borrowed(event);
-    }
-    let mut out = Vec::with_capacity(event.len());
-    let mut i = 0;
-    while i < event.len() {
-        if event.get(i..i + NEEDLE.len()) == Some(NEEDLE) {
-            i += NEEDLE.len();
-        } else {
-            if let Some(&b) = event.get(i) {
-                out.push(b);
+    // Leftmost occurrences, not overlapping, found from each comma on.
+    let next = |from: usize| {
+        let mut at = from;
+        while let Some(comma) = event.get(at..).and_then(|r| memchr::memchr(b',', r)) {
+            let pos = at + comma;
+            if event.get(pos..pos + NEEDLE.len()) == Some(NEEDLE) {
+                return Some(pos);
             }
-            i += 1;
+            at = pos + 1;
+        }
+        None
+    };
+    let Some(mut found) = next(0) else {
+        return std::borrow::Cow::Borrowed(event);
+    };
+    let mut out = Vec::with_capacity(event.len());
+    let mut copied = 0;
+    loop {
+        out.extend_from_slice(event.get(copied..found).unwrap_or_default());
+        copied = found + NEEDLE.len();
+        match next(copied) {
+            Some(pos) => found = pos,
+            None => break,
         }
     }
+    out.extend_from_slice(event.get(copied..).unwrap_or_default());
     std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn json(b: &[u8]) -> serde_json::Value {
@@ -347,6 +375,134 @@ mod tests {
         out.extend(ed.finish(&mut keep));
         assert!(ed.passthrough);
         assert_eq!(out, s.as_bytes());
+    }
+
+    impl StreamEditor {
+        /// The byte-at-a-time scan `feed` replaced, kept to check that both agree.
+        fn feed_bytewise(
+            &mut self,
+            chunk: &[u8],
+            decide: &mut dyn FnMut(&[u8]) -> bool,
+        ) -> Vec<u8> {
+            if self.passthrough {
+                return chunk.to_vec();
+            }
+            let mut out = Vec::with_capacity(chunk.len());
+            let mut start = 0;
+            if self.owe_lf {
+                self.owe_lf = false;
+                if chunk.first() == Some(&b'\n') {
+                    self.after_cr = false;
+                    if self.last_kept {
+                        out.push(b'\n');
+                    }
+                    start = 1;
+                }
+            }
+            for (i, &b) in chunk.iter().enumerate().skip(start) {
+                let ends_event = match b {
+                    b'\n' if self.after_cr => {
+                        self.after_cr = false;
+                        false
+                    }
+                    b'\n' | b'\r' => {
+                        self.after_cr = b == b'\r';
+                        let blank = self.at_line_start;
+                        self.at_line_start = true;
+                        blank
+                    }
+                    _ => {
+                        self.after_cr = false;
+                        self.at_line_start = false;
+                        false
+                    }
+                };
+                if ends_event {
+                    let mut end = i + 1;
+                    if b == b'\r' {
+                        match chunk.get(i + 1) {
+                            Some(b'\n') => {
+                                end = i + 2;
+                                self.after_cr = false;
+                            }
+                            None => self.owe_lf = true,
+                            Some(_) => {}
+                        }
+                    }
+                    self.emit(&chunk[start..end], &mut out, decide);
+                    start = end;
+                }
+            }
+            let rest = &chunk[start..];
+            if self.pending.len() + rest.len() > self.max_event_bytes {
+                self.passthrough = true;
+                out.append(&mut self.pending);
+                out.extend_from_slice(rest);
+            } else {
+                self.pending.extend_from_slice(rest);
+            }
+            out
+        }
+    }
+
+    fn strip_bytewise(event: &[u8]) -> Vec<u8> {
+        const NEEDLE: &[u8] = br#","usage":null"#;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < event.len() {
+            if event.get(i..i + NEEDLE.len()) == Some(NEEDLE) {
+                i += NEEDLE.len();
+            } else {
+                out.push(event[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Streams made of the pieces that matter to the editor, cut anywhere.
+    fn pieces() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(&b"\n"[..]),
+            Just(&b"\r"[..]),
+            Just(&b"\r\n"[..]),
+            Just(&b"data: x"[..]),
+            Just(&br#","usage":null"#[..]),
+            Just(&br#","usage":nul"#[..]),
+            Just(&br#"{"choices":[],"usage":{"total_tokens":3}}"#[..]),
+            Just(&b","[..]),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn the_skipping_scan_agrees_with_the_bytewise_one(
+            stream in pieces(),
+            cuts in prop::collection::vec(0usize..400, 0..6),
+            max in prop_oneof![Just(24usize), Just(1usize << 20)],
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
+            cuts.sort_unstable();
+            let mut fast = StreamEditor::new(max);
+            let mut slow = StreamEditor::new(max);
+            let mut keep = |e: &[u8]| !e.windows(12).any(|w| w == br#""choices":[]"#);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let mut last = 0;
+            for &c in cuts.iter().chain(std::iter::once(&stream.len())) {
+                a.extend(fast.feed(&stream[last..c], &mut keep));
+                b.extend(slow.feed_bytewise(&stream[last..c], &mut keep));
+                last = c;
+            }
+            a.extend(fast.finish(&mut keep));
+            b.extend(slow.finish(&mut keep));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn stripping_agrees_with_the_bytewise_scan(event in pieces()) {
+            prop_assert_eq!(strip_usage_null(&event).into_owned(), strip_bytewise(&event));
+        }
     }
 
     #[test]

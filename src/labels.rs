@@ -10,8 +10,6 @@
 //! and values are cut to [`MAX_VALUE_CHARS`]. So `;` and `=` (the delimiters), quotes,
 //! backslashes, control characters and non-ASCII text never reach the name.
 
-use std::fmt::Write as _;
-
 /// Longest label value kept, in characters.
 pub const MAX_VALUE_CHARS: usize = 64;
 
@@ -73,7 +71,11 @@ pub fn encode_labels<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a 
         if i == 0 {
             out.push('.');
         }
-        let _ = write!(out, "{name}=.={value};.;");
+        // Pushed piece by piece: cheaper than `write!`, and this runs on every request.
+        out.push_str(name);
+        out.push_str("=.=");
+        out.push_str(value);
+        out.push_str(";.;");
     }
 }
 

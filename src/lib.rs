@@ -25,6 +25,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod capture;
 pub mod cardinality;
+pub mod chunkscan;
 pub mod collect;
 pub mod config;
 pub mod decode;

@@ -62,7 +62,7 @@ impl SseParser {
                     continue;
                 }
             }
-            match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', bytes) {
                 Some(end) => {
                     let (line, rest) = bytes.split_at(end);
                     self.after_cr = rest.first() == Some(&b'\r');

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::api::Operation;
+use crate::chunkscan::{self, ChunkParts, Part};
 use crate::estimate::TextTally;
 use crate::sse::{Event, SseParser};
 use crate::tokenizer::Encoding;
@@ -281,62 +282,29 @@ impl StreamMeter {
     }
 
     fn chunk(&mut self, data: &[u8], enc: Encoding) -> EventInfo {
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        // The scanner reads the usual chunk in one pass; what it leaves, serde reads.
+        let Some(parts) = chunkscan::read(data).or_else(|| parts_from_serde(data)) else {
             self.unreadable += 1;
             return EventInfo::default();
         };
         let mut info = EventInfo::default();
         if self.model.is_none() {
-            self.model = chunk.model.map(Cow::into_owned).filter(|m| !m.is_empty());
+            self.model = parts.model.map(Cow::into_owned).filter(|m| !m.is_empty());
         }
-        let choices = chunk.choices.unwrap_or_default();
-        for c in &choices {
-            // Tally keys: choice index in the high bits, 0 for text, 1 + n for tool call n.
-            let base = c.index.saturating_mul(1 << 16);
-            let first = c.index == 0;
-            if let Some(t) = &c.text {
-                info.content |= self.add_text(base, t, enc);
-                if first {
-                    self.answer_text(0, false, t);
-                }
-            }
-            let Some(d) = &c.delta else { continue };
-            for t in [&d.content, &d.refusal, &d.reasoning_content, &d.reasoning]
-                .into_iter()
-                .flatten()
-            {
-                info.content |= self.add_text(base, t, enc);
-            }
-            if first {
-                for t in [&d.content, &d.refusal].into_iter().flatten() {
-                    self.answer_text(0, false, t);
-                }
-            }
-            let calls = d
-                .tool_calls
-                .iter()
-                .flatten()
-                .filter_map(|call| {
-                    Some((base + 1 + call.index.min(0xfffe), call.function.as_ref()?))
-                })
-                .chain(d.function_call.as_ref().map(|f| (base + 1, f)));
-            for (key, f) in calls {
-                if let Some(name) = &f.name {
-                    info.content |= self.add_text(key, name, enc);
-                    if first {
-                        self.answer_text(key, true, &format!("{name}("));
-                    }
-                }
-                if let Some(args) = &f.arguments {
-                    info.content |= self.add_text(key, args, enc);
-                    if first {
-                        self.answer_text(key, true, args);
-                    }
+        for (key, part, text) in &parts.texts {
+            info.content |= self.add_text(*key, text, enc);
+            // Records take the first choice's answer: its text, and tool calls as name(args).
+            if *key < chunkscan::text_key(1) {
+                match part {
+                    Part::Text => self.answer_text(0, false, text),
+                    Part::ToolName => self.answer_text(*key, true, &format!("{text}(")),
+                    Part::ToolArgs => self.answer_text(*key, true, text),
+                    Part::Reasoning => {}
                 }
             }
         }
-        if let Some(u) = chunk.usage.and_then(RawUsage::into_usage) {
-            info.usage_only = choices.is_empty();
+        if let Some(u) = parts.usage {
+            info.usage_only = parts.no_choices;
             self.usage = Some(u);
         }
         info
@@ -390,6 +358,43 @@ impl StreamMeter {
         }
         info
     }
+}
+
+/// A chat/completions chunk read with serde: what [`chunkscan`] leaves, and its reference.
+pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
+    let chunk = serde_json::from_slice::<Chunk<'_>>(data).ok()?;
+    let choices = chunk.choices.unwrap_or_default();
+    let no_choices = choices.is_empty();
+    let mut texts = Vec::new();
+    for c in choices {
+        let base = chunkscan::text_key(c.index);
+        texts.extend(c.text.map(|t| (base, Part::Text, t)));
+        let Some(d) = c.delta else { continue };
+        let fields = [d.content, d.refusal, d.reasoning_content, d.reasoning];
+        for (i, t) in fields.into_iter().enumerate() {
+            texts.extend(t.map(|t| (base, chunkscan::delta_part(i), t)));
+        }
+        for call in d.tool_calls.into_iter().flatten() {
+            let key = chunkscan::call_key(c.index, call.index);
+            if let Some(f) = call.function {
+                for (i, t) in [f.name, f.arguments].into_iter().enumerate() {
+                    texts.extend(t.map(|t| (key, chunkscan::call_part(i), t)));
+                }
+            }
+        }
+        if let Some(f) = d.function_call {
+            let key = chunkscan::call_key(c.index, 0);
+            for (i, t) in [f.name, f.arguments].into_iter().enumerate() {
+                texts.extend(t.map(|t| (key, chunkscan::call_part(i), t)));
+            }
+        }
+    }
+    Some(ChunkParts {
+        model: chunk.model,
+        texts,
+        no_choices,
+        usage: chunk.usage.and_then(RawUsage::into_usage),
+    })
 }
 
 fn merge(a: EventInfo, b: EventInfo) -> EventInfo {

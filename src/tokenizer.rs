@@ -138,10 +138,16 @@ impl EncodingMap {
         let Some(model) = model else {
             return self.default;
         };
-        let m = model.to_ascii_lowercase();
+        // Compared in place, ignoring ASCII case: this runs for every streamed chunk.
+        let has_prefix = |p: &str| {
+            model
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        };
         let longest = |table: &mut dyn Iterator<Item = (&str, Encoding)>| {
             table
-                .filter(|(p, _)| m.starts_with(&p.to_ascii_lowercase()))
+                .filter(|(p, _)| has_prefix(p))
                 .max_by_key(|(p, _)| p.len())
                 .map(|(_, e)| e)
         };

@@ -121,6 +121,12 @@ where
     T: serde::de::DeserializeOwned,
 {
     let v = serde_json::Value::deserialize(d)?;
+    // `null` is absent. Said outright rather than left to a failed conversion: streams repeat
+    // `"usage":null` in every chunk, and building the conversion's error costs more than
+    // parsing the rest of the chunk.
+    if v.is_null() {
+        return Ok(None);
+    }
     Ok(serde_json::from_value(v).ok())
 }
 

@@ -1,0 +1,584 @@
+//! `make bench`: what tokenmeter costs a gateway, measured side by side in one run.
+//!
+//! Three gateways with one bootstrap shape (plain Envoy, Envoy with a do-nothing proxy-wasm
+//! filter, Envoy with tokenmeter) sit in front of one canned OpenAI upstream (another
+//! Envoy). For each kind of traffic, wrk loads each gateway in turn, and the gateway's own
+//! CPU accounting gives the cost per request; rounds alternate the gateways so that drift
+//! in the machine's load hits all three alike, and the report shows medians. Around that:
+//! start-up time and memory of each gateway, and tokenizer throughput inside V8 against
+//! native code. The results replace the generated section of `BENCHMARKS.md`.
+
+mod bootstraps;
+mod envoy;
+mod load;
+mod process;
+mod report;
+mod stats;
+mod tokenizer;
+mod traffic;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use bootstraps::{Gateway, GatewaySpec};
+use envoy::Envoy;
+use report::{Memory, Results, Sample};
+use traffic::Kind;
+
+const USAGE: &str = "usage: tokenmeter-bench --envoy PATH --wasm PATH --noop PATH --tokcount PATH \
+--tokcount-wasm PATH --wasi-runner PATH [--replay-wasm PATH] [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
+[--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT]";
+
+struct Args {
+    envoy: PathBuf,
+    wasm: PathBuf,
+    noop: PathBuf,
+    tokcount: PathBuf,
+    tokcount_wasm: PathBuf,
+    wasi_runner: PathBuf,
+    replay_wasm: Option<PathBuf>,
+    config: PathBuf,
+    out: PathBuf,
+    rounds: u32,
+    seconds: f64,
+    warmup: f64,
+    connections: u32,
+    kinds: Vec<Kind>,
+    starts: u32,
+    command: String,
+}
+
+impl Args {
+    fn parse() -> Result<Args> {
+        let mut a = Args {
+            envoy: PathBuf::new(),
+            wasm: PathBuf::new(),
+            noop: PathBuf::new(),
+            tokcount: PathBuf::new(),
+            tokcount_wasm: PathBuf::new(),
+            wasi_runner: PathBuf::new(),
+            replay_wasm: None,
+            config: PathBuf::from("examples/filter-config.json"),
+            out: PathBuf::from("BENCHMARKS.md"),
+            rounds: 5,
+            seconds: 3.0,
+            warmup: 1.0,
+            connections: 16,
+            kinds: Kind::ALL.to_vec(),
+            starts: 3,
+            command: "make bench".to_string(),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let num = |v: &str| -> Result<f64> {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|n| *n > 0.0)
+                    .with_context(|| format!("{flag}: {v:?} is not a positive number"))
+            };
+            match flag.as_str() {
+                "--envoy" => a.envoy = value.into(),
+                "--wasm" => a.wasm = value.into(),
+                "--noop" => a.noop = value.into(),
+                "--tokcount" => a.tokcount = value.into(),
+                "--tokcount-wasm" => a.tokcount_wasm = value.into(),
+                "--wasi-runner" => a.wasi_runner = value.into(),
+                "--replay-wasm" => a.replay_wasm = Some(envoy::absolute(Path::new(&value))?),
+                "--config" => a.config = value.into(),
+                "--out" => a.out = value.into(),
+                "--rounds" => a.rounds = num(&value)? as u32,
+                "--seconds" => a.seconds = num(&value)?,
+                "--warmup" => a.warmup = num(&value)?,
+                "--connections" => a.connections = num(&value)? as u32,
+                "--starts" => a.starts = num(&value)? as u32,
+                "--command" => a.command = value,
+                "--kinds" => {
+                    a.kinds = value
+                        .split(',')
+                        .map(|k| {
+                            Kind::parse(k.trim()).with_context(|| format!("unknown kind {k:?}"))
+                        })
+                        .collect::<Result<_>>()?
+                }
+                _ => bail!("unknown option {flag}\n{USAGE}"),
+            }
+        }
+        for p in [
+            &mut a.envoy,
+            &mut a.wasm,
+            &mut a.noop,
+            &mut a.tokcount,
+            &mut a.tokcount_wasm,
+            &mut a.wasi_runner,
+        ] {
+            if p.as_os_str().is_empty() {
+                bail!("missing a path\n{USAGE}");
+            }
+            *p = envoy::absolute(p)?;
+        }
+        Ok(a)
+    }
+}
+
+/// The filter configuration under test.
+struct FilterConfig {
+    text: String,
+    namespace: String,
+    dimension_names: Vec<String>,
+}
+
+impl FilterConfig {
+    fn read(path: &Path) -> Result<FilterConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        Ok(FilterConfig {
+            namespace: json["namespace"].as_str().unwrap_or("llm").to_string(),
+            dimension_names: json["dimensions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["name"].as_str().map(str::to_string))
+                .collect(),
+            text,
+        })
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("tokenmeter-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn say(text: impl AsRef<str>) {
+    eprintln!("bench: {}", text.as_ref());
+}
+
+fn run() -> Result<()> {
+    let started = Instant::now();
+    let args = Args::parse()?;
+    let config = FilterConfig::read(&args.config)?;
+    let mut results = Results {
+        machine: machine(&args.envoy),
+        params: report::Params {
+            command: args.command.clone(),
+            filter_config: args.config.display().to_string(),
+            rounds: args.rounds,
+            seconds: args.seconds,
+            warmup_seconds: args.warmup,
+            connections: args.connections,
+        },
+        ..Results::default()
+    };
+    say(format!(
+        "load average {} on {} cores",
+        results.machine.load_before, results.machine.cores
+    ));
+    let work = tempfile::tempdir()?;
+
+    say("tokenizer: native, then wasm in V8");
+    results.tokenizer_native = Some(tokenizer::native(&args.tokcount, 7)?);
+    results.tokenizer_v8 = Some(tokenizer::in_v8(&args.wasi_runner, &args.tokcount_wasm, 7)?);
+    if let Some(replay) = &args.replay_wasm {
+        say("tokenmeter's own work per exchange in V8, without a host");
+        results.own_work_us = tokenizer::replay_in_v8(&args.wasi_runner, replay, 20_000)?;
+    }
+
+    let upstream = Envoy::start(&args.envoy, &bootstraps::upstream(), 1).context("upstream")?;
+    let wasm = args.wasm.display().to_string();
+    let noop = args.noop.display().to_string();
+    let spec = GatewaySpec {
+        filter_config: &config.text,
+        dimension_names: &config.dimension_names,
+        tokenmeter_wasm: &wasm,
+        noop_wasm: &noop,
+        upstream_port: upstream.listener.port(),
+    };
+    let scripts = Scripts::write(work.path())?;
+
+    say(format!("start-up: {} starts of each gateway", args.starts));
+    results.ready_ms = startup(&args, &spec)?;
+
+    say(format!(
+        "memory: each gateway with one and {} workers",
+        report::MANY_WORKERS
+    ));
+    for g in Gateway::ALL {
+        let (memory, first) = memory(&args, &spec, g, &scripts)?;
+        results.memory.push((g, memory));
+        if first.is_some() {
+            results.first_estimate_ms = first;
+        }
+    }
+
+    say("throughput: starting the three gateways");
+    let gateways: Vec<(Gateway, Envoy)> = Gateway::ALL
+        .into_iter()
+        .map(|g| {
+            Ok((
+                g,
+                Envoy::start(&args.envoy, &bootstraps::gateway(g, &spec), 1)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    check(&gateways, &config)?;
+    measure(&args, &gateways, &scripts, &mut results)?;
+    check_counted(&gateways, &config, &results)?;
+    drop(gateways);
+    drop(upstream);
+
+    results.machine.load_after = load_average();
+    results.duration_s = started.elapsed().as_secs_f64();
+    let section = report::render(&results);
+    let existing = std::fs::read_to_string(&args.out).ok();
+    std::fs::write(&args.out, report::splice(existing.as_deref(), &section))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{section}");
+    say(format!(
+        "wrote {} in {:.0} s",
+        args.out.display(),
+        results.duration_s
+    ));
+    Ok(())
+}
+
+/// One wrk script per kind of traffic.
+struct Scripts(Vec<(Kind, PathBuf)>);
+
+impl Scripts {
+    fn write(dir: &Path) -> Result<Scripts> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let path = dir.join(format!("{}.lua", kind.name()));
+            let script = load::script(
+                traffic::PATH,
+                &[
+                    ("content-type", "application/json"),
+                    (traffic::REPLY_HEADER, kind.reply().header_value()),
+                ],
+                &kind.request_body(),
+            );
+            std::fs::write(&path, script)?;
+            out.push((kind, path));
+        }
+        Ok(Scripts(out))
+    }
+
+    fn get(&self, kind: Kind) -> &Path {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, p)| p.as_path())
+            .unwrap_or(Path::new("/nonexistent"))
+    }
+}
+
+/// Runs wrk and makes sure every request succeeded.
+fn load(
+    envoy: &Envoy,
+    scripts: &Scripts,
+    kind: Kind,
+    connections: u32,
+    secs: f64,
+) -> Result<load::Load> {
+    let url = envoy.url("");
+    let l = load::run(
+        &url,
+        scripts.get(kind),
+        connections,
+        Duration::from_secs_f64(secs),
+    )?;
+    ensure!(
+        l.errors == 0 && l.non_2xx == 0 && l.requests > 0,
+        "{} traffic through {url}: {} requests, {} errors, {} non-2xx",
+        kind.name(),
+        l.requests,
+        l.errors,
+        l.non_2xx
+    );
+    Ok(l)
+}
+
+/// Sends one request of `kind` and returns the reply's status, body and latency.
+fn request(agent: &ureq::Agent, envoy: &Envoy, kind: Kind) -> Result<(u16, String, Duration)> {
+    let start = Instant::now();
+    let mut resp = agent
+        .post(&envoy.url(traffic::PATH))
+        .header("content-type", "application/json")
+        .header(traffic::REPLY_HEADER, kind.reply().header_value())
+        .send(kind.request_body())?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string()?;
+    Ok((status, body, start.elapsed()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn startup(args: &Args, spec: &GatewaySpec<'_>) -> Result<Vec<(Gateway, Vec<f64>)>> {
+    let mut out: Vec<(Gateway, Vec<f64>)> = Gateway::ALL.iter().map(|g| (*g, vec![])).collect();
+    for _ in 0..args.starts {
+        for (g, times) in &mut out {
+            let e = Envoy::start(&args.envoy, &bootstraps::gateway(*g, spec), 1)?;
+            times.push(e.ready_after.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(out)
+}
+
+/// Lets a process settle (lazy allocations, freed buffers) before its memory is read.
+fn settled_rss(envoy: &Envoy) -> Result<f64> {
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(process::rss_kb(envoy.pid())? as f64)
+}
+
+/// RSS of one gateway idle, after traffic whose usage is reported, and (tokenmeter) after
+/// estimates; with one worker and with several. Also the first estimate's latency.
+fn memory(
+    args: &Args,
+    spec: &GatewaySpec<'_>,
+    g: Gateway,
+    scripts: &Scripts,
+) -> Result<(Memory, Option<(f64, f64)>)> {
+    let mut m = Memory::default();
+    let mut first_estimate = None;
+    for workers in [1, report::MANY_WORKERS] {
+        let e = Envoy::start(&args.envoy, &bootstraps::gateway(g, spec), workers)?;
+        let idle = settled_rss(&e)?;
+        for kind in [Kind::Json, Kind::StreamUsage, Kind::StreamInjected] {
+            load(&e, scripts, kind, args.connections, 1.0)?;
+        }
+        let traffic = settled_rss(&e)?;
+        if workers > 1 {
+            (m.idle_many, m.traffic_many) = (idle, traffic);
+            continue;
+        }
+        (m.idle_1, m.traffic_1) = (idle, traffic);
+        if g != Gateway::Tokenmeter {
+            continue;
+        }
+        let agent = agent();
+        let (status, _, first) = request(&agent, &e, Kind::StreamEstimated)?;
+        ensure!(status == 200, "estimated request answered {status}");
+        m.first_estimate_1 = Some(settled_rss(&e)?);
+        let mut next = Vec::new();
+        for _ in 0..21 {
+            next.push(request(&agent, &e, Kind::StreamEstimated)?.2.as_secs_f64() * 1e3);
+        }
+        first_estimate = Some((first.as_secs_f64() * 1e3, stats::median(&next)));
+        load(&e, scripts, Kind::StreamEstimated, args.connections, 1.0)?;
+        m.estimates_1 = Some(settled_rss(&e)?);
+    }
+    Ok((m, first_estimate))
+}
+
+/// Sums the series of one metric family in a Prometheus exposition.
+fn family_sum(exposition: &str, family: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Before measuring: every gateway answers every kind, and tokenmeter meters what it should
+/// (edits the stream it asked usage for, estimates what was not reported).
+fn check(gateways: &[(Gateway, Envoy)], config: &FilterConfig) -> Result<()> {
+    let agent = agent();
+    for (g, e) in gateways {
+        for kind in Kind::ALL {
+            let (status, body, _) = request(&agent, e, kind)?;
+            ensure!(
+                status == 200,
+                "{} answered {} to {}: {body}",
+                g.name(),
+                status,
+                kind.name()
+            );
+            if kind == Kind::StreamInjected {
+                let edited = !body.contains("\"usage\"");
+                ensure!(
+                    edited == (*g == Gateway::Tokenmeter),
+                    "{}: the injected stream was {}edited:\n{body}",
+                    g.name(),
+                    if edited { "" } else { "not " }
+                );
+            }
+        }
+    }
+    let tm = tokenmeter(gateways)?;
+    let text = tm.admin_get("/stats/prometheus")?;
+    let ns = &config.namespace;
+    let requests = family_sum(&text, &format!("{ns}_requests_total"));
+    let tokens = family_sum(&text, &format!("{ns}_tokens_total"));
+    let reported = 3.0 * traffic::REPORTED_TOTAL_TOKENS as f64;
+    ensure!(
+        requests == Kind::ALL.len() as f64 && tokens > reported,
+        "tokenmeter counted {requests} requests and {tokens} tokens for one request of each kind \
+         (expected {} requests, more than {reported} tokens):\n{text}",
+        Kind::ALL.len()
+    );
+    Ok(())
+}
+
+fn tokenmeter(gateways: &[(Gateway, Envoy)]) -> Result<&Envoy> {
+    gateways
+        .iter()
+        .find(|(g, _)| *g == Gateway::Tokenmeter)
+        .map(|(_, e)| e)
+        .context("no tokenmeter gateway")
+}
+
+/// After measuring: tokenmeter counted at least every request wrk saw complete.
+fn check_counted(gateways: &[(Gateway, Envoy)], config: &FilterConfig, r: &Results) -> Result<()> {
+    let tm = tokenmeter(gateways)?;
+    let counted = family_sum(
+        &tm.admin_get("/stats/prometheus")?,
+        &format!("{}_requests_total", config.namespace),
+    );
+    let completed: u64 = r
+        .samples
+        .iter()
+        .filter(|(_, g, _)| *g == Gateway::Tokenmeter)
+        .flat_map(|(_, _, s)| s.iter().map(|s| s.requests))
+        .sum();
+    ensure!(
+        counted >= completed as f64,
+        "tokenmeter counted {counted} requests, wrk completed {completed} in the measurements alone"
+    );
+    Ok(())
+}
+
+fn measure(
+    args: &Args,
+    gateways: &[(Gateway, Envoy)],
+    scripts: &Scripts,
+    results: &mut Results,
+) -> Result<()> {
+    for kind in &args.kinds {
+        for (_, e) in gateways {
+            load(e, scripts, *kind, args.connections, args.warmup)?;
+        }
+    }
+    let mut samples: Vec<(Kind, Gateway, Vec<Sample>)> = Vec::new();
+    for kind in &args.kinds {
+        for (g, _) in gateways {
+            samples.push((*kind, *g, Vec::new()));
+        }
+        results.own_cost.push((*kind, Vec::new()));
+    }
+    for round in 0..args.rounds as usize {
+        for kind in &args.kinds {
+            let mut cpu = [0.0; 3];
+            // Rotate the order each round, so that no gateway always runs first or last.
+            for i in 0..gateways.len() {
+                let (g, e) = &gateways[(i + round) % gateways.len()];
+                let before = process::cpu_micros(e.pid())?;
+                let l = load(e, scripts, *kind, args.connections, args.seconds)?;
+                let used = process::cpu_micros(e.pid())? - before;
+                let s = Sample {
+                    requests: l.requests,
+                    rps: l.requests_per_second(),
+                    cpu_us_per_request: used as f64 / l.requests as f64,
+                    p50_us: l.p50_us,
+                    p99_us: l.p99_us,
+                };
+                say(format!(
+                    "round {}/{} {:>13} {:>17}: {:6.0} req/s {:6.1} µs/req p50 {:.2} ms p99 {:.2} ms",
+                    round + 1,
+                    args.rounds,
+                    kind.name(),
+                    g.name(),
+                    s.rps,
+                    s.cpu_us_per_request,
+                    s.p50_us / 1e3,
+                    s.p99_us / 1e3
+                ));
+                cpu[Gateway::ALL.iter().position(|x| x == g).unwrap_or(0)] = s.cpu_us_per_request;
+                if let Some((_, _, v)) = samples.iter_mut().find(|(k, x, _)| k == kind && x == g) {
+                    v.push(s);
+                }
+            }
+            if let Some((_, v)) = results.own_cost.iter_mut().find(|(k, _)| k == kind) {
+                v.push(cpu[2] - cpu[1]);
+            }
+        }
+    }
+    results.samples = samples;
+    Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s
+        })
+        .unwrap_or_default()
+}
+
+fn machine(envoy_bin: &Path) -> report::Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let meminfo = read("/proc/meminfo");
+    report::Machine {
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+            .trim()
+            .to_string(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_gib: process::parse_status_kb(&meminfo, "MemTotal").unwrap_or(0) as f64
+            / (1024.0 * 1024.0),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_else(|| "unknown CPU".to_string()),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        load_before: load_average(),
+        load_after: String::new(),
+        envoy: envoy::version(envoy_bin).unwrap_or_default(),
+        // `wrk -v` prints "wrk 4.1.0 [epoll] Copyright ...".
+        wrk: command_output("wrk", &["-v"])
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string(),
+        node: tokenizer::node_version(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_sums_ignore_other_families_and_comments() {
+        let text = "# TYPE llm_requests_total counter\nllm_requests_total{model=\"a\"} 3\nllm_requests_total{model=\"b\"} 4\nllm_requests_total_extra 9\nllm_tokens_total 12\n";
+        assert_eq!(family_sum(text, "llm_requests_total"), 7.0);
+        assert_eq!(family_sum(text, "llm_tokens_total"), 12.0);
+    }
+}

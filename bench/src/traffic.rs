@@ -1,0 +1,278 @@
+//! The traffic the benchmark sends: requests as clients write them and the canned answers
+//! of an OpenAI-style upstream, byte for byte as OpenAI's API shapes them.
+//!
+//! The upstream cannot read requests (it answers from `direct_response` routes), so each
+//! request names the canned answer it wants in the [`REPLY_HEADER`] header.
+
+/// The request header that picks the upstream's canned answer.
+pub const REPLY_HEADER: &str = "x-bench-reply";
+
+/// The path every request goes to.
+pub const PATH: &str = "/v1/chat/completions";
+
+/// The canned answers the upstream serves, by the value of [`REPLY_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// A `chat.completion` JSON object with usage.
+    Json,
+    /// An event stream as OpenAI sends it when the request set
+    /// `stream_options.include_usage`: `"usage":null` on every chunk, then a usage-only chunk.
+    StreamWithUsage,
+    /// An event stream without usage, as sent when the request did not ask for it.
+    StreamWithoutUsage,
+}
+
+impl Reply {
+    pub const ALL: [Reply; 3] = [
+        Reply::Json,
+        Reply::StreamWithUsage,
+        Reply::StreamWithoutUsage,
+    ];
+
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Reply::Json => "json",
+            Reply::StreamWithUsage => "sse-usage",
+            Reply::StreamWithoutUsage => "sse-plain",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Reply::Json => "application/json",
+            _ => "text/event-stream",
+        }
+    }
+
+    pub fn body(self) -> String {
+        match self {
+            Reply::Json => json_completion(),
+            Reply::StreamWithUsage => event_stream(true),
+            Reply::StreamWithoutUsage => event_stream(false),
+        }
+    }
+}
+
+/// One row of the report: what the client sends and what the upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A chat completion answered as JSON with usage.
+    Json,
+    /// A stream whose client asked for usage itself: the filter reads it, edits nothing.
+    StreamUsage,
+    /// A stream whose client did not ask for usage: tokenmeter adds the request and takes
+    /// the usage back out of the response (the editing path).
+    StreamInjected,
+    /// A stream whose upstream reports no usage although the client asked (as some
+    /// OpenAI-compatible servers do): tokenmeter counts the tokens itself.
+    StreamEstimated,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Json,
+        Kind::StreamUsage,
+        Kind::StreamInjected,
+        Kind::StreamEstimated,
+    ];
+
+    /// Short name, used on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Json => "json",
+            Kind::StreamUsage => "sse-usage",
+            Kind::StreamInjected => "sse-injected",
+            Kind::StreamEstimated => "sse-estimated",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// What the report calls it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::Json => "JSON with usage",
+            Kind::StreamUsage => "SSE with usage (client asks)",
+            Kind::StreamInjected => "SSE with usage (tokenmeter asks)",
+            Kind::StreamEstimated => "SSE without usage (estimated)",
+        }
+    }
+
+    pub fn reply(self) -> Reply {
+        match self {
+            Kind::Json => Reply::Json,
+            Kind::StreamUsage | Kind::StreamInjected => Reply::StreamWithUsage,
+            Kind::StreamEstimated => Reply::StreamWithoutUsage,
+        }
+    }
+
+    /// The request body the client sends.
+    pub fn request_body(self) -> String {
+        let stream = match self {
+            Kind::Json => "",
+            Kind::StreamInjected => r#","stream":true"#,
+            Kind::StreamUsage | Kind::StreamEstimated => {
+                r#","stream":true,"stream_options":{"include_usage":true}"#
+            }
+        };
+        format!(
+            r#"{{"model":"gpt-4o","messages":[{{"role":"system","content":"{SYSTEM}"}},{{"role":"user","content":"{QUESTION}"}}],"temperature":0.2,"max_tokens":256{stream}}}"#
+        )
+    }
+}
+
+const SYSTEM: &str = "You are a concise assistant for platform engineers. Answer in plain prose.";
+const QUESTION: &str = "What does an API gateway do with the requests it forwards to an LLM provider, and why would an operator meter tokens there rather than in each application?";
+
+/// The assistant's answer, as the pieces a stream delivers (about one token each).
+const ANSWER: &[&str] = &[
+    "A",
+    " gateway",
+    " sits",
+    " between",
+    " applications",
+    " and",
+    " the",
+    " provider",
+    ":",
+    " it",
+    " authenticates",
+    " callers",
+    ",",
+    " routes",
+    " each",
+    " request",
+    " to",
+    " a",
+    " backend",
+    ",",
+    " applies",
+    " rate",
+    " limits",
+    " and",
+    " retries",
+    ",",
+    " and",
+    " records",
+    " what",
+    " passed",
+    " through",
+    ".",
+    " Metering",
+    " tokens",
+    " there",
+    " gives",
+    " one",
+    " consistent",
+    " count",
+    " for",
+    " every",
+    " team",
+    " and",
+    " model",
+    ",",
+    " without",
+    " changing",
+    " a",
+    " single",
+    " application",
+    ".",
+];
+
+const PROMPT_TOKENS: u32 = 61;
+const COMPLETION_TOKENS: u32 = ANSWER.len() as u32;
+/// The `total_tokens` every canned answer with usage reports.
+pub const REPORTED_TOTAL_TOKENS: u32 = PROMPT_TOKENS + COMPLETION_TOKENS;
+
+const ID: &str = "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT";
+const CREATED: u64 = 1_741_570_283;
+const MODEL: &str = "gpt-4o-2024-08-06";
+const FINGERPRINT: &str = "fp_eb9dce56a8";
+
+fn usage_json() -> String {
+    format!(
+        r#"{{"prompt_tokens":{PROMPT_TOKENS},"completion_tokens":{COMPLETION_TOKENS},"total_tokens":{},"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}"#,
+        PROMPT_TOKENS + COMPLETION_TOKENS
+    )
+}
+
+fn json_completion() -> String {
+    let content: String = ANSWER.concat();
+    format!(
+        r#"{{"id":"{ID}","object":"chat.completion","created":{CREATED},"model":"{MODEL}","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{},"service_tier":"default","system_fingerprint":"{FINGERPRINT}"}}"#,
+        usage_json()
+    )
+}
+
+fn event_stream(with_usage: bool) -> String {
+    let usage_null = if with_usage { r#","usage":null"# } else { "" };
+    let chunk = |choice: &str| {
+        format!(
+            "data: {{\"id\":\"{ID}\",\"object\":\"chat.completion.chunk\",\"created\":{CREATED},\"model\":\"{MODEL}\",\"service_tier\":\"default\",\"system_fingerprint\":\"{FINGERPRINT}\",\"choices\":[{choice}]{usage_null}}}\n\n"
+        )
+    };
+    let mut out = chunk(
+        r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#,
+    );
+    for piece in ANSWER {
+        out.push_str(&chunk(&format!(
+            r#"{{"index":0,"delta":{{"content":"{piece}"}},"logprobs":null,"finish_reason":null}}"#
+        )));
+    }
+    out.push_str(&chunk(
+        r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#,
+    ));
+    if with_usage {
+        out.push_str(&format!(
+            "data: {{\"id\":\"{ID}\",\"object\":\"chat.completion.chunk\",\"created\":{CREATED},\"model\":\"{MODEL}\",\"service_tier\":\"default\",\"system_fingerprint\":\"{FINGERPRINT}\",\"choices\":[],\"usage\":{}}}\n\n",
+            usage_json()
+        ));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bodies_are_json_and_ask_as_described() {
+        for kind in Kind::ALL {
+            let body: serde_json::Value = serde_json::from_str(&kind.request_body()).unwrap();
+            let stream = body["stream"].as_bool().unwrap_or(false);
+            let asks = body["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false);
+            match kind {
+                Kind::Json => assert!(!stream),
+                Kind::StreamInjected => assert!(stream && !asks),
+                Kind::StreamUsage | Kind::StreamEstimated => assert!(stream && asks),
+            }
+        }
+    }
+
+    #[test]
+    fn canned_answers_are_well_formed() {
+        let json: serde_json::Value = serde_json::from_str(&Reply::Json.body()).unwrap();
+        assert_eq!(json["usage"]["completion_tokens"], COMPLETION_TOKENS);
+        for (reply, usage_chunks) in [(Reply::StreamWithUsage, 1), (Reply::StreamWithoutUsage, 0)] {
+            let body = reply.body();
+            let events: Vec<&str> = body
+                .split("\n\n")
+                .filter(|e| !e.is_empty())
+                .map(|e| e.strip_prefix("data: ").unwrap())
+                .collect();
+            assert_eq!(events.last(), Some(&"[DONE]"));
+            let mut with_usage = 0;
+            for e in &events[..events.len() - 1] {
+                let v: serde_json::Value = serde_json::from_str(e).unwrap();
+                with_usage += usize::from(v["usage"].is_object());
+            }
+            assert_eq!(with_usage, usage_chunks, "{reply:?}");
+            assert_eq!(events.len(), ANSWER.len() + 3 + usage_chunks);
+        }
+    }
+}
