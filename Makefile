@@ -66,6 +66,8 @@ run: tools build
 
 test: tools wasm wasm-unknown-target wasm-bindgen-cli
 	cargo test --workspace --no-fail-fast
+	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
+	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets
 	@$(MAKE) --no-print-directory test-wasm-core
 
 # The filter in the test host (tests/harness), then the core's tests compiled to
@@ -99,6 +101,7 @@ test-unit:
 lint: wasm-target
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+	CARGO_TARGET_DIR=target/bench-native cargo clippy --manifest-path bench/wasm/Cargo.toml --workspace --all-targets -- -D warnings
 	cargo fmt --all --check
 
 clean:

@@ -131,6 +131,8 @@ pub struct Exchange {
     started_ms: u64,
     first_content_ms: Option<u64>,
     settled: bool,
+    /// The response reached its end (end of stream or trailers) rather than being cut off.
+    complete: bool,
     /// Set when the request is sampled for an inference record.
     sample: Option<Sample>,
 }
@@ -229,6 +231,7 @@ impl Exchange {
             started_ms: now_ms,
             first_content_ms: None,
             settled: false,
+            complete: false,
             sample,
         })
     }
@@ -334,6 +337,8 @@ impl Exchange {
             let mut meter = StreamMeter::new(self.endpoint.operation, config.max_event_bytes);
             if let (Some(_), Some(c)) = (&self.sample, &config.collect) {
                 meter.collect_answer(c.max_record_bytes);
+            } else if self.usage_expected() {
+                meter.expect_usage(config.max_body_bytes);
             }
             self.meter = Some(meter);
             // An injected stream is edited; a compressed one is decoded, edited and
@@ -345,6 +350,17 @@ impl Exchange {
             }
         }
         edits
+    }
+
+    /// Whether the stream was asked for its usage (by the client, or by tokenmeter).
+    fn usage_expected(&self) -> bool {
+        if self.injection == Injection::Injected {
+            return true;
+        }
+        let Captured::Whole(body) = self.request.captured() else {
+            return false;
+        };
+        inject::read_stream_request(body).is_some_and(|r| r.stream && r.include_usage)
     }
 
     /// Whether response body chunks are worth passing to [`Exchange::on_response_body`].
@@ -415,6 +431,7 @@ impl Exchange {
 
     /// The end of the response body. Returns bytes still held by the editor, to send last.
     pub fn on_response_end(&mut self, config: &Config) -> Option<Vec<u8>> {
+        self.complete = true;
         let enc = self.encoding(config);
         let (Some(editor), Some(meter)) = (self.editor.as_mut(), self.meter.as_mut()) else {
             return None;
@@ -430,6 +447,11 @@ impl Exchange {
             None => rest,
         };
         (!rest.is_empty()).then_some(rest)
+    }
+
+    /// The response ended without a body, or with trailers.
+    pub fn response_complete(&mut self) {
+        self.complete = true;
     }
 
     pub fn is_settled(&self) -> bool {
@@ -511,12 +533,15 @@ impl Exchange {
             }
             labels.push(admitted.value);
         }
-        let error = error_type(
-            self.status,
+        // A complete response with a success status needs no explanation; asking the host
+        // costs a returned value, the dearest kind of host call.
+        let details = if self.complete && matches!(self.status, Some(100..=399)) {
+            None
+        } else {
             host.property(&["response".to_string(), "code_details".to_string()])
                 .and_then(|b| String::from_utf8(b).ok())
-                .as_deref(),
-        );
+        };
+        let error = error_type(self.status, details.as_deref());
         let ttft_ms = self
             .first_content_ms
             .map(|t| t.saturating_sub(self.started_ms));

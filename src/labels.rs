@@ -16,6 +16,15 @@ pub const MAX_VALUE_CHARS: usize = 64;
 /// The value of a label whose source had nothing to offer and no default.
 pub const UNKNOWN: &str = "unknown";
 
+/// Labels some metrics carry besides the dimensions (the host needs a rule for each).
+pub const FIXED_LABELS: &[&str] = &[
+    "status_class",
+    "error_type",
+    "dimension",
+    "gen_ai_token_type",
+    "reason",
+];
+
 /// Turns a dimension's display name into a label name: lower-cased, every run of characters
 /// other than `[a-z0-9]` becomes one `_`, and leading or trailing `_` are dropped
 /// (`"API ID"` → `api_id`). `None` when nothing usable is left or it starts with a digit.

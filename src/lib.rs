@@ -32,6 +32,7 @@ pub mod decode;
 pub mod dimensions;
 pub mod estimate;
 pub mod exchange;
+pub mod headers;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod ingest;
 pub mod inject;

@@ -24,14 +24,7 @@ pub struct Point {
     pub value: u64,
 }
 
-/// Labels some metrics carry besides the dimensions (the host needs a rule for each).
-pub const FIXED_LABELS: &[&str] = &[
-    "status_class",
-    "error_type",
-    "dimension",
-    "gen_ai_token_type",
-    "reason",
-];
+pub use crate::labels::FIXED_LABELS;
 
 /// A metric family: its name (without namespace where it has one), kind and meaning.
 pub struct Family {

@@ -48,6 +48,25 @@ pub struct StreamMeter {
     tallies: Vec<(u64, TextTally)>,
     /// The assembled answer, when the exchange is sampled for a record.
     answer: Option<Answer>,
+    /// Events whose texts are not read yet, because usage is expected.
+    deferred: Option<Deferred>,
+}
+
+/// Reading a chunk's texts is most of a stream's cost, and when the stream was asked for
+/// its usage they are needed only if that usage never comes (a cut stream, a server that
+/// ignores the option). So after the first content (its time is measured) and the model
+/// are known, events without a usage value are kept as they are, up to a bound, and read
+/// only if the texts turn out to be needed. The counts are the same either way: kept events
+/// are read in their order before any later one.
+#[derive(Debug)]
+struct Deferred {
+    /// Bytes of event data kept at most; past it, the kept events are read and the stream
+    /// is read event by event from then on.
+    cap: usize,
+    /// Event data, one after another.
+    data: Vec<u8>,
+    /// Where each event's data ends in `data`.
+    ends: Vec<usize>,
 }
 
 /// The answer's text as it streams: content of the first choice, and tool calls as
@@ -183,7 +202,55 @@ impl StreamMeter {
             saw_content: false,
             tallies: Vec::new(),
             answer: None,
+            deferred: None,
         }
+    }
+
+    /// The stream was asked for usage: texts may be read only when needed (keeping at most
+    /// `cap` bytes of events meanwhile). Not for Responses API streams, nor with an answer
+    /// being assembled.
+    pub fn expect_usage(&mut self, cap: usize) {
+        if self.op != Operation::Responses && self.answer.is_none() {
+            self.deferred = Some(Deferred {
+                cap,
+                data: Vec::new(),
+                ends: Vec::new(),
+            });
+        }
+    }
+
+    /// Reads the events kept so far, and every later one as it comes.
+    fn read_deferred(&mut self, enc: Encoding) {
+        let Some(d) = self.deferred.take() else {
+            return;
+        };
+        let mut start = 0;
+        for &end in &d.ends {
+            if let Some(data) = d.data.get(start..end) {
+                self.chunk(data, enc);
+            }
+            start = end;
+        }
+    }
+
+    /// Keeps an event for later when that changes nothing now; false when it must be read.
+    fn defer(&mut self, data: &[u8], enc: Encoding) -> bool {
+        if !self.saw_content || self.model.is_none() {
+            return false;
+        }
+        let Some(d) = self.deferred.as_mut() else {
+            return false;
+        };
+        if may_carry_usage(data) {
+            return false;
+        }
+        if d.data.len() + data.len() > d.cap {
+            self.read_deferred(enc);
+            return false;
+        }
+        d.data.extend_from_slice(data);
+        d.ends.push(d.data.len());
+        true
     }
 
     /// Also assembles the answer's text (at most `cap` bytes) for a record.
@@ -236,6 +303,7 @@ impl StreamMeter {
 
     /// Completion tokens of the text seen, for when no usage arrived.
     pub fn estimated_completion(&mut self, enc: Encoding) -> u64 {
+        self.read_deferred(enc);
         self.tallies
             .iter_mut()
             .map(|(_, t)| {
@@ -273,9 +341,12 @@ impl StreamMeter {
                 ..EventInfo::default()
             };
         }
-        let info = match self.op {
-            Operation::Responses => self.responses_event(e.data, enc),
-            _ => self.chunk(e.data, enc),
+        let info = if self.op == Operation::Responses {
+            self.responses_event(e.data, enc)
+        } else if self.defer(e.data, enc) {
+            EventInfo::default()
+        } else {
+            self.chunk(e.data, enc)
         };
         self.saw_content |= info.content;
         info
@@ -395,6 +466,33 @@ pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
         no_choices,
         usage: chunk.usage.and_then(RawUsage::into_usage),
     })
+}
+
+/// Whether a chunk may hold a usage value: a `"usage"` key whose value is not `null`, or
+/// an escaped ASCII letter (a key could be spelled with escapes; text never needs them).
+/// A false "may" only costs reading the chunk now.
+fn may_carry_usage(data: &[u8]) -> bool {
+    let skip_ws = |r: &[u8]| -> usize {
+        r.iter()
+            .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+            .count()
+    };
+    for at in memchr::memmem::find_iter(data, b"\"usage\"") {
+        let Some(rest) = data.get(at + 7..) else {
+            return true;
+        };
+        let rest = rest.get(skip_ws(rest)..).unwrap_or_default();
+        let Some(rest) = rest.strip_prefix(b":") else {
+            // A string value "usage", not a key.
+            continue;
+        };
+        let rest = rest.get(skip_ws(rest)..).unwrap_or_default();
+        if !rest.starts_with(b"null") {
+            return true;
+        }
+    }
+    memchr::memmem::find_iter(data, b"\\u00")
+        .any(|at| matches!(data.get(at + 4), Some(b'4'..=b'7')))
 }
 
 fn merge(a: EventInfo, b: EventInfo) -> EventInfo {
@@ -533,5 +631,114 @@ mod tests {
         let mut m = meter(Operation::ChatCompletions, s, 4);
         assert_eq!(m.unreadable, 1);
         assert_eq!(m.estimated_completion(Encoding::O200kBase), 1);
+    }
+
+    /// A long answer: content chunks with `"usage":null`, optionally the usage chunk.
+    fn long_chat(events: usize, with_usage: bool) -> String {
+        let mut s = String::new();
+        for i in 0..events {
+            let text = match i % 4 {
+                0 => " token\\n".to_string(),
+                1 => format!(" w{i}"),
+                2 => " caf\\u00e9".to_string(),
+                _ => " \\\"quoted\\\"".to_string(),
+            };
+            s.push_str(&format!(
+                "data: {{\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+            ));
+        }
+        if with_usage {
+            s.push_str("data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":77,\"total_tokens\":86}}\n\n");
+        }
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    fn read(s: &str, step: usize, expect_usage: Option<usize>) -> (StreamMeter, Vec<EventInfo>) {
+        let mut m = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
+        if let Some(cap) = expect_usage {
+            m.expect_usage(cap);
+        }
+        let infos = s
+            .as_bytes()
+            .chunks(step)
+            .map(|c| m.feed(c, Encoding::O200kBase))
+            .collect();
+        m.finish(Encoding::O200kBase);
+        (m, infos)
+    }
+
+    #[test]
+    fn texts_put_off_while_usage_is_expected_count_the_same() {
+        for with_usage in [true, false] {
+            let stream = long_chat(300, with_usage);
+            let (mut plain, plain_infos) = read(&stream, stream.len(), None);
+            let want = plain.estimated_completion(Encoding::O200kBase);
+            assert!(want > 300, "{want}");
+            for cap in [0, 100, 4096, 1 << 20] {
+                for step in [1, 7, 64, 1000, stream.len()] {
+                    let (mut m, infos) = read(&stream, step, Some(cap));
+                    assert_eq!(m.usage, plain.usage, "cap {cap} step {step}");
+                    assert_eq!(m.model, plain.model);
+                    assert!(m.saw_content && m.done);
+                    let merged = infos.into_iter().fold(EventInfo::default(), merge);
+                    let plain_merged = plain_infos
+                        .iter()
+                        .copied()
+                        .fold(EventInfo::default(), merge);
+                    assert_eq!(merged, plain_merged, "cap {cap} step {step}");
+                    let kept = m.deferred.as_ref().map_or(0, |d| d.data.len());
+                    assert!(kept <= cap, "kept {kept} of at most {cap}");
+                    assert_eq!(
+                        m.estimated_completion(Encoding::O200kBase),
+                        want,
+                        "cap {cap} step {step} usage {with_usage}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expected_usage_leaves_texts_unread_until_needed() {
+        let stream = long_chat(50, true);
+        let (m, infos) = read(&stream, stream.len(), Some(1 << 20));
+        assert_eq!(m.usage.map(|u| u.completion), Some(77));
+        // The first content was read (it times the first token), the rest was kept.
+        assert_eq!(m.tallies.len(), 1);
+        assert_eq!(m.deferred.as_ref().map(|d| d.ends.len()), Some(49));
+        // The usage-only chunk is still recognised, so an edited stream can drop it.
+        let mut one = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
+        one.expect_usage(1 << 20);
+        let events: Vec<EventInfo> = stream
+            .split_inclusive("\n\n")
+            .map(|e| one.feed(e.as_bytes(), Encoding::O200kBase))
+            .collect();
+        assert!(events[0].content);
+        assert!(events[50].usage_only && !events[49].usage_only);
+        assert!(infos.iter().any(|i| i.terminal));
+    }
+
+    #[test]
+    fn usage_values_are_never_put_off() {
+        for (chunk, may) in [
+            (r#"{"choices":[],"usage":null}"#, false),
+            (r#"{"choices":[],"usage" : null }"#, false),
+            (
+                r#"{"choices":[{"delta":{"content":"usage"}}],"usage":null}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":"\"usage\": 1"}}]}"#,
+                false,
+            ),
+            (r#"{"choices":[],"usage":{"prompt_tokens":1}}"#, true),
+            (r#"{"choices":[],"usage" :{"prompt_tokens":1}}"#, true),
+            (r#"{"choices":[],"\u0075sage":{"prompt_tokens":1}}"#, true),
+            (r#"{"choices":[{"delta":{"content":"caf\u00e9"}}]}"#, false),
+            (r#"{"choices":[],"usage":"#, true),
+        ] {
+            assert_eq!(may_carry_usage(chunk.as_bytes()), may, "{chunk}");
+        }
     }
 }

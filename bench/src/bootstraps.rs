@@ -118,6 +118,7 @@ pub fn gateway(kind: Gateway, spec: &GatewaySpec<'_>) -> String {
         .dimension_names
         .iter()
         .filter_map(|n| labels::label_name(n))
+        .chain(labels::FIXED_LABELS.iter().map(|l| l.to_string()))
         .collect();
     if tags.is_empty() {
         y.push_str(" []");

@@ -29,7 +29,7 @@ use traffic::Kind;
 
 const USAGE: &str = "usage: tokenmeter-bench --envoy PATH --wasm PATH --noop PATH --tokcount PATH \
 --tokcount-wasm PATH --wasi-runner PATH [--replay-wasm PATH] [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
-[--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT]";
+[--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT] [--load-only yes]";
 
 struct Args {
     envoy: PathBuf,
@@ -48,6 +48,8 @@ struct Args {
     kinds: Vec<Kind>,
     starts: u32,
     command: String,
+    /// Only the throughput phase: for quick comparisons while working on the filter.
+    load_only: bool,
 }
 
 impl Args {
@@ -69,6 +71,7 @@ impl Args {
             kinds: Kind::ALL.to_vec(),
             starts: 3,
             command: "make bench".to_string(),
+            load_only: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -97,6 +100,7 @@ impl Args {
                 "--connections" => a.connections = num(&value)? as u32,
                 "--starts" => a.starts = num(&value)? as u32,
                 "--command" => a.command = value,
+                "--load-only" => a.load_only = matches!(value.as_str(), "yes" | "true" | "1"),
                 "--kinds" => {
                     a.kinds = value
                         .split(',')
@@ -184,12 +188,14 @@ fn run() -> Result<()> {
     ));
     let work = tempfile::tempdir()?;
 
-    say("tokenizer: native, then wasm in V8");
-    results.tokenizer_native = Some(tokenizer::native(&args.tokcount, 7)?);
-    results.tokenizer_v8 = Some(tokenizer::in_v8(&args.wasi_runner, &args.tokcount_wasm, 7)?);
-    if let Some(replay) = &args.replay_wasm {
-        say("tokenmeter's own work per exchange in V8, without a host");
-        results.own_work_us = tokenizer::replay_in_v8(&args.wasi_runner, replay, 20_000)?;
+    if !args.load_only {
+        say("tokenizer: native, then wasm in V8");
+        results.tokenizer_native = Some(tokenizer::native(&args.tokcount, 7)?);
+        results.tokenizer_v8 = Some(tokenizer::in_v8(&args.wasi_runner, &args.tokcount_wasm, 7)?);
+        if let Some(replay) = &args.replay_wasm {
+            say("tokenmeter's own work per exchange in V8, without a host");
+            results.own_work_us = tokenizer::replay_in_v8(&args.wasi_runner, replay, 20_000)?;
+        }
     }
 
     let upstream = Envoy::start(&args.envoy, &bootstraps::upstream(), 1).context("upstream")?;
@@ -204,18 +210,20 @@ fn run() -> Result<()> {
     };
     let scripts = Scripts::write(work.path())?;
 
-    say(format!("start-up: {} starts of each gateway", args.starts));
-    results.ready_ms = startup(&args, &spec)?;
+    if !args.load_only {
+        say(format!("start-up: {} starts of each gateway", args.starts));
+        results.ready_ms = startup(&args, &spec)?;
 
-    say(format!(
-        "memory: each gateway with one and {} workers",
-        report::MANY_WORKERS
-    ));
-    for g in Gateway::ALL {
-        let (memory, first) = memory(&args, &spec, g, &scripts)?;
-        results.memory.push((g, memory));
-        if first.is_some() {
-            results.first_estimate_ms = first;
+        say(format!(
+            "memory: each gateway with one and {} workers",
+            report::MANY_WORKERS
+        ));
+        for g in Gateway::ALL {
+            let (memory, first) = memory(&args, &spec, g, &scripts)?;
+            results.memory.push((g, memory));
+            if first.is_some() {
+                results.first_estimate_ms = first;
+            }
         }
     }
 

@@ -9,6 +9,8 @@ use std::ptr::null_mut;
 
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
+use crate::headers::HeaderPairs;
+
 const OK: u32 = 0;
 
 #[link(wasm_import_module = "env")]
@@ -27,6 +29,11 @@ extern "C" {
         key_size: usize,
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
     ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
@@ -125,6 +132,20 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             None => String::new(),
         })
+    }
+}
+
+/// A whole header map in one host call (see [`HeaderPairs`] for why that matters).
+pub fn header_pairs(map: MapType) -> Option<HeaderPairs> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    unsafe {
+        let status = proxy_get_header_map_pairs(map as u32, &mut data, &mut size);
+        let bytes = take(data, size);
+        if status != OK {
+            return None;
+        }
+        HeaderPairs::parse(bytes?)
     }
 }
 

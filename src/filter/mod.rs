@@ -195,7 +195,12 @@ impl HttpContext for HttpFilter {
         let Some(vm) = &self.vm else {
             return Action::Continue;
         };
-        let req = |name: &str| host::header(REQUEST, name);
+        // One read of the whole map; single lookups only if the host will not give it.
+        let pairs = host::header_pairs(REQUEST);
+        let req = |name: &str| match &pairs {
+            Some(p) => p.get(name),
+            None => host::header(REQUEST, name),
+        };
         let (Some(method), Some(path)) = (req(":method"), req(":path")) else {
             return Action::Continue;
         };
@@ -272,13 +277,18 @@ impl HttpContext for HttpFilter {
         let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
             return Action::Continue;
         };
-        let resp = |name: &str| host::header(RESPONSE, name);
+        let pairs = host::header_pairs(RESPONSE);
+        let resp = |name: &str| match &pairs {
+            Some(p) => p.get(name),
+            None => host::header(RESPONSE, name),
+        };
         let status = resp(":status").and_then(|s| s.trim().parse::<u16>().ok());
         let edits = ex.on_response_headers(&vm.config, status, resp);
         if edits.remove_content_length {
             host::remove_header(RESPONSE, "content-length");
         }
         if end_of_stream {
+            ex.response_complete();
             self.settle();
         }
         Action::Continue
@@ -311,6 +321,9 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.response_complete();
+        }
         self.settle();
         Action::Continue
     }

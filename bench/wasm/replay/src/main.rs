@@ -76,10 +76,9 @@ fn exchange(vm: &mut Vm, kind: Kind, request: &[u8], response: &[u8]) -> u64 {
     else {
         return 0;
     };
+    ex.on_request_body(request);
     if ex.holds_request_body() {
-        let _ = ex.request_complete(config, request);
-    } else {
-        ex.on_request_body(request);
+        let _ = ex.request_complete(config);
     }
     let content_type = kind.reply().content_type();
     let resp_headers = |name: &str| match name {
