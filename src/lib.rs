@@ -46,6 +46,7 @@ pub mod sse;
 pub mod stream;
 pub mod tokenizer;
 pub mod usage;
+mod vocab;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod filter;

@@ -1,13 +1,16 @@
 //! Token counting with the models' own encodings (`tiktoken-rs`).
 //!
-//! An encoding's tables are built the first time a count needs them, once per VM (the
-//! `tiktoken-rs` singletons): a filter that only sees reported usage never pays for them.
+//! An encoding's tables are built the first time a count needs them, once per VM, from the
+//! packed vocabularies of [`crate::vocab`]: a filter that only sees reported usage never
+//! pays for them.
 //!
 //! Text is counted in segments of at most [`SEGMENT_BYTES`], cut before a space that starts
 //! a word where possible. BPE's cost grows with the square of a piece's length, so a long
 //! run without spaces (base64, minified code) must not reach it whole; cutting before
 //! `" word"` is where the encodings' own pre-tokenizer cuts anyway, so counts stay exact
 //! for ordinary text.
+
+use std::sync::OnceLock;
 
 use tiktoken_rs::CoreBPE;
 
@@ -36,16 +39,23 @@ impl Encoding {
         }
     }
 
-    fn bpe(self) -> &'static CoreBPE {
-        match self {
-            Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
-            Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
-        }
+    /// The encoding's tokenizer, built on first use (once per VM).
+    fn bpe(self) -> Option<&'static CoreBPE> {
+        static O200K_BASE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+        static CL100K_BASE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+        let cell = match self {
+            Encoding::O200kBase => &O200K_BASE,
+            Encoding::Cl100kBase => &CL100K_BASE,
+        };
+        cell.get_or_init(|| crate::vocab::tokenizer(self)).as_ref()
     }
 
     /// Tokens in `text`, counted as ordinary text.
     pub fn count(self, text: &str) -> u64 {
-        let bpe = self.bpe();
+        let Some(bpe) = self.bpe() else {
+            // Only if the embedded vocabulary were damaged: about four bytes a token.
+            return text.len().div_ceil(4) as u64;
+        };
         segments(text)
             .map(|s| bpe.encode_ordinary(s).len() as u64)
             .sum()
@@ -235,7 +245,7 @@ mod tests {
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(400)
             + "Ünïcödé text, 日本語のテキスト, emoji 🎉🎉 and code: fn main() { println!(\"hi\"); }";
         for enc in [Encoding::Cl100kBase, Encoding::O200kBase] {
-            let whole = enc.bpe().encode_ordinary(&text).len() as u64;
+            let whole = enc.bpe().expect("vocabulary").encode_ordinary(&text).len() as u64;
             assert_eq!(enc.count(&text), whole, "{enc:?}");
         }
     }

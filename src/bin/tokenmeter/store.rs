@@ -93,7 +93,18 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current == SCHEMA_VERSION {
+            // Nothing to write: readers (`records export`) never contend with the collector.
+            return Ok(());
+        }
+        // Immediate: a deferred transaction that reads then writes cannot wait for a busy
+        // writer (SQLite answers "database is locked" at once); this one waits its turn.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             bail!("its schema version {version} is newer than this tokenmeter supports ({SCHEMA_VERSION}); upgrade tokenmeter");
