@@ -67,6 +67,8 @@ struct Deferred {
     data: Vec<u8>,
     /// Where each event's data ends in `data`.
     ends: Vec<usize>,
+    /// The stream marks usage in its chunks (see [`StreamMeter::defer`]).
+    armed: bool,
 }
 
 /// The answer's text as it streams: content of the first choice, and tool calls as
@@ -215,6 +217,7 @@ impl StreamMeter {
                 cap,
                 data: Vec::new(),
                 ends: Vec::new(),
+                armed: false,
             });
         }
     }
@@ -241,6 +244,16 @@ impl StreamMeter {
         let Some(d) = self.deferred.as_mut() else {
             return false;
         };
+        if !d.armed {
+            // Only a stream that names usage in its chunks (OpenAI sends `"usage":null` in
+            // every one once asked) is put off; where chunks never mention it, usage may
+            // well not come, and putting off would only add a copy.
+            if memchr::memmem::find(data, b"\"usage\"").is_none() {
+                self.deferred = None;
+                return false;
+            }
+            d.armed = true;
+        }
         if may_carry_usage(data) {
             return false;
         }
@@ -717,6 +730,18 @@ mod tests {
         assert!(events[0].content);
         assert!(events[50].usage_only && !events[49].usage_only);
         assert!(infos.iter().any(|i| i.terminal));
+    }
+
+    #[test]
+    fn streams_that_never_name_usage_are_read_as_they_come() {
+        let stream = long_chat(20, false).replace(",\"usage\":null", "");
+        let (mut m, _) = read(&stream, 5, Some(1 << 20));
+        assert!(m.deferred.is_none());
+        let (mut plain, _) = read(&stream, 5, None);
+        assert_eq!(
+            m.estimated_completion(Encoding::O200kBase),
+            plain.estimated_completion(Encoding::O200kBase)
+        );
     }
 
     #[test]
