@@ -133,6 +133,8 @@ pub struct Exchange {
     settled: bool,
     /// The response reached its end (end of stream or trailers) rather than being cut off.
     complete: bool,
+    /// The request's `stream` and `stream_options`, once read for injection.
+    stream_request: Option<inject::StreamRequest>,
     /// Set when the request is sampled for an inference record.
     sample: Option<Sample>,
 }
@@ -232,6 +234,7 @@ impl Exchange {
             first_content_ms: None,
             settled: false,
             complete: false,
+            stream_request: None,
             sample,
         })
     }
@@ -284,7 +287,9 @@ impl Exchange {
         if !config.injects_for(self.route.as_deref(), &self.path, model.as_deref()) {
             return None;
         }
-        let rewritten = inject::request_usage(body)?;
+        let req = inject::read_stream_request(body)?;
+        self.stream_request = Some(req);
+        let rewritten = inject::request_usage_for(body, req)?;
         self.injection = Injection::Injected;
         Some(rewritten)
     }
@@ -357,10 +362,12 @@ impl Exchange {
         if self.injection == Injection::Injected {
             return true;
         }
-        let Captured::Whole(body) = self.request.captured() else {
-            return false;
+        let req = match (self.stream_request, self.request.captured()) {
+            (Some(req), _) => Some(req),
+            (None, Captured::Whole(body)) => inject::read_stream_request(body),
+            (None, Captured::Edges { .. }) => None,
         };
-        inject::read_stream_request(body).is_some_and(|r| r.stream && r.include_usage)
+        req.is_some_and(|r| r.stream && r.include_usage)
     }
 
     /// Whether response body chunks are worth passing to [`Exchange::on_response_body`].

@@ -42,7 +42,11 @@ pub fn read_stream_request(body: &[u8]) -> Option<StreamRequest> {
 /// The request body with `stream_options.include_usage: true`, or `None` when the body is
 /// not a streamed request that lacks it.
 pub fn request_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let req = read_stream_request(body)?;
+    request_usage_for(body, read_stream_request(body)?)
+}
+
+/// [`request_usage`] for a body already read with [`read_stream_request`].
+pub fn request_usage_for(body: &[u8], req: StreamRequest) -> Option<Vec<u8>> {
     if !req.stream || req.include_usage {
         return None;
     }

@@ -59,7 +59,8 @@ fn first_value<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
         .ok()
 }
 
-fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
+/// The offset of the first byte at or after `at` that is not whitespace.
+pub(crate) fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
     while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
         at += 1;
     }

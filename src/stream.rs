@@ -485,22 +485,15 @@ pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
 /// an escaped ASCII letter (a key could be spelled with escapes; text never needs them).
 /// A false "may" only costs reading the chunk now.
 fn may_carry_usage(data: &[u8]) -> bool {
-    let skip_ws = |r: &[u8]| -> usize {
-        r.iter()
-            .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-            .count()
-    };
+    use crate::jsonscan::skip_ws;
     for at in memchr::memmem::find_iter(data, b"\"usage\"") {
-        let Some(rest) = data.get(at + 7..) else {
-            return true;
-        };
-        let rest = rest.get(skip_ws(rest)..).unwrap_or_default();
-        let Some(rest) = rest.strip_prefix(b":") else {
+        let colon = skip_ws(data, at + 7);
+        if data.get(colon) != Some(&b':') {
             // A string value "usage", not a key.
             continue;
-        };
-        let rest = rest.get(skip_ws(rest)..).unwrap_or_default();
-        if !rest.starts_with(b"null") {
+        }
+        let value = data.get(skip_ws(data, colon + 1)..).unwrap_or_default();
+        if !value.starts_with(b"null") {
             return true;
         }
     }

@@ -135,8 +135,18 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
     }
 }
 
-/// A whole header map in one host call (see [`HeaderPairs`] for why that matters).
-pub fn header_pairs(map: MapType) -> Option<HeaderPairs> {
+/// Header lookups in `map`, from one read of the whole map (see [`HeaderPairs`] for why
+/// that matters); one call per lookup only if the host will not hand the map over.
+pub fn header_lookup(map: MapType) -> impl Fn(&str) -> Option<String> {
+    let pairs = header_pairs(map);
+    move |name: &str| match &pairs {
+        Some(p) => p.get(name),
+        None => header(map, name),
+    }
+}
+
+/// A whole header map in one host call.
+fn header_pairs(map: MapType) -> Option<HeaderPairs> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     unsafe {

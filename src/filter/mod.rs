@@ -195,12 +195,7 @@ impl HttpContext for HttpFilter {
         let Some(vm) = &self.vm else {
             return Action::Continue;
         };
-        // One read of the whole map; single lookups only if the host will not give it.
-        let pairs = host::header_pairs(REQUEST);
-        let req = |name: &str| match &pairs {
-            Some(p) => p.get(name),
-            None => host::header(REQUEST, name),
-        };
+        let req = host::header_lookup(REQUEST);
         let (Some(method), Some(path)) = (req(":method"), req(":path")) else {
             return Action::Continue;
         };
@@ -277,11 +272,7 @@ impl HttpContext for HttpFilter {
         let (Some(vm), Some(ex)) = (&self.vm, self.exchange.as_mut()) else {
             return Action::Continue;
         };
-        let pairs = host::header_pairs(RESPONSE);
-        let resp = |name: &str| match &pairs {
-            Some(p) => p.get(name),
-            None => host::header(RESPONSE, name),
-        };
+        let resp = host::header_lookup(RESPONSE);
         let status = resp(":status").and_then(|s| s.trim().parse::<u16>().ok());
         let edits = ex.on_response_headers(&vm.config, status, resp);
         if edits.remove_content_length {
