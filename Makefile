@@ -17,19 +17,17 @@ CONFIG        ?= examples/filter-config.json
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock)
 WASM_BINDGEN_ROOT    := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
 WASM_BINDGEN_RUNNER  := $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner
-# The test host's suite: the built filter driven through Envoy's callback sequences.
-HOST_TESTS           := --test filter_host --test filter_metering --test filter_streams --test filter_longrun
 
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools wasm-target envoy wasm build run test test-unit test-e2e lint clean \
+.PHONY: help tools wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core wasm-unknown-target wasm-bindgen-cli \
 	bench bench-deps bench-wasm bench-native
 
 help:
 	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
-	@echo "make test   every test layer (unit, CLI, test host, core under V8, real Envoy end to end)"
+	@echo "make test   the lints, then every test layer (unit, CLI, test host, core under V8, real Envoy end to end)"
 	@echo "make test-wasm  the filter in the test host, and the core compiled to wasm under Node's V8"
 	@echo "make wasm   build $(WASM)"
 	@echo "make build  build the filter and the tokenmeter binary"
@@ -54,17 +52,18 @@ $(ENVOY):
 	@$@ --version
 
 wasm: wasm-target
-	cargo build --release --target wasm32-wasip1 --lib
+	cargo build --release --target wasm32-wasip1 -p tokenmeter-filter
 	@ls -l $(WASM)
 
 build: wasm
-	cargo build --release --bin tokenmeter
+	cargo build --release -p tokenmeter-cli --bin tokenmeter
 
 run: tools build
 	cargo run --quiet --release -p tokenmeter-testkit --bin demo -- \
 	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG)
 
-test: tools wasm wasm-unknown-target wasm-bindgen-cli
+# Lints first: a change that breaks the no-trap rules or the formatting fails here.
+test: tools lint wasm wasm-unknown-target wasm-bindgen-cli
 	cargo test --workspace --no-fail-fast
 	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
 	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets
@@ -75,7 +74,7 @@ test: tools wasm wasm-unknown-target wasm-bindgen-cli
 test-wasm: test-wasm-host test-wasm-core
 
 test-wasm-host: wasm
-	cargo test $(HOST_TESTS)
+	cargo test -p tokenmeter-filter --test host
 
 test-wasm-core: wasm-unknown-target wasm-bindgen-cli
 	@command -v node >/dev/null || { echo "the core's wasm tests run under Node.js: install node" >&2; exit 1; }
@@ -98,11 +97,20 @@ $(WASM_BINDGEN_RUNNER):
 test-unit:
 	cargo test --workspace --lib --bins
 
+# One test binary per layer: the test host (host), the built binary (cli), the real Envoy.
+test-cli:
+	cargo test -p tokenmeter-cli --test cli
+
+test-e2e: tools wasm
+	cargo test -p tokenmeter-cli --test envoy
+
+# clippy for the native workspace and for the filter as Envoy loads it (the workspace's
+# [lints] deny unwrap/expect/panic/indexing outside tests), the bench's Wasm tools, rustfmt.
 lint: wasm-target
-	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
-	CARGO_TARGET_DIR=target/bench-native cargo clippy --manifest-path bench/wasm/Cargo.toml --workspace --all-targets -- -D warnings
 	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 -p tokenmeter-filter -p tokenmeter-core -- -D warnings
+	CARGO_TARGET_DIR=target/bench-native cargo clippy --manifest-path bench/wasm/Cargo.toml --workspace --all-targets -- -D warnings
 
 clean:
 	cargo clean

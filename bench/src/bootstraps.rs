@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use crate::traffic::{Reply, REPLY_HEADER};
 
-#[path = "../../src/labels.rs"]
+#[path = "../../crates/core/src/series/labels.rs"]
 #[allow(dead_code)]
 mod labels;
 

@@ -8,17 +8,17 @@
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use tokenmeter::api::{classify, Operation};
-use tokenmeter::capture::{Capture, Captured};
-use tokenmeter::cardinality::{Cardinality, LocalRegistry};
-use tokenmeter::config::Config;
-use tokenmeter::exchange::{Exchange, Host, Settlement};
-use tokenmeter::inject::{request_usage, StreamEditor};
-use tokenmeter::jsonscan::{field_in_head, field_in_tail};
-use tokenmeter::sse::SseParser;
-use tokenmeter::stream::StreamMeter;
-use tokenmeter::tokenizer::Encoding;
-use tokenmeter::usage::{from_response, Usage, UsageSource};
+use tokenmeter_core::body::capture::{Capture, Captured};
+use tokenmeter_core::body::jsonscan::{field_in_head, field_in_tail};
+use tokenmeter_core::config::Config;
+use tokenmeter_core::exchange::{Exchange, Properties, Settlement};
+use tokenmeter_core::openai::api::{classify, Operation};
+use tokenmeter_core::openai::usage::{from_response, Usage, UsageSource};
+use tokenmeter_core::series::cardinality::{Cardinality, LocalRegistry};
+use tokenmeter_core::stream::inject::{request_usage, StreamEditor};
+use tokenmeter_core::stream::meter::StreamMeter;
+use tokenmeter_core::stream::sse::SseParser;
+use tokenmeter_core::tokens::tokenizer::Encoding;
 
 const CHAT: &[u8] = include_bytes!("../../tests/data/chat.json");
 const AZURE_CHAT: &[u8] = include_bytes!("../../tests/data/azure-chat.json");
@@ -214,7 +214,7 @@ fn events(stream: &[u8], cuts: &[usize]) -> Vec<(String, String)> {
     let mut p = SseParser::new(1 << 20);
     let mut out = Vec::new();
     let mut last = 0;
-    let mut push = |e: tokenmeter::sse::Event<'_>| {
+    let mut push = |e: tokenmeter_core::stream::sse::Event<'_>| {
         out.push((
             e.name.to_string(),
             String::from_utf8_lossy(e.data).into_owned(),
@@ -253,7 +253,7 @@ fn token_counts_match_the_encodings() {
         );
         assert_eq!(got, (o200k, cl100k), "{:?}", text.get(..40.min(text.len())));
         #[cfg(not(target_arch = "wasm32"))]
-        if text.len() <= tokenmeter::tokenizer::SEGMENT_BYTES {
+        if text.len() <= tokenmeter_core::tokens::tokenizer::SEGMENT_BYTES {
             // Natively, the expected values are the reference tokenizer's own.
             let reference = (
                 tiktoken_rs::o200k_base_singleton()
@@ -276,7 +276,7 @@ fn prompt_estimates_follow_openais_accounting() {
     let emb = serde_json::json!({"input": ["alpha beta", "gamma"]});
     let resp = serde_json::json!({"instructions": "Be brief.", "input": "Write one sentence about tokens."});
     let enc = Encoding::O200kBase;
-    use tokenmeter::estimate::prompt_tokens;
+    use tokenmeter_core::tokens::estimate::prompt_tokens;
     assert_eq!(prompt_tokens(Operation::ChatCompletions, &chat, enc), 20);
     assert_eq!(prompt_tokens(Operation::Embeddings, &emb, enc), 3);
     assert_eq!(prompt_tokens(Operation::Responses, &resp, enc), 20);
@@ -361,7 +361,7 @@ fn configurations_are_validated_alike() {
 
 struct Route;
 
-impl Host for Route {
+impl Properties for Route {
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         (path == ["xds", "route_name"]).then(|| b"chat-route".to_vec())
     }
@@ -424,7 +424,7 @@ fn whole_exchanges_settle_alike() {
     );
     assert_eq!(triple(&s.usage.unwrap()), (12, 17, 29));
     assert!(s.streamed);
-    let points = tokenmeter::metrics::points(&config, &s);
+    let points = tokenmeter_core::series::metrics::points(&config, &s);
     assert_eq!(
         points[0].name,
         "llm_requests_total.api_id=.=chat-route;.;model=.=gpt-4o-2024-08-06;.;usage_source=.=estimated;.;team=.=blue;.;status_class=.=2xx;.;"
@@ -436,7 +436,7 @@ fn whole_exchanges_settle_alike() {
     );
     assert!(points[4..]
         .iter()
-        .all(|p| p.kind == tokenmeter::metrics::Kind::Histogram));
+        .all(|p| p.kind == tokenmeter_core::series::metrics::Kind::Histogram));
 }
 
 #[test]
@@ -446,7 +446,10 @@ fn gzip_bodies_are_decoded_alike() {
     enc.write_all(CHAT_SSE_USAGE).unwrap();
     let gz = enc.finish().unwrap();
     for cut in [1, 10, gz.len() / 2, gz.len() - 1] {
-        let mut d = tokenmeter::decode::Decoder::new(tokenmeter::decode::Coding::Gzip).unwrap();
+        let mut d = tokenmeter_core::body::decode::Decoder::new(
+            tokenmeter_core::body::decode::Coding::Gzip,
+        )
+        .unwrap();
         let mut out = Vec::new();
         d.feed(&gz[..cut], &mut |b| out.extend_from_slice(b));
         d.feed(&gz[cut..], &mut |b| out.extend_from_slice(b));

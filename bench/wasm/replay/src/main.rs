@@ -1,17 +1,19 @@
-//! Replays the benchmark's exchanges through tokenmeter's core, the way the filter glue
-//! (`src/filter/mod.rs`) drives it, and prints the time per exchange for each kind.
+//! Replays the benchmark's exchanges through tokenmeter's core driver, the very code the
+//! filter runs per callback, and prints the time per exchange for each kind.
 //!
-//! Host calls are left out (headers come from a table, properties from a map), so this is
-//! the filter's own work: natively under `valgrind --tool=callgrind` it shows where the
+//! Host calls are left out (headers come from a table, properties from a map, bodies from
+//! memory), so this is the filter's own work: natively under `valgrind --tool=callgrind` it shows where the
 //! instructions go, and its wasm32-wasip1 build under Node shows the time inside V8.
 //!
 //! Usage: replay [KIND] [EXCHANGES]   (KIND: json, sse-usage, sse-injected, sse-estimated, all)
 
 use std::collections::HashMap;
 
-use tokenmeter::cardinality::{Cardinality, LocalRegistry};
-use tokenmeter::config::Config;
-use tokenmeter::exchange::{Exchange, Host};
+use tokenmeter_core::config::Config;
+use tokenmeter_core::exchange::driver::{self, Driver, Plugin, Side};
+use tokenmeter_core::exchange::Properties;
+use tokenmeter_core::series::cardinality::LocalRegistry;
+use tokenmeter_core::series::metrics::Point;
 
 #[path = "../../../src/traffic.rs"]
 #[allow(dead_code)]
@@ -45,9 +47,18 @@ fn cpu_seconds() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-struct Properties;
+/// The host of one exchange: fixed headers and properties, the bodies in memory.
+struct Replay<'a> {
+    kind: Kind,
+    request: &'a [u8],
+    response: &'a [u8],
+    /// Stands in for the glue's metric store (ids by series name).
+    ids: &'a mut HashMap<String, u32>,
+    /// Folds everything the exchange produced into one number, so none of it is optimised away.
+    check: u64,
+}
 
-impl Host for Properties {
+impl Properties for Replay<'_> {
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         match path.join(".").as_str() {
             "xds.route_name" => Some(b"llm-default".to_vec()),
@@ -57,53 +68,83 @@ impl Host for Properties {
     }
 }
 
+impl driver::Host for Replay<'_> {
+    fn now_ms(&self) -> u64 {
+        1
+    }
+
+    fn header(&self, side: Side, name: &str) -> Option<String> {
+        match (side, name) {
+            (Side::Request, ":method") => Some("POST".to_string()),
+            (Side::Request, ":path") => Some(traffic::PATH.to_string()),
+            (Side::Request, "content-type") => Some("application/json".to_string()),
+            (Side::Request, "x-bench-reply") => Some(self.kind.reply().header_value().to_string()),
+            (Side::Response, ":status") => Some("200".to_string()),
+            (Side::Response, "content-type") => Some(self.kind.reply().content_type().to_string()),
+            _ => None,
+        }
+    }
+
+    fn set_header(&mut self, _side: Side, _name: &str, _value: &str) {}
+
+    fn remove_header(&mut self, _side: Side, _name: &str) {}
+
+    fn body(&self, side: Side, start: usize, len: usize) -> Option<Vec<u8>> {
+        let b = match side {
+            Side::Request => self.request,
+            Side::Response => self.response,
+        };
+        b.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+
+    fn set_body(&mut self, _side: Side, _start: usize, _len: usize, bytes: &[u8]) -> bool {
+        self.check += bytes.len() as u64;
+        true
+    }
+
+    fn set_property(&mut self, _name: &str, value: &[u8]) {
+        self.check += value.len() as u64;
+    }
+
+    fn count(&mut self, points: &[Point]) {
+        for p in points {
+            let next = self.ids.len() as u32;
+            let id = match self.ids.get(&p.name) {
+                Some(id) => *id,
+                None => *self.ids.entry(p.name.clone()).or_insert(next),
+            };
+            self.check += u64::from(id) + p.value;
+        }
+    }
+
+    fn collect(&mut self, record: String) {
+        self.check += record.len() as u64;
+    }
+}
+
 /// What one VM keeps between requests.
 struct Vm {
-    config: Config,
-    cardinality: Cardinality,
-    /// Stands in for the glue's metric store (ids by series name).
+    plugin: Plugin,
     ids: HashMap<String, u32>,
 }
 
+/// One exchange, callback by callback as Envoy delivers a whole body in one call.
 fn exchange(vm: &mut Vm, kind: Kind, request: &[u8], response: &[u8]) -> u64 {
-    let config = &vm.config;
-    let req_headers = |name: &str| match name {
-        "content-type" => Some("application/json".to_string()),
-        "x-bench-reply" => Some(kind.reply().header_value().to_string()),
-        _ => None,
+    let mut host = Replay {
+        kind,
+        request,
+        response,
+        ids: &mut vm.ids,
+        check: 0,
     };
-    let Some(mut ex) = Exchange::start(config, "POST", traffic::PATH, req_headers, &Properties, 0)
-    else {
-        return 0;
-    };
-    ex.on_request_body(request);
-    if ex.holds_request_body() {
-        let _ = ex.request_complete(config);
-    }
-    let content_type = kind.reply().content_type();
-    let resp_headers = |name: &str| match name {
-        "content-type" => Some(content_type.to_string()),
-        _ => None,
-    };
-    ex.on_response_headers(config, Some(200), resp_headers);
-    let mut out = 0;
-    if ex.wants_response_body() {
-        if let Some(edited) = ex.on_response_body(config, response, 1) {
-            out += edited.len();
-        }
-    }
-    if let Some(rest) = ex.on_response_end(config) {
-        out += rest.len();
-    }
-    let Some(settlement) = ex.settle(config, &Properties, &mut vm.cardinality, 2) else {
-        return 0;
-    };
-    let mut sum = 0;
-    for p in tokenmeter::metrics::points(config, &settlement) {
-        let next = vm.ids.len() as u32;
-        sum += u64::from(*vm.ids.entry(p.name).or_insert(next)) + p.value;
-    }
-    sum + out as u64
+    let plugin = &vm.plugin;
+    let mut d = Driver::new();
+    d.on_request_headers(plugin, &mut host, false);
+    d.on_request_body(plugin, &mut host, request.len(), true);
+    d.on_response_headers(plugin, &mut host, false);
+    d.on_response_body(plugin, &mut host, response.len(), true);
+    d.on_log(plugin, &mut host);
+    host.check
 }
 
 fn main() {
@@ -117,8 +158,7 @@ fn main() {
     };
     let config = Config::parse(CONFIG.as_bytes()).expect("the example configuration is valid");
     let mut vm = Vm {
-        cardinality: Cardinality::new(&config, Box::new(LocalRegistry::default())),
-        config,
+        plugin: Plugin::new(config, Box::new(LocalRegistry::default())),
         ids: HashMap::new(),
     };
     for kind in kinds {

@@ -1,0 +1,140 @@
+//! The collector's HTTP API: `POST /v1/records`, `GET /healthz`, `GET /metrics`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::json;
+
+use crate::ingest;
+use crate::quality::exposition::{self, MonitorState};
+
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Mutex<Store>>,
+    pub namespace: String,
+    pub monitors: Arc<Vec<String>>,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/records", post(post_records))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn post_records(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} bytes; send smaller batches or raise --max-body-bytes",
+                    state.max_body_bytes
+                ),
+            )
+        }
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let store = state.store.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let received = Utc::now();
+        let batch = match ingest::parse_batch(&body, received) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let mut store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        store.insert(&batch, received.timestamp_micros()).map(Ok)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok(stored))) => {
+            Json(json!({"stored": stored.stored, "duplicates": stored.duplicates})).into_response()
+        }
+        Ok(Ok(Err(reason))) => error(StatusCode::BAD_REQUEST, reason),
+        Ok(Err(e)) => {
+            eprintln!("error: storing records failed: {e:#}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing the records failed: {e:#}"),
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the records failed: {e}"),
+        ),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        store.lock().map(|s| s.check().is_ok()).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is not usable",
+        )
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    let monitors = state.monitors.clone();
+    let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<MonitorState>> {
+        let store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        monitors
+            .iter()
+            .map(|name| {
+                let runs = store.monitor_runs(name)?;
+                Ok(MonitorState {
+                    monitor: name.clone(),
+                    last_report: runs.last_report,
+                    last_run_failed: runs.last_failed,
+                })
+            })
+            .collect()
+    })
+    .await;
+    match rendered {
+        Ok(Ok(states)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            exposition::render(&state.namespace, &states),
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,413 @@
+//! One evaluation of a monitor's window: sample the records, ask the judge (or the
+//! cache), and aggregate every outcome into a report and a per-record table.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::ingest;
+use crate::quality::aggregate::{Status, Tally};
+use crate::quality::duration::{format_rfc3339, Window};
+use crate::quality::metric::{Inputs, Metric};
+use crate::quality::monitor::Monitor;
+use crate::quality::prompt::{self, Prompt};
+use crate::quality::report::{JudgeReport, Mode, Report, Row, WindowReport};
+use crate::quality::sampling;
+use crate::quality::score::{self, Verdict};
+use tokenmeter_core::records::record::Record;
+
+use crate::judge::{CallError, Judge};
+use crate::store::Store;
+
+/// The breaker looks at this many finished calls (or all, if fewer are planned) before
+/// it may open.
+const BREAKER_MIN_CALLS: u64 = 5;
+
+/// A finished evaluation.
+pub struct Evaluation {
+    pub report: Report,
+    pub rows: Vec<Row>,
+}
+
+/// The records of the window from the store.
+pub fn records_from_store(store: &Store, window: Window) -> Result<Vec<Record>> {
+    store
+        .records_between(window.from.timestamp_micros(), window.to.timestamp_micros())?
+        .into_iter()
+        .map(|json| serde_json::from_str(&json).context("a stored record is unreadable"))
+        .collect()
+}
+
+/// The records of the window from a JSONL file. A record without `time` cannot be placed
+/// in time, so it is taken to be in the window.
+pub fn records_from_file(path: &Path, window: Window) -> Result<Vec<Record>> {
+    let body = std::fs::read(path)
+        .with_context(|| format!("cannot read records from {}", path.display()))?;
+    let batch =
+        ingest::parse_batch(&body, window.from).with_context(|| format!("{}", path.display()))?;
+    Ok(batch
+        .into_iter()
+        .filter(|i| {
+            window.from.timestamp_micros() <= i.time_us && i.time_us < window.to.timestamp_micros()
+        })
+        .map(|i| i.record)
+        .collect())
+}
+
+/// One judge request: a record and the metrics its answer scores.
+struct Task {
+    record: usize,
+    metrics: Vec<Metric>,
+    prompt: Prompt,
+    key: String,
+}
+
+/// Stops the run when most judge calls fail: a misconfigured or unreachable judge must
+/// not be reported as a window of errored records.
+struct Breaker {
+    planned: u64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+    open: AtomicBool,
+    last_error: Mutex<String>,
+}
+
+impl Breaker {
+    fn record(&self, result: &Result<String, CallError>) {
+        let finished = self.finished.fetch_add(1, Ordering::SeqCst) + 1;
+        let failed = match result {
+            Ok(_) => self.failed.load(Ordering::SeqCst),
+            Err(e) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    last.clone_from(&e.0);
+                }
+                self.failed.fetch_add(1, Ordering::SeqCst) + 1
+            }
+        };
+        if finished >= BREAKER_MIN_CALLS.min(self.planned) && failed * 2 > finished {
+            self.open.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+pub struct Options {
+    pub combined: bool,
+    /// Show a progress bar on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+/// Evaluates the window's records. `store` is the judge-result cache, if any.
+pub async fn evaluate(
+    monitor: &Monitor,
+    judge: Arc<Judge>,
+    records: Vec<Record>,
+    window: Window,
+    store: Option<Arc<Mutex<Store>>>,
+    options: &Options,
+) -> Result<Evaluation> {
+    let mode = if options.combined {
+        Mode::Combined
+    } else {
+        Mode::PerMetric
+    };
+    let model = monitor.judge.model.clone();
+    let in_window = records.len() as u64;
+    let sample: Vec<Record> = records
+        .into_iter()
+        .filter(|r| sampling::is_sampled(&r.id, monitor.seed, monitor.sampling_rate))
+        .collect();
+
+    // Rows start as not applicable where a column is missing; tasks fill the rest.
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row_index: BTreeMap<(usize, Metric), usize> = BTreeMap::new();
+    let mut tasks: Vec<Task> = Vec::new();
+    for (i, record) in sample.iter().enumerate() {
+        let inputs = Inputs {
+            question: record.text(&monitor.columns.question),
+            answer: record.text(&monitor.columns.answer),
+            context: record.text(&monitor.columns.context),
+        };
+        let mut applicable = Vec::new();
+        for (metric, _) in &monitor.metrics {
+            let metric = *metric;
+            row_index.insert((i, metric), rows.len());
+            if metric.applies_to(&inputs) {
+                applicable.push(metric);
+                rows.push(row(
+                    record,
+                    metric,
+                    Status::Errored,
+                    None,
+                    String::new(),
+                    &model,
+                    "",
+                ));
+            } else {
+                let missing = missing_columns(monitor, metric, &inputs);
+                rows.push(row(
+                    record,
+                    metric,
+                    Status::NotApplicable,
+                    None,
+                    format!("the record has no {missing}"),
+                    "",
+                    "",
+                ));
+            }
+        }
+        if applicable.is_empty() {
+            continue;
+        }
+        if options.combined {
+            let prompt = prompt::combined(&applicable, &inputs);
+            let names: Vec<&str> = applicable.iter().map(|m| m.name()).collect();
+            let key = prompt::cache_key(&prompt, &model, &format!("combined:{}", names.join(",")));
+            tasks.push(Task {
+                record: i,
+                metrics: applicable,
+                prompt,
+                key,
+            });
+        } else {
+            for metric in applicable {
+                let prompt = prompt::for_metric(metric, &inputs);
+                let key = prompt::cache_key(&prompt, &model, metric.name());
+                tasks.push(Task {
+                    record: i,
+                    metrics: vec![metric],
+                    prompt,
+                    key,
+                });
+            }
+        }
+    }
+
+    let bar = progress_bar(tasks.len() as u64, options.progress);
+    let mut answers: Vec<Option<(Result<String, CallError>, bool)>> = vec![None; tasks.len()];
+    let mut pending = Vec::new();
+    for (t, task) in tasks.iter().enumerate() {
+        let cached = match &store {
+            Some(s) => lock(s)?.cache_get(&task.key)?,
+            None => None,
+        };
+        match cached {
+            Some(content) => {
+                if let Some(slot) = answers.get_mut(t) {
+                    *slot = Some((Ok(content), true));
+                }
+                bar.inc(1);
+            }
+            None => pending.push(t),
+        }
+    }
+
+    let breaker = Arc::new(Breaker {
+        planned: pending.len() as u64,
+        finished: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        open: AtomicBool::new(false),
+        last_error: Mutex::new(String::new()),
+    });
+    let permits = Arc::new(Semaphore::new(monitor.judge.max_concurrency));
+    let mut calls = JoinSet::new();
+    for t in pending {
+        let Some(task) = tasks.get(t) else { continue };
+        let (judge, permits, breaker) = (judge.clone(), permits.clone(), breaker.clone());
+        let prompt = task.prompt.clone();
+        calls.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return (t, None);
+            };
+            if breaker.open.load(Ordering::SeqCst) {
+                return (t, None);
+            }
+            let result = judge.ask(&prompt).await;
+            breaker.record(&result);
+            (t, Some(result))
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let (t, result) = joined.context("a judge call task failed")?;
+        bar.inc(1);
+        let Some(result) = result else { continue };
+        if let (Ok(content), Some(s), Some(task)) = (&result, &store, tasks.get(t)) {
+            lock(s)?.cache_put(
+                &task.key,
+                &task.prompt.version,
+                &model,
+                content,
+                Utc::now().timestamp_micros(),
+            )?;
+        }
+        if let Some(slot) = answers.get_mut(t) {
+            *slot = Some((result, false));
+        }
+    }
+    bar.finish_and_clear();
+    if breaker.open.load(Ordering::SeqCst) {
+        let last = breaker
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        bail!(
+            "judge circuit breaker opened: {} of {} judge calls failed after retries (last error: {last}); check judge.url, judge.model and the API key, then rerun (answers already received are cached)",
+            breaker.failed.load(Ordering::SeqCst),
+            breaker.finished.load(Ordering::SeqCst),
+        );
+    }
+
+    let mut cached = 0;
+    for (task, answer) in tasks.iter().zip(answers) {
+        let Some((result, from_cache)) = answer else {
+            return Err(anyhow!("a judge call was not made"));
+        };
+        cached += u64::from(from_cache);
+        let verdicts: Vec<(Metric, Result<Verdict, String>)> = match &result {
+            Ok(content) if options.combined => score::parse_combined(content, &task.metrics)
+                .into_iter()
+                .map(|(m, v)| (m, Ok(v)))
+                .collect(),
+            Ok(content) => task
+                .metrics
+                .iter()
+                .map(|&m| (m, Ok(score::parse(content, m))))
+                .collect(),
+            Err(e) => task
+                .metrics
+                .iter()
+                .map(|&m| (m, Err(e.0.clone())))
+                .collect(),
+        };
+        for (metric, verdict) in verdicts {
+            let Some(r) = row_index
+                .get(&(task.record, metric))
+                .and_then(|&i| rows.get_mut(i))
+            else {
+                continue;
+            };
+            r.prompt_version.clone_from(&task.prompt.version);
+            r.cached = from_cache;
+            (r.status, r.score, r.reason) = match verdict {
+                Ok(Verdict::Scored { score, reason }) => {
+                    (Status::Scored.name().into(), Some(score), reason)
+                }
+                Ok(Verdict::NotApplicable { reason }) => {
+                    (Status::NotApplicable.name().into(), None, reason)
+                }
+                Ok(Verdict::Unparsed { answer }) => (Status::Unparsed.name().into(), None, answer),
+                Err(e) => (Status::Errored.name().into(), None, e),
+            };
+        }
+    }
+
+    let mut tallies: BTreeMap<Metric, Tally> = BTreeMap::new();
+    for r in &rows {
+        if let Some(status) = r.status() {
+            tallies.entry(r.metric).or_default().add(status, r.score);
+        }
+    }
+    let metrics: Vec<_> = monitor
+        .metrics
+        .iter()
+        .map(|(m, t)| {
+            (
+                *m,
+                tallies.get(m).cloned().unwrap_or_default().summarize(*t),
+            )
+        })
+        .collect();
+    let breached = metrics.iter().any(|(_, s)| s.breached);
+    let prompt_versions = if options.combined {
+        BTreeMap::from([("combined".to_string(), prompt::combined_version())])
+    } else {
+        monitor
+            .metrics
+            .iter()
+            .map(|(m, _)| (m.name().to_string(), prompt::version(*m)))
+            .collect()
+    };
+    let report = Report {
+        monitor: monitor.name.clone(),
+        mode,
+        window: WindowReport {
+            from: format_rfc3339(window.from),
+            to: format_rfc3339(window.to),
+        },
+        records: in_window,
+        sampled: sample.len() as u64,
+        judge: JudgeReport {
+            kind: monitor.judge.kind_name().to_string(),
+            model,
+            prompt_versions,
+            calls: judge.requests(),
+            cached,
+        },
+        metrics,
+        breached,
+    };
+    Ok(Evaluation { report, rows })
+}
+
+fn row(
+    record: &Record,
+    metric: Metric,
+    status: Status,
+    score: Option<u8>,
+    reason: String,
+    model: &str,
+    version: &str,
+) -> Row {
+    Row {
+        record_id: record.id.clone(),
+        metric,
+        status: status.name().to_string(),
+        score,
+        reason,
+        judge_model: model.to_string(),
+        prompt_version: version.to_string(),
+        cached: false,
+    }
+}
+
+fn missing_columns(monitor: &Monitor, metric: Metric, inputs: &Inputs<'_>) -> String {
+    let mut missing = Vec::new();
+    if inputs.question.is_none() {
+        missing.push(monitor.columns.question.as_str());
+    }
+    if inputs.answer.is_none() {
+        missing.push(monitor.columns.answer.as_str());
+    }
+    if metric.needs_context() && inputs.context.is_none() {
+        missing.push(monitor.columns.context.as_str());
+    }
+    let quoted: Vec<String> = missing.iter().map(|c| format!("{c:?}")).collect();
+    format!("{} text", quoted.join(" or "))
+}
+
+fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>> {
+    store
+        .lock()
+        .map_err(|_| anyhow!("the store is unusable after an earlier failure"))
+}
+
+fn progress_bar(len: u64, wanted: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if !wanted || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) =
+        ProgressStyle::with_template("judging {bar:40} {pos}/{len} [{elapsed_precise}, eta {eta}]")
+    {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,350 @@
+//! `tokenmeter`: the companion binary of the tokenmeter filter, as a library so that its
+//! parts are tested where they are (`src/main.rs` only calls [`main`]).
+//!
+//! - Pure logic: [`quality`] (monitor definitions, sampling, prompts, scores, aggregation,
+//!   reports), [`ingest`] (record batches), [`bootstrap`] (Envoy configuration rendering).
+//! - Edges, with `anyhow` errors: the commands below, the collector and store, the judge
+//!   client, the scheduler and the alerts.
+//!
+//! It uses the core (`tokenmeter-core`) for the filter configuration, series naming and
+//! the record format, so that what it renders and accepts is what the filter does.
+
+pub mod bootstrap;
+pub mod ingest;
+pub mod quality;
+
+mod alerts;
+mod collector;
+mod eval;
+mod evaluate;
+mod judge;
+mod records;
+mod scheduler;
+mod serve;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::bootstrap::BootstrapSpec;
+use tokenmeter_core::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tokenmeter",
+    version,
+    about = "Token metering and quality monitoring for LLM traffic at the gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a filter configuration file exactly as the filter does at load time.
+    CheckConfig {
+        /// The filter configuration (JSON).
+        file: PathBuf,
+    },
+    /// Print a complete Envoy bootstrap that runs the filter in front of one upstream.
+    EnvoyConfig {
+        /// The filter configuration (JSON).
+        #[arg(long)]
+        filter_config: PathBuf,
+        /// Path of tokenmeter.wasm as Envoy will see it.
+        #[arg(long)]
+        wasm: String,
+        /// Listener: PORT (on 127.0.0.1) or HOST:PORT.
+        #[arg(long)]
+        listen: String,
+        /// Admin port (always on 127.0.0.1).
+        #[arg(long)]
+        admin: u16,
+        /// The LLM API upstream, HOST:PORT.
+        #[arg(long)]
+        upstream: String,
+        /// Use TLS to the upstream (implied by port 443), with SNI and Host set to its host.
+        #[arg(long)]
+        upstream_tls: bool,
+        /// Envoy node id (the `Gateway ID` dimension).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Envoy node locality region (the `Location` dimension).
+        #[arg(long)]
+        region: Option<String>,
+        /// Also write an access log with each request's token usage to this path.
+        #[arg(long)]
+        access_log: Option<String>,
+        /// How often Envoy computes histograms, in milliseconds (Envoy's default: 5000).
+        #[arg(long)]
+        stats_flush_interval_ms: Option<u64>,
+        /// Send sampled inference records to `tokenmeter serve` at HOST:PORT: adds the
+        /// collector cluster, and a `collect` block to the filter configuration if it has none.
+        #[arg(long)]
+        collector: Option<String>,
+    },
+    /// Collect records over HTTP into SQLite, and run monitors on their schedules.
+    Serve {
+        /// The SQLite database (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to listen on, HOST:PORT (port 0 picks a free one, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: String,
+        /// A monitor definition to run on its schedule; repeat for several.
+        #[arg(long = "monitor")]
+        monitors: Vec<PathBuf>,
+        /// Prefix of the quality metric names at /metrics.
+        #[arg(long, default_value = "llm")]
+        namespace: String,
+        /// Largest accepted request body; larger ones get 413.
+        #[arg(long, default_value_t = 16 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Also run every monitor once at start, besides its schedule.
+        #[arg(long)]
+        run_monitors_now: bool,
+    },
+    /// Import or export records.
+    Records {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Evaluate a monitor's window once; exit 0 when no threshold is breached, 2 when one
+    /// is, 1 on error.
+    Eval {
+        /// The monitor definition (YAML).
+        #[arg(long)]
+        monitor: PathBuf,
+        /// Read records from this database (also the judge-result cache).
+        #[arg(long, conflicts_with = "records", required_unless_present = "records")]
+        db: Option<PathBuf>,
+        /// Read records from this JSONL file.
+        #[arg(long)]
+        records: Option<PathBuf>,
+        /// With --records: keep the judge-result cache (and run history) in this database.
+        #[arg(long, requires = "records")]
+        cache_db: Option<PathBuf>,
+        /// Report format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: eval::Format,
+        /// Write the report to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the per-record table (JSONL) to this file.
+        #[arg(long)]
+        records_out: Option<PathBuf>,
+        /// Score every metric of a record in one judge call.
+        #[arg(long)]
+        combined: bool,
+        /// Evaluate as if now were this RFC 3339 time (the window ends here, less its offset).
+        #[arg(long)]
+        now: Option<String>,
+        /// Do not send alerts for a breach.
+        #[arg(long)]
+        no_alerts: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordsCommand {
+    /// Store the records of a JSONL file (`-` for stdin); existing ids are kept as they are.
+    Import {
+        #[arg(long)]
+        db: PathBuf,
+        file: PathBuf,
+    },
+    /// Print stored records as JSONL, ordered by time.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        /// Start: a duration before now (P7D) or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        /// End (exclusive): a duration before now or an RFC 3339 time; default: no end.
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs the command line; the process exits with the code returned.
+pub fn main() -> ExitCode {
+    // Usage errors exit 1 like any other error: `eval` reserves 2 for a breach.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let (_, config) = read_config(&file)?;
+            let labels: Vec<&str> = config.label_names().collect();
+            println!(
+                "{}: ok (namespace {:?}, labels [{}])",
+                file.display(),
+                config.namespace,
+                labels.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::EnvoyConfig {
+            filter_config,
+            wasm,
+            listen,
+            admin,
+            upstream,
+            upstream_tls,
+            node_id,
+            region,
+            access_log,
+            stats_flush_interval_ms,
+            collector,
+        } => {
+            let (mut text, mut config) = read_config(&filter_config)?;
+            let collector = match collector {
+                Some(addr) => {
+                    let Some((host, port)) = addr.rsplit_once(':') else {
+                        bail!("--collector must be HOST:PORT, got {addr:?}");
+                    };
+                    text = with_collector(&text, bootstrap::COLLECTOR_CLUSTER)?;
+                    config = Config::parse(text.as_bytes())
+                        .context("the configuration with the collect block")?;
+                    Some((host.to_string(), parse_port(port, "--collector")?))
+                }
+                None => None,
+            };
+            let (listen_host, listen_port) = match listen.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), parse_port(p, "--listen")?),
+                None => ("127.0.0.1".to_string(), parse_port(&listen, "--listen")?),
+            };
+            let Some((upstream_host, port)) = upstream.rsplit_once(':') else {
+                bail!("--upstream must be HOST:PORT, got {upstream:?}");
+            };
+            let upstream_port = parse_port(port, "--upstream")?;
+            let spec = BootstrapSpec {
+                // One line: JSON strings cannot span lines, so trimming lines is lossless.
+                filter_config: text.lines().map(str::trim).collect(),
+                wasm_path: wasm,
+                listen_host,
+                listen_port,
+                admin_port: admin,
+                upstream_host: upstream_host.to_string(),
+                upstream_port,
+                upstream_tls: upstream_tls || upstream_port == 443,
+                node_id,
+                region,
+                access_log,
+                stats_flush_ms: stats_flush_interval_ms,
+                collector,
+            };
+            print!("{}", bootstrap::render(&spec, &config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            db,
+            listen,
+            monitors,
+            namespace,
+            max_body_bytes,
+            run_monitors_now,
+        } => {
+            runtime()?.block_on(serve::run(serve::ServeArgs {
+                db,
+                listen,
+                monitors,
+                namespace,
+                max_body_bytes,
+                run_monitors_now,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Records { command } => {
+            match command {
+                RecordsCommand::Import { db, file } => records::import(&db, &file)?,
+                RecordsCommand::Export { db, since, until } => {
+                    records::export(&db, &since, until.as_deref())?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            monitor,
+            db,
+            records,
+            cache_db,
+            format,
+            out,
+            records_out,
+            combined,
+            now,
+            no_alerts,
+        } => runtime()?.block_on(eval::run(eval::EvalArgs {
+            monitor,
+            db,
+            records,
+            cache_db,
+            format,
+            out,
+            records_out,
+            combined,
+            now,
+            no_alerts,
+        })),
+    }
+}
+
+/// The filter configuration with its `collect` block pointed at `cluster` (a default
+/// block when it has none).
+fn with_collector(text: &str, cluster: &str) -> Result<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(text).context("the filter configuration is not JSON")?;
+    let Some(obj) = v.as_object_mut() else {
+        bail!("the filter configuration must be a JSON object");
+    };
+    let collect = obj
+        .entry("collect")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(collect) = collect.as_object_mut() else {
+        bail!("collect must be an object");
+    };
+    collect.insert("cluster".into(), serde_json::Value::String(cluster.into()));
+    Ok(v.to_string())
+}
+
+fn parse_port(text: &str, flag: &str) -> Result<u16> {
+    text.parse()
+        .with_context(|| format!("{flag}: {text:?} is not a port number"))
+}
+
+fn read_config(path: &PathBuf) -> Result<(String, Config)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read filter configuration {}", path.display()))?;
+    let config = Config::parse(text.as_bytes()).with_context(|| format!("{}", path.display()))?;
+    Ok((text, config))
+}

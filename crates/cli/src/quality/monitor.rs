@@ -1,0 +1,896 @@
+//! The monitor definition: a YAML file naming a window, a sample, the columns, the judge,
+//! the metrics with their thresholds, alerts and a schedule.
+//!
+//! Everything is checked when the file is loaded, so a mistake is refused with a message
+//! naming the field (`invalid monitor definition: judge.url: ...`) instead of surfacing
+//! halfway through an evaluation.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::aggregate::{Thresholds, DEFAULT_ACCEPTABLE_SCORE};
+use super::duration::{IsoDuration, WindowSpec};
+use super::metric::Metric;
+
+pub const DEFAULT_WINDOW: &str = "P7D";
+pub const DEFAULT_SAMPLING_RATE: f64 = 0.1;
+pub const DEFAULT_MAX_CONCURRENCY: usize = 8;
+pub const DEFAULT_TIMEOUT_SECONDS: f64 = 60.0;
+pub const DEFAULT_MAX_RETRIES: u32 = 4;
+pub const DEFAULT_INITIAL_BACKOFF_SECONDS: f64 = 1.0;
+
+/// A monitor definition that was refused; `field` names what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid monitor definition: {field}: {message}")]
+pub struct MonitorError {
+    pub field: String,
+    pub message: String,
+}
+
+impl MonitorError {
+    fn new(field: impl Into<String>, message: impl ToString) -> Self {
+        MonitorError {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    name: String,
+    window: Option<RawWindow>,
+    sampling_rate: Option<f64>,
+    seed: Option<u64>,
+    columns: Option<RawColumns>,
+    judge: RawJudge,
+    metrics: RawMetrics,
+    alerts: Option<RawAlerts>,
+    schedule: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    size: Option<String>,
+    offset: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumns {
+    question: Option<String>,
+    answer: Option<String>,
+    context: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJudge {
+    kind: Option<String>,
+    url: String,
+    model: Option<String>,
+    deployment: Option<String>,
+    api_version: Option<String>,
+    api_key_env: Option<String>,
+    max_concurrency: Option<usize>,
+    timeout_seconds: Option<f64>,
+    max_retries: Option<u32>,
+    initial_backoff_seconds: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default, deserialize_with = "present")]
+    groundedness: Option<Option<RawThresholds>>,
+    #[serde(default, deserialize_with = "present")]
+    relevance: Option<Option<RawThresholds>>,
+    #[serde(default, deserialize_with = "present")]
+    coherence: Option<Option<RawThresholds>>,
+    #[serde(default, deserialize_with = "present")]
+    fluency: Option<Option<RawThresholds>>,
+}
+
+/// A metric named with no settings (`fluency:`) is enabled with the defaults, so a present
+/// null must not read as absent.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<RawThresholds>>, D::Error> {
+    Option::<RawThresholds>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThresholds {
+    acceptable_score: Option<u8>,
+    pass_rate_threshold: Option<f64>,
+    average_threshold: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook: Option<String>,
+    email: Option<RawEmail>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp_host: String,
+    smtp_port: Option<u16>,
+    tls: Option<String>,
+    username_env: Option<String>,
+    password_env: Option<String>,
+    from: String,
+    to: Vec<String>,
+}
+
+/// The record fields holding each text column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    pub question: String,
+    pub answer: String,
+    pub context: String,
+}
+
+/// Which API the judge speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgeKind {
+    /// OpenAI and compatible servers (vLLM, Ollama, ...): `POST {url}/chat/completions`.
+    OpenAi,
+    /// Azure OpenAI: `POST {url}/openai/deployments/{deployment}/chat/completions`.
+    Azure,
+}
+
+/// The judge model and how to call it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeConfig {
+    pub kind: JudgeKind,
+    pub url: String,
+    /// The model name sent and stored with every score (Azure: defaults to the deployment).
+    pub model: String,
+    pub deployment: Option<String>,
+    pub api_version: Option<String>,
+    /// The environment variable holding the API key; none for servers without auth.
+    pub api_key_env: Option<String>,
+    pub max_concurrency: usize,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+}
+
+impl JudgeConfig {
+    /// The chat completions endpoint.
+    pub fn endpoint(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        match self.kind {
+            JudgeKind::OpenAi => format!("{base}/chat/completions"),
+            JudgeKind::Azure => format!(
+                "{base}/openai/deployments/{}/chat/completions?api-version={}",
+                self.deployment.as_deref().unwrap_or_default(),
+                self.api_version.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            JudgeKind::OpenAi => "openai",
+            JudgeKind::Azure => "azure",
+        }
+    }
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alerts {
+    pub webhook: Option<String>,
+    pub email: Option<EmailAlerts>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required), usually port 587.
+    StartTls,
+    /// TLS from the first byte, usually port 465.
+    Tls,
+    /// No encryption: only for a relay on the same host or network.
+    None,
+}
+
+/// E-mail alerts over SMTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAlerts {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub tls: SmtpTls,
+    /// Environment variables holding the SMTP credentials; none for an open relay.
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// A validated monitor definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    pub name: String,
+    pub window: WindowSpec,
+    pub sampling_rate: f64,
+    pub seed: u64,
+    pub columns: Columns,
+    pub judge: JudgeConfig,
+    /// The metrics to evaluate, in report order.
+    pub metrics: Vec<(Metric, Thresholds)>,
+    pub alerts: Alerts,
+    /// Five- or six-field cron expression (UTC), for `tokenmeter serve`.
+    pub schedule: Option<String>,
+}
+
+impl Monitor {
+    /// Parses and validates a monitor definition (YAML, or JSON which is YAML too).
+    pub fn parse(text: &str) -> Result<Monitor, MonitorError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawMonitor = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "monitor".to_string()
+            } else {
+                path
+            };
+            let message = e.into_inner().to_string();
+            // The YAML parser prefixes its own path ("judge: unknown field"); the field
+            // already names it.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if !head.contains(' ') && field.starts_with(head) => {
+                    rest.to_string()
+                }
+                _ => message,
+            };
+            MonitorError::new(field, message)
+        })?;
+        raw.validate()
+    }
+
+    pub fn thresholds(&self, metric: Metric) -> Option<Thresholds> {
+        self.metrics
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map(|(_, t)| *t)
+    }
+}
+
+fn duration(field: &str, text: Option<String>, default: &str) -> Result<IsoDuration, MonitorError> {
+    IsoDuration::parse(text.as_deref().unwrap_or(default)).map_err(|e| MonitorError::new(field, e))
+}
+
+fn column(field: &str, name: Option<String>, default: &str) -> Result<String, MonitorError> {
+    let name = name.unwrap_or_else(|| default.to_string());
+    if name.trim().is_empty() {
+        return Err(MonitorError::new(
+            field,
+            "must name a record field, e.g. question",
+        ));
+    }
+    Ok(name)
+}
+
+fn http_url(field: &str, url: &str) -> Result<(), MonitorError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(MonitorError::new(
+            field,
+            format!("{url:?} must be an http:// or https:// URL, e.g. https://api.openai.com/v1"),
+        )),
+    }
+}
+
+fn positive_seconds(
+    field: &str,
+    value: Option<f64>,
+    default: f64,
+    max: f64,
+) -> Result<Duration, MonitorError> {
+    let v = value.unwrap_or(default);
+    if !(v.is_finite() && v > 0.0 && v <= max) {
+        return Err(MonitorError::new(
+            field,
+            format!("must be a number of seconds above 0 and at most {max}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl RawMonitor {
+    fn validate(self) -> Result<Monitor, MonitorError> {
+        let name = self.name.trim().to_string();
+        if name.is_empty()
+            || name.len() > 100
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(MonitorError::new(
+                "name",
+                "must be 1 to 100 letters, digits, '-', '_' or '.', e.g. support-bot-quality",
+            ));
+        }
+
+        let (size, offset) = match self.window {
+            Some(w) => (w.size, w.offset),
+            None => (None, None),
+        };
+        let window = WindowSpec {
+            size: duration("window.size", size, DEFAULT_WINDOW)?,
+            offset: duration("window.offset", offset, "P0D")?,
+        };
+        if window.size.seconds() == 0 {
+            return Err(MonitorError::new(
+                "window.size",
+                "must be longer than zero, e.g. P7D",
+            ));
+        }
+
+        let sampling_rate = self.sampling_rate.unwrap_or(DEFAULT_SAMPLING_RATE);
+        if !(sampling_rate > 0.0 && sampling_rate <= 1.0) {
+            return Err(MonitorError::new(
+                "sampling_rate",
+                "must be above 0 and at most 1, e.g. 0.1 for 10% of the records",
+            ));
+        }
+
+        let columns = match self.columns {
+            Some(c) => Columns {
+                question: column("columns.question", c.question, "question")?,
+                answer: column("columns.answer", c.answer, "answer")?,
+                context: column("columns.context", c.context, "context")?,
+            },
+            None => Columns {
+                question: "question".into(),
+                answer: "answer".into(),
+                context: "context".into(),
+            },
+        };
+
+        let judge = self.judge.validate()?;
+
+        let mut metrics = Vec::new();
+        for (metric, raw) in [
+            (Metric::Groundedness, self.metrics.groundedness),
+            (Metric::Relevance, self.metrics.relevance),
+            (Metric::Coherence, self.metrics.coherence),
+            (Metric::Fluency, self.metrics.fluency),
+        ] {
+            if let Some(raw) = raw {
+                metrics.push((metric, thresholds(metric, raw)?));
+            }
+        }
+        if metrics.is_empty() {
+            return Err(MonitorError::new(
+                "metrics",
+                "name at least one of groundedness, relevance, coherence, fluency, e.g. {coherence: {}}",
+            ));
+        }
+
+        let alerts = match self.alerts {
+            Some(a) => {
+                if let Some(url) = &a.webhook {
+                    http_url("alerts.webhook", url)?;
+                }
+                Alerts {
+                    webhook: a.webhook,
+                    email: a.email.map(RawEmail::validate).transpose()?,
+                }
+            }
+            None => Alerts::default(),
+        };
+
+        if let Some(schedule) = &self.schedule {
+            croner::Cron::from_str(schedule).map_err(|e| {
+                MonitorError::new(
+                    "schedule",
+                    format!("{schedule:?} is not a cron expression like \"15 10 * * *\" (minute hour day month weekday, UTC): {e}"),
+                )
+            })?;
+        }
+
+        Ok(Monitor {
+            name,
+            window,
+            sampling_rate,
+            seed: self.seed.unwrap_or(0),
+            columns,
+            judge,
+            metrics,
+            alerts,
+            schedule: self.schedule,
+        })
+    }
+}
+
+fn thresholds(metric: Metric, raw: Option<RawThresholds>) -> Result<Thresholds, MonitorError> {
+    let d = Thresholds::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let field = |f: &str| format!("metrics.{}.{f}", metric.name());
+    let acceptable_score = raw.acceptable_score.unwrap_or(DEFAULT_ACCEPTABLE_SCORE);
+    if !(1..=5).contains(&acceptable_score) {
+        return Err(MonitorError::new(
+            field("acceptable_score"),
+            "must be a whole score from 1 to 5",
+        ));
+    }
+    let pass_rate_threshold = raw.pass_rate_threshold.unwrap_or(d.pass_rate_threshold);
+    if !(0.0..=1.0).contains(&pass_rate_threshold) {
+        return Err(MonitorError::new(
+            field("pass_rate_threshold"),
+            "must be a fraction from 0 to 1, e.g. 0.7",
+        ));
+    }
+    let average_threshold = raw.average_threshold.unwrap_or(d.average_threshold);
+    if !(0.0..=5.0).contains(&average_threshold) {
+        return Err(MonitorError::new(
+            field("average_threshold"),
+            "must be a score from 0 to 5, e.g. 4.0",
+        ));
+    }
+    Ok(Thresholds {
+        acceptable_score,
+        pass_rate_threshold,
+        average_threshold,
+    })
+}
+
+fn env_name(field: &str, var: &Option<String>, example: &str) -> Result<(), MonitorError> {
+    match var {
+        Some(v) if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            Err(MonitorError::new(
+                field,
+                format!("must be the name of an environment variable, e.g. {example}"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn address(field: &str, text: &str) -> Result<(), MonitorError> {
+    let ok = match text.trim().rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !text.contains(char::is_whitespace)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(MonitorError::new(
+            field,
+            format!("{text:?} is not an e-mail address like oncall@example.com"),
+        ))
+    }
+}
+
+impl RawEmail {
+    fn validate(self) -> Result<EmailAlerts, MonitorError> {
+        if self.smtp_host.trim().is_empty() || self.smtp_host.contains(['/', ' ']) {
+            return Err(MonitorError::new(
+                "alerts.email.smtp_host",
+                "must be the SMTP server's host name, e.g. smtp.example.com",
+            ));
+        }
+        let tls = match self.tls.as_deref().unwrap_or("starttls") {
+            "starttls" => SmtpTls::StartTls,
+            "tls" => SmtpTls::Tls,
+            "none" => SmtpTls::None,
+            other => {
+                return Err(MonitorError::new(
+                    "alerts.email.tls",
+                    format!(
+                    "{other:?} is not a TLS mode; use starttls (port 587), tls (port 465) or none"
+                ),
+                ))
+            }
+        };
+        let smtp_port = self.smtp_port.unwrap_or(match tls {
+            SmtpTls::Tls => 465,
+            SmtpTls::StartTls | SmtpTls::None => 587,
+        });
+        env_name(
+            "alerts.email.username_env",
+            &self.username_env,
+            "SMTP_USERNAME",
+        )?;
+        env_name(
+            "alerts.email.password_env",
+            &self.password_env,
+            "SMTP_PASSWORD",
+        )?;
+        if self.username_env.is_some() != self.password_env.is_some() {
+            return Err(MonitorError::new(
+                "alerts.email.password_env",
+                "give both username_env and password_env, or neither for a relay without authentication",
+            ));
+        }
+        address("alerts.email.from", &self.from)?;
+        if self.to.is_empty() {
+            return Err(MonitorError::new(
+                "alerts.email.to",
+                "list at least one recipient, e.g. [oncall@example.com]",
+            ));
+        }
+        for (i, to) in self.to.iter().enumerate() {
+            address(&format!("alerts.email.to[{i}]"), to)?;
+        }
+        Ok(EmailAlerts {
+            smtp_host: self.smtp_host.trim().to_string(),
+            smtp_port,
+            tls,
+            username_env: self.username_env,
+            password_env: self.password_env,
+            from: self.from,
+            to: self.to,
+        })
+    }
+}
+
+impl RawJudge {
+    fn validate(self) -> Result<JudgeConfig, MonitorError> {
+        let kind = match self.kind.as_deref().unwrap_or("openai") {
+            "openai" => JudgeKind::OpenAi,
+            "azure" => JudgeKind::Azure,
+            other => {
+                return Err(MonitorError::new(
+                    "judge.kind",
+                    format!(
+                        "{other:?} is not a judge kind; use openai (also vLLM, Ollama...) or azure"
+                    ),
+                ))
+            }
+        };
+        http_url("judge.url", &self.url)?;
+        let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let deployment = nonempty(self.deployment);
+        let api_version = nonempty(self.api_version);
+        let model = match kind {
+            JudgeKind::OpenAi => {
+                if deployment.is_some() || api_version.is_some() {
+                    let field = if deployment.is_some() {
+                        "judge.deployment"
+                    } else {
+                        "judge.api_version"
+                    };
+                    return Err(MonitorError::new(
+                        field,
+                        "only applies to kind: azure; remove it",
+                    ));
+                }
+                nonempty(self.model).ok_or_else(|| {
+                    MonitorError::new("judge.model", "name the judge model, e.g. gpt-4o")
+                })?
+            }
+            JudgeKind::Azure => {
+                let Some(dep) = deployment.clone() else {
+                    return Err(MonitorError::new(
+                        "judge.deployment",
+                        "kind: azure needs the deployment name of the judge model",
+                    ));
+                };
+                if api_version.is_none() {
+                    return Err(MonitorError::new(
+                        "judge.api_version",
+                        "kind: azure needs an api_version, e.g. 2024-10-21",
+                    ));
+                }
+                nonempty(self.model).unwrap_or(dep)
+            }
+        };
+        env_name("judge.api_key_env", &self.api_key_env, "OPENAI_API_KEY")?;
+        let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY);
+        if !(1..=256).contains(&max_concurrency) {
+            return Err(MonitorError::new(
+                "judge.max_concurrency",
+                "must be from 1 to 256",
+            ));
+        }
+        let max_retries = self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+        if max_retries > 20 {
+            return Err(MonitorError::new("judge.max_retries", "must be at most 20"));
+        }
+        Ok(JudgeConfig {
+            kind,
+            url: self.url,
+            model,
+            deployment,
+            api_version,
+            api_key_env: self.api_key_env,
+            max_concurrency,
+            timeout: positive_seconds(
+                "judge.timeout_seconds",
+                self.timeout_seconds,
+                DEFAULT_TIMEOUT_SECONDS,
+                3_600.0,
+            )?,
+            max_retries,
+            initial_backoff: positive_seconds(
+                "judge.initial_backoff_seconds",
+                self.initial_backoff_seconds,
+                DEFAULT_INITIAL_BACKOFF_SECONDS,
+                600.0,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name: support-bot-quality
+window: {size: P7D, offset: P0D}
+sampling_rate: 0.1
+seed: 0
+columns: {question: question, answer: answer, context: context}
+judge:
+  kind: openai
+  url: http://127.0.0.1:8000/v1
+  model: gpt-4o
+  api_key_env: OPENAI_API_KEY
+  max_concurrency: 8
+metrics:
+  groundedness: {acceptable_score: 4, pass_rate_threshold: 0.7, average_threshold: 4.0}
+  relevance:    {acceptable_score: 4, pass_rate_threshold: 0.7}
+  coherence:    {}
+  fluency:      {}
+alerts:
+  webhook: http://127.0.0.1:9000/hook
+schedule: "15 10 * * *"
+"#;
+
+    fn error(text: &str) -> MonitorError {
+        Monitor::parse(text).unwrap_err()
+    }
+
+    fn with(line_from: &str, line_to: &str) -> String {
+        assert!(FULL.contains(line_from), "{line_from}");
+        FULL.replacen(line_from, line_to, 1)
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let m = Monitor::parse(FULL).unwrap();
+        assert_eq!(m.name, "support-bot-quality");
+        assert_eq!(m.window.size.seconds(), 7 * 86_400);
+        assert_eq!(m.sampling_rate, 0.1);
+        assert_eq!(
+            m.judge.endpoint(),
+            "http://127.0.0.1:8000/v1/chat/completions"
+        );
+        assert_eq!(m.judge.model, "gpt-4o");
+        assert_eq!(m.judge.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        let names: Vec<&str> = m.metrics.iter().map(|(m, _)| m.name()).collect();
+        assert_eq!(names, ["groundedness", "relevance", "coherence", "fluency"]);
+        assert_eq!(m.thresholds(Metric::Coherence), Some(Thresholds::default()));
+        assert_eq!(
+            m.alerts.webhook.as_deref(),
+            Some("http://127.0.0.1:9000/hook")
+        );
+        assert_eq!(m.schedule.as_deref(), Some("15 10 * * *"));
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let m = Monitor::parse(include_str!("../../../../examples/monitor.yaml")).unwrap();
+        assert_eq!(m.metrics.len(), 4);
+        assert!(m.alerts.webhook.is_some() && m.alerts.email.is_some());
+    }
+
+    #[test]
+    fn minimal_definition_takes_defaults() {
+        let m = Monitor::parse(
+            "name: m\njudge: {url: 'http://localhost:11434/v1', model: llama3}\nmetrics: {fluency: }\n",
+        )
+        .unwrap();
+        assert_eq!(m.window.size.as_str(), "P7D");
+        assert_eq!(m.window.offset.seconds(), 0);
+        assert_eq!(m.sampling_rate, DEFAULT_SAMPLING_RATE);
+        assert_eq!(m.columns.context, "context");
+        assert_eq!(m.judge.max_concurrency, 8);
+        assert_eq!(m.judge.timeout, Duration::from_secs(60));
+        assert_eq!(m.metrics, vec![(Metric::Fluency, Thresholds::default())]);
+        assert_eq!(m.schedule, None);
+    }
+
+    #[test]
+    fn azure_endpoint_and_model() {
+        let m = Monitor::parse(
+            "name: m\njudge: {kind: azure, url: 'https://x.openai.azure.com/', deployment: judge-4o, api_version: 2024-10-21}\nmetrics: {coherence: {}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.judge.endpoint(),
+            "https://x.openai.azure.com/openai/deployments/judge-4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(m.judge.model, "judge-4o");
+        assert_eq!(m.judge.kind_name(), "azure");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = error(&with("seed: 0", "seed: 0\ncolour: blue"));
+        assert!(
+            e.to_string().starts_with("invalid monitor definition: "),
+            "{e}"
+        );
+        assert!(e.message.contains("colour"), "{e}");
+        let e = error(&with("model: gpt-4o", "model: gpt-4o\n  temperature: 0.5"));
+        assert_eq!(e.field, "judge.temperature");
+        assert!(e.message.starts_with("unknown field `temperature`"), "{e}");
+        assert!(e.message.contains("temperature"), "{e}");
+        let e = error(&with(
+            "fluency:      {}",
+            "fluency:      {}\n  toxicity: {}",
+        ));
+        assert_eq!(e.field, "metrics.toxicity");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = error(&with(
+            "average_threshold: 4.0}",
+            "average_threshold: 4.0, min: 1}",
+        ));
+        assert_eq!(e.field, "metrics.groundedness.min");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            (with("name: support-bot-quality", "name: 'a b'"), "name"),
+            (with("size: P7D", "size: 7 days"), "window.size"),
+            (with("size: P7D", "size: P0D"), "window.size"),
+            (with("offset: P0D", "offset: P1M"), "window.offset"),
+            (
+                with("sampling_rate: 0.1", "sampling_rate: 0"),
+                "sampling_rate",
+            ),
+            (
+                with("sampling_rate: 0.1", "sampling_rate: 1.5"),
+                "sampling_rate",
+            ),
+            (
+                with("sampling_rate: 0.1", "sampling_rate: lots"),
+                "sampling_rate",
+            ),
+            (with("seed: 0", "seed: -1"), "seed"),
+            (
+                with("question: question,", "question: '',"),
+                "columns.question",
+            ),
+            (with("kind: openai", "kind: anthropic"), "judge.kind"),
+            (
+                with("url: http://127.0.0.1:8000/v1", "url: localhost:8000"),
+                "judge.url",
+            ),
+            (with("model: gpt-4o", "model: ''"), "judge.model"),
+            (
+                with("model: gpt-4o", "model: gpt-4o\n  deployment: d"),
+                "judge.deployment",
+            ),
+            (
+                with("api_key_env: OPENAI_API_KEY", "api_key_env: 'sk-123 456'"),
+                "judge.api_key_env",
+            ),
+            (
+                with("max_concurrency: 8", "max_concurrency: 0"),
+                "judge.max_concurrency",
+            ),
+            (
+                with(
+                    "max_concurrency: 8",
+                    "max_concurrency: 8\n  timeout_seconds: 0",
+                ),
+                "judge.timeout_seconds",
+            ),
+            (
+                with(
+                    "acceptable_score: 4, pass_rate_threshold: 0.7, average",
+                    "acceptable_score: 6, pass_rate_threshold: 0.7, average",
+                ),
+                "metrics.groundedness.acceptable_score",
+            ),
+            (
+                with(
+                    "relevance:    {acceptable_score: 4, pass_rate_threshold: 0.7}",
+                    "relevance: {pass_rate_threshold: 70}",
+                ),
+                "metrics.relevance.pass_rate_threshold",
+            ),
+            (
+                with("average_threshold: 4.0", "average_threshold: 9"),
+                "metrics.groundedness.average_threshold",
+            ),
+            (
+                with("webhook: http://127.0.0.1:9000/hook", "webhook: mailto:ops"),
+                "alerts.webhook",
+            ),
+            (
+                with("schedule: \"15 10 * * *\"", "schedule: every day"),
+                "schedule",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = error(&text);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn email_alerts() {
+        let m = Monitor::parse(&with(
+            "  webhook: http://127.0.0.1:9000/hook",
+            "  email: {smtp_host: smtp.example.com, username_env: SMTP_USER, password_env: SMTP_PASSWORD, from: tm@example.com, to: [oncall@example.com]}",
+        ))
+        .unwrap();
+        let e = m.alerts.email.unwrap();
+        assert_eq!((e.smtp_port, e.tls), (587, SmtpTls::StartTls));
+        assert_eq!(e.to, ["oncall@example.com"]);
+        let base =
+            "  email: {smtp_host: smtp.example.com, from: tm@example.com, to: [oncall@example.com]";
+        let cases = [
+            (format!("{base}, tls: ssl}}"), "alerts.email.tls"),
+            (
+                format!("{base}, username_env: U}}"),
+                "alerts.email.password_env",
+            ),
+            (
+                "  email: {smtp_host: h, from: nobody, to: [a@b]}".to_string(),
+                "alerts.email.from",
+            ),
+            (
+                "  email: {smtp_host: h, from: a@b, to: []}".to_string(),
+                "alerts.email.to",
+            ),
+            (
+                "  email: {smtp_host: h, from: a@b, to: [a@b, 'x y']}".to_string(),
+                "alerts.email.to[1]",
+            ),
+            (
+                "  email: {smtp_host: '', from: a@b, to: [a@b]}".to_string(),
+                "alerts.email.smtp_host",
+            ),
+            (format!("{base}, port: 25}}"), "alerts.email.port"),
+        ];
+        for (line, field) in cases {
+            let e = error(&with("  webhook: http://127.0.0.1:9000/hook", &line));
+            assert_eq!(e.field, field, "{e}");
+        }
+        let tls = Monitor::parse(&with(
+            "  webhook: http://127.0.0.1:9000/hook",
+            &format!("{base}, tls: tls}}"),
+        ))
+        .unwrap();
+        assert_eq!(tls.alerts.email.unwrap().smtp_port, 465);
+    }
+
+    #[test]
+    fn required_parts() {
+        let e = error("name: m\nmetrics: {fluency: {}}\n");
+        assert!(e.message.contains("judge"), "{e}");
+        let e = error("name: m\njudge: {url: 'http://h/v1', model: x}\nmetrics: {}\n");
+        assert_eq!(e.field, "metrics");
+        let e = error("name: m\njudge: {kind: azure, url: 'https://h', deployment: d}\nmetrics: {fluency: {}}\n");
+        assert_eq!(e.field, "judge.api_version");
+        let e = error("- a\n- b\n");
+        assert_eq!(e.field, "monitor");
+    }
+}

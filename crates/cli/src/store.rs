@@ -1,0 +1,338 @@
+//! The SQLite store: records, the judge-result cache and monitor runs, in one file.
+//!
+//! Durability: WAL journal with `synchronous = FULL`, so a transaction is on disk (WAL
+//! fsynced) when its commit returns, and the collector answers 200 only after that.
+//! NORMAL would also survive a crash of the process, but could lose the last commits on
+//! power loss; the fsync per batch is cheap next to the HTTP round trip.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::ingest::Incoming;
+use crate::quality::report::{Report, Row};
+
+/// The schema version this binary writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATION_1: &str = "
+CREATE TABLE records (
+    id          TEXT PRIMARY KEY,
+    time_us     INTEGER NOT NULL,
+    received_us INTEGER NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE INDEX records_by_time ON records (time_us, id);
+CREATE TABLE judge_cache (
+    key            TEXT PRIMARY KEY,
+    prompt_version TEXT NOT NULL,
+    judge_model    TEXT NOT NULL,
+    content        TEXT NOT NULL,
+    created_us     INTEGER NOT NULL
+);
+CREATE TABLE monitor_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    monitor     TEXT NOT NULL,
+    started_us  INTEGER NOT NULL,
+    finished_us INTEGER NOT NULL,
+    breached    INTEGER,
+    error       TEXT,
+    report      TEXT
+);
+CREATE INDEX monitor_runs_by_monitor ON monitor_runs (monitor, id);
+CREATE TABLE monitor_scores (
+    run_id         INTEGER NOT NULL REFERENCES monitor_runs (id),
+    record_id      TEXT NOT NULL,
+    metric         TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    score          INTEGER,
+    reason         TEXT NOT NULL,
+    judge_model    TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    PRIMARY KEY (run_id, record_id, metric)
+);
+";
+
+/// How many records of a batch were new and how many were already stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
+/// A monitor's most recent run, and its most recent successful one.
+pub struct MonitorRuns {
+    pub last_failed: bool,
+    pub last_report: Option<(Report, i64)>,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .with_context(|| format!("{} is not a tokenmeter database", path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("{}: cannot switch the database to WAL mode (got {mode}); put it on a local file system", path.display());
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store
+            .migrate()
+            .with_context(|| format!("cannot prepare database {}", path.display()))?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current == SCHEMA_VERSION {
+            // Nothing to write: readers (`records export`) never contend with the collector.
+            return Ok(());
+        }
+        // Immediate: a deferred transaction that reads then writes cannot wait for a busy
+        // writer (SQLite answers "database is locked" at once); this one waits its turn.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            bail!("its schema version {version} is newer than this tokenmeter supports ({SCHEMA_VERSION}); upgrade tokenmeter");
+        }
+        if version < 1 {
+            tx.execute_batch(MIGRATION_1)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a batch in one transaction; a record whose id is already stored is kept as
+    /// it was and counted as a duplicate.
+    pub fn insert(&mut self, batch: &[Incoming], received_us: i64) -> Result<Stored> {
+        let tx = self.conn.transaction()?;
+        let mut counts = Stored::default();
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO records (id, time_us, received_us, record) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for item in batch {
+                let json = serde_json::to_string(&item.record)?;
+                match stmt.execute(params![item.record.id, item.time_us, received_us, json])? {
+                    0 => counts.duplicates += 1,
+                    _ => counts.stored += 1,
+                }
+            }
+        }
+        tx.commit().context("cannot commit the batch")?;
+        Ok(counts)
+    }
+
+    /// Records with `from_us <= time < to_us`, by time then id, as stored JSON text.
+    pub fn records_between(&self, from_us: i64, to_us: i64) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT record FROM records WHERE time_us >= ?1 AND time_us < ?2 ORDER BY time_us, id",
+        )?;
+        let rows = stmt.query_map(params![from_us, to_us], |r| r.get::<_, String>(0))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    #[cfg(test)]
+    pub fn count_records(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))?)
+    }
+
+    pub fn cache_get(&self, key: &str) -> Result<Option<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT content FROM judge_cache WHERE key = ?1")?;
+        Ok(stmt.query_row([key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn cache_put(
+        &self,
+        key: &str,
+        prompt_version: &str,
+        judge_model: &str,
+        content: &str,
+        now_us: i64,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO judge_cache (key, prompt_version, judge_model, content, created_us) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(params![key, prompt_version, judge_model, content, now_us])?;
+        Ok(())
+    }
+
+    /// Stores a run: its report and per-record rows, or the error that stopped it.
+    pub fn save_run(
+        &mut self,
+        monitor: &str,
+        started_us: i64,
+        finished_us: i64,
+        outcome: Result<(&Report, &[Row]), &str>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        match outcome {
+            Ok((report, rows)) => {
+                tx.execute(
+                    "INSERT INTO monitor_runs (monitor, started_us, finished_us, breached, report) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![monitor, started_us, finished_us, report.breached, serde_json::to_string(report)?],
+                )?;
+                let run_id = tx.last_insert_rowid();
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO monitor_scores (run_id, record_id, metric, status, score, reason, judge_model, prompt_version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for row in rows {
+                    stmt.execute(params![
+                        run_id,
+                        row.record_id,
+                        row.metric.name(),
+                        row.status,
+                        row.score,
+                        row.reason,
+                        row.judge_model,
+                        row.prompt_version
+                    ])?;
+                }
+            }
+            Err(error) => {
+                tx.execute(
+                    "INSERT INTO monitor_runs (monitor, started_us, finished_us, error) VALUES (?1, ?2, ?3, ?4)",
+                    params![monitor, started_us, finished_us, error],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The latest run of a monitor, and its latest successful report.
+    pub fn monitor_runs(&self, monitor: &str) -> Result<MonitorRuns> {
+        let last_failed = self
+            .conn
+            .query_row(
+                "SELECT error IS NOT NULL FROM monitor_runs WHERE monitor = ?1 ORDER BY id DESC LIMIT 1",
+                [monitor],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        let last = self
+            .conn
+            .query_row(
+                "SELECT report, finished_us FROM monitor_runs WHERE monitor = ?1 AND report IS NOT NULL ORDER BY id DESC LIMIT 1",
+                [monitor],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        let last_report = match last {
+            Some((json, finished_us)) => Some((
+                serde_json::from_str(&json).context("a stored monitor report is unreadable")?,
+                finished_us.div_euclid(1_000_000),
+            )),
+            None => None,
+        };
+        Ok(MonitorRuns {
+            last_failed,
+            last_report,
+        })
+    }
+
+    pub fn check(&self) -> Result<()> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse_batch;
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        crate::quality::duration::parse_rfc3339("2026-11-26T10:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn migrates_and_refuses_newer_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = Store::open(&path).err().unwrap();
+        assert!(
+            format!("{e:#}").contains("newer than this tokenmeter supports"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn idempotent_on_id_and_windowed_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("t.db")).unwrap();
+        let batch = parse_batch(
+            b"{\"id\":\"b\",\"time\":\"2026-11-26T09:00:00Z\"}\n{\"id\":\"a\",\"time\":\"2026-11-26T08:00:00Z\"}\n{\"id\":\"a\",\"time\":\"2026-11-26T08:30:00Z\"}",
+            now(),
+        )
+        .unwrap();
+        let got = s.insert(&batch, 0).unwrap();
+        assert_eq!(
+            got,
+            Stored {
+                stored: 2,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            s.insert(&batch, 0).unwrap(),
+            Stored {
+                stored: 0,
+                duplicates: 3
+            }
+        );
+        assert_eq!(s.count_records().unwrap(), 2);
+        let from = now().timestamp_micros() - 3 * 3_600_000_000;
+        let all = s.records_between(from, now().timestamp_micros()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(
+            all[0].contains("\"a\"") && all[0].contains("08:00:00Z"),
+            "{all:?}"
+        );
+        let late = s
+            .records_between(
+                now().timestamp_micros() - 3_600_000_000,
+                now().timestamp_micros(),
+            )
+            .unwrap();
+        assert_eq!(late.len(), 1);
+    }
+
+    #[test]
+    fn cache_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).unwrap();
+        assert_eq!(s.cache_get("k").unwrap(), None);
+        s.cache_put("k", "v1", "m", "{\"score\": 4}", 0).unwrap();
+        assert_eq!(s.cache_get("k").unwrap().as_deref(), Some("{\"score\": 4}"));
+    }
+}

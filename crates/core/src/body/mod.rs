@@ -1,0 +1,8 @@
+//! Reading bodies without keeping them: a bounded copy ([`capture`]) that keeps a body whole
+//! up to a limit and then only its edges, field scans that find top-level JSON fields in
+//! those edges ([`jsonscan`]), and content codings decoded on a copy ([`decode`]). Imports
+//! nothing from the rest of the core.
+
+pub mod capture;
+pub mod decode;
+pub mod jsonscan;

