@@ -639,3 +639,49 @@ fn a_held_request_ending_in_trailers_is_still_read() {
         m.dump()
     );
 }
+
+/// The core is built with one feature set for the filter and natively: what the filter
+/// writes (the rewritten request, the access-log summary) is byte for byte what the native
+/// driver writes, JSON keys in the order they were written.
+#[test]
+fn the_filter_and_the_native_driver_write_the_same_bytes() {
+    let case = chat_case();
+    // The client's own stream options come first, in its order; usage is added after them.
+    let request = r#"{"model":"gpt-4o","stream":true,"stream_options":{"zeta":1,"alpha":2},"messages":[{"role":"user","content":"What is a token?"}]}"#;
+    let call = Call::post(case.path, request.as_bytes()).cuts(&[9, 60]);
+    for reply in [
+        Reply::sse(&case.upstream).cuts(&[100, 101, 700]),
+        Reply::json(
+            429,
+            br#"{"error":{"message":"slow down","type":"rate_limit"}}"#,
+        ),
+    ] {
+        let host = Host::new();
+        let mut vm = host.vm(CONFIG);
+        let mut native = NativeVm::new(CONFIG);
+        let out = run(&mut vm, &call, &reply);
+        out.assert_flowed();
+        native.run(&call, &reply);
+        assert_eq!(
+            String::from_utf8_lossy(&out.upstream_body),
+            String::from_utf8_lossy(&native.upstream_bodies[0])
+        );
+        assert!(
+            String::from_utf8_lossy(&out.upstream_body)
+                .contains(r#""stream_options":{"zeta":1,"alpha":2,"include_usage":true}"#),
+            "{}",
+            String::from_utf8_lossy(&out.upstream_body)
+        );
+        let summary = out.access_log.expect("the filter sets the summary");
+        assert_eq!(
+            String::from_utf8_lossy(&summary),
+            String::from_utf8_lossy(&native.summaries[0])
+        );
+        assert!(
+            summary.starts_with(br#"{"model":"#),
+            "{}",
+            String::from_utf8_lossy(&summary)
+        );
+        assert_eq!(counters(&host.metrics()), native.metrics);
+    }
+}

@@ -24,6 +24,8 @@ pub mod body;
 pub mod config;
 pub mod exchange;
 pub mod host_abi;
+#[cfg(test)]
+mod layering;
 pub mod openai;
 pub mod records;
 pub mod series;

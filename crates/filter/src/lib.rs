@@ -20,8 +20,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use tokenmeter_core::config::Config;
-use tokenmeter_core::exchange::driver::{self, Driver, Plugin, Side};
-use tokenmeter_core::exchange::Properties;
+use tokenmeter_core::exchange::driver::{self, Driver, Plugin};
+use tokenmeter_core::exchange::host::{self as core_host, Properties, Side};
 use tokenmeter_core::host_abi::headers::HeaderPairs;
 use tokenmeter_core::series::metrics::Point;
 
@@ -179,7 +179,7 @@ impl Properties for EnvoyHost<'_> {
     }
 }
 
-impl driver::Host for EnvoyHost<'_> {
+impl core_host::Host for EnvoyHost<'_> {
     fn now_ms(&self) -> u64 {
         host::now_ms()
     }

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tokenmeter_core::config::Config;
-use tokenmeter_core::exchange::driver::{self, Action, Driver, Plugin, Side};
-use tokenmeter_core::exchange::Properties;
+use tokenmeter_core::exchange::driver::{Action, Driver, Plugin};
+use tokenmeter_core::exchange::host::{self, Properties, Side};
 use tokenmeter_core::series::cardinality::LocalRegistry;
 use tokenmeter_core::series::metrics::Point;
 
@@ -49,7 +49,7 @@ impl Properties for NativeHost<'_> {
     }
 }
 
-impl driver::Host for NativeHost<'_> {
+impl host::Host for NativeHost<'_> {
     fn now_ms(&self) -> u64 {
         0
     }

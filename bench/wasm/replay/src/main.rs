@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use tokenmeter_core::config::Config;
-use tokenmeter_core::exchange::driver::{self, Driver, Plugin, Side};
-use tokenmeter_core::exchange::Properties;
+use tokenmeter_core::exchange::driver::{Driver, Plugin};
+use tokenmeter_core::exchange::host::{self, Properties, Side};
 use tokenmeter_core::series::cardinality::LocalRegistry;
 use tokenmeter_core::series::metrics::Point;
 
@@ -68,7 +68,7 @@ impl Properties for Replay<'_> {
     }
 }
 
-impl driver::Host for Replay<'_> {
+impl host::Host for Replay<'_> {
     fn now_ms(&self) -> u64 {
         1
     }

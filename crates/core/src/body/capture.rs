@@ -20,7 +20,7 @@ pub struct Capture {
 }
 
 /// What a capture holds at the end of a body.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Captured<'a> {
     Whole(&'a [u8]),
     Edges { head: &'a [u8], tail: &'a [u8] },

@@ -3,6 +3,10 @@
 //! Everything is checked at load time so that a bad configuration is refused by the host
 //! (Envoy refuses the listener) with a message that names the field, rather than being
 //! discovered on traffic. `tokenmeter check-config` runs the same code.
+//!
+//! Owns the configuration types and their validation; `collect` is the `collect` block.
+//! May import [`crate::body`], [`crate::openai`], [`crate::tokens`] and the leaf modules
+//! of [`crate::series`] (`labels`, `dimensions`) it validates with.
 
 pub mod collect;
 

@@ -5,7 +5,7 @@
 //! (end of stream, trailers, reset) settles the exchange exactly once, and in which order a
 //! settlement is recorded: metric points, then the sampled record, then the access-log
 //! property. The proxy-wasm filter, the test host's native reference and the benchmark's
-//! replay all drive requests through it; each supplies a [`Host`].
+//! replay all drive requests through it; each supplies a [`Host`] (see [`super::host`]).
 //!
 //! The host model is proxy-wasm's, as Envoy implements it: headers go on when their
 //! callback returns, a body callback that returns [`Action::Pause`] makes the host buffer,
@@ -14,10 +14,11 @@
 
 use std::cell::RefCell;
 
+use super::host::{Host, Side};
 use super::{access_log, Exchange};
 use crate::config::Config;
 use crate::series::cardinality::{Cardinality, Registry};
-use crate::series::metrics::{self, Point};
+use crate::series::metrics;
 
 /// What a callback tells the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,39 +26,6 @@ pub enum Action {
     Continue,
     /// Hold the body (request side only, while it may still be rewritten).
     Pause,
-}
-
-/// Which half of the exchange a header map or body buffer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Request,
-    Response,
-}
-
-/// A host property's raw bytes, `None` when the host has none (`["xds", "route_name"]`).
-pub trait Properties {
-    fn property(&self, path: &[String]) -> Option<Vec<u8>>;
-}
-
-/// What the driver needs from its host during one callback.
-pub trait Host: Properties {
-    /// The host clock, in milliseconds.
-    fn now_ms(&self) -> u64;
-    /// The first value of a header (lower-case name) in the current header map of `side`.
-    fn header(&self, side: Side, name: &str) -> Option<String>;
-    /// Replaces (or adds) a header; only effective in that side's header callback.
-    fn set_header(&mut self, side: Side, name: &str, value: &str);
-    fn remove_header(&mut self, side: Side, name: &str);
-    /// `len` bytes of the host's current body buffer of `side` from `start`.
-    fn body(&self, side: Side, start: usize, len: usize) -> Option<Vec<u8>>;
-    /// Replaces `len` bytes from `start` of the current body buffer; `false` if refused.
-    fn set_body(&mut self, side: Side, start: usize, len: usize, bytes: &[u8]) -> bool;
-    /// Sets a stream property (the access-log summary).
-    fn set_property(&mut self, name: &str, value: &[u8]);
-    /// Records a settlement's metric points.
-    fn count(&mut self, points: &[Point]);
-    /// Sends a sampled inference record (JSON) to the collector.
-    fn collect(&mut self, record: String);
 }
 
 /// What one VM keeps for all of its requests: the validated configuration and the
@@ -280,5 +248,256 @@ impl Driver {
             SUMMARY_PROPERTY,
             access_log::summary(&settlement).as_bytes(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::host::Properties;
+    use crate::series::cardinality::LocalRegistry;
+    use crate::series::metrics::Point;
+
+    /// A host that keeps what the driver did: header edits, body replacements, points,
+    /// records and the summary property.
+    #[derive(Default)]
+    struct TestHost {
+        request_headers: Vec<(&'static str, String)>,
+        response_headers: Vec<(&'static str, String)>,
+        /// The current body buffers.
+        request_body: Vec<u8>,
+        response_body: Vec<u8>,
+        edits: Vec<String>,
+        replaced: Vec<(Side, Vec<u8>)>,
+        points: Vec<Point>,
+        settlements: usize,
+        records: Vec<String>,
+        summary: Option<Vec<u8>>,
+    }
+
+    impl Properties for TestHost {
+        fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+            (path == ["xds", "route_name"]).then(|| b"chat-route".to_vec())
+        }
+    }
+
+    impl Host for TestHost {
+        fn now_ms(&self) -> u64 {
+            7
+        }
+
+        fn header(&self, side: Side, name: &str) -> Option<String> {
+            let map = match side {
+                Side::Request => &self.request_headers,
+                Side::Response => &self.response_headers,
+            };
+            map.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        }
+
+        fn set_header(&mut self, side: Side, name: &str, value: &str) {
+            self.edits.push(format!("{side:?} set {name}: {value}"));
+        }
+
+        fn remove_header(&mut self, side: Side, name: &str) {
+            self.edits.push(format!("{side:?} remove {name}"));
+        }
+
+        fn body(&self, side: Side, start: usize, len: usize) -> Option<Vec<u8>> {
+            let b = match side {
+                Side::Request => &self.request_body,
+                Side::Response => &self.response_body,
+            };
+            b.get(start..start + len).map(<[u8]>::to_vec)
+        }
+
+        fn set_body(&mut self, side: Side, _start: usize, _len: usize, bytes: &[u8]) -> bool {
+            self.replaced.push((side, bytes.to_vec()));
+            true
+        }
+
+        fn set_property(&mut self, name: &str, value: &[u8]) {
+            assert_eq!(name, SUMMARY_PROPERTY);
+            self.summary = Some(value.to_vec());
+        }
+
+        fn count(&mut self, points: &[Point]) {
+            self.settlements += 1;
+            self.points.extend_from_slice(points);
+        }
+
+        fn collect(&mut self, record: String) {
+            self.records.push(record);
+        }
+    }
+
+    fn plugin(config: &str) -> Plugin {
+        let config = Config::parse(config.as_bytes()).unwrap();
+        Plugin::new(config, Box::new(LocalRegistry::default()))
+    }
+
+    fn chat(body: &str) -> TestHost {
+        TestHost {
+            request_headers: vec![
+                (":method", "POST".into()),
+                (":path", "/v1/chat/completions".into()),
+                ("content-length", body.len().to_string()),
+                ("x-request-id", "r-1".into()),
+            ],
+            ..TestHost::default()
+        }
+    }
+
+    const STREAM_REQUEST: &str =
+        r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    const REPLY: &str = r#"{"model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2,"total_tokens":10}}"#;
+
+    fn requests_total(h: &TestHost) -> u64 {
+        h.points
+            .iter()
+            .filter(|p| p.name.starts_with("llm_requests_total"))
+            .map(|p| p.value)
+            .sum()
+    }
+
+    #[test]
+    fn a_streamed_request_is_held_until_complete_then_asks_for_usage() {
+        let p = plugin("{}");
+        let mut h = chat(STREAM_REQUEST);
+        let mut d = Driver::new();
+        assert_eq!(d.on_request_headers(&p, &mut h, false), Action::Continue);
+        // The headers go on without a length: the body may change.
+        assert_eq!(h.edits, ["Request remove content-length"]);
+        let (a, b) = STREAM_REQUEST.split_at(20);
+        h.request_body = a.as_bytes().to_vec();
+        assert_eq!(d.on_request_body(&p, &mut h, a.len(), false), Action::Pause);
+        // While paused the host's buffer grows: the next call sees all of it.
+        h.request_body.extend_from_slice(b.as_bytes());
+        let size = h.request_body.len();
+        assert_eq!(d.on_request_body(&p, &mut h, size, true), Action::Continue);
+        let [(Side::Request, rewritten)] = &h.replaced[..] else {
+            panic!("one rewrite of the request: {:?}", h.replaced.len());
+        };
+        let v: serde_json::Value = serde_json::from_slice(rewritten).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn a_held_body_past_the_limit_or_ending_in_trailers_passes_unchanged() {
+        let p = plugin(r#"{"max_body_bytes": 16384}"#);
+        let big = format!(
+            r#"{{"model":"gpt-4o","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(20_000)
+        );
+        let mut h = chat(&big);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = big.as_bytes()[..10_000].to_vec();
+        assert_eq!(d.on_request_body(&p, &mut h, 10_000, false), Action::Pause);
+        h.request_body = big.as_bytes().to_vec();
+        // Past what may be held: released, unchanged, and never held again.
+        assert_eq!(
+            d.on_request_body(&p, &mut h, big.len(), false),
+            Action::Continue
+        );
+        h.request_body = Vec::new();
+        assert_eq!(d.on_request_body(&p, &mut h, 0, true), Action::Continue);
+        assert!(h.replaced.is_empty());
+
+        let mut h = chat(STREAM_REQUEST);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = STREAM_REQUEST.as_bytes().to_vec();
+        let size = h.request_body.len();
+        assert_eq!(d.on_request_body(&p, &mut h, size, false), Action::Pause);
+        // Trailers end the body with no end-of-stream body call: stop holding.
+        assert_eq!(d.on_request_trailers(), Action::Continue);
+        assert!(h.replaced.is_empty());
+    }
+
+    #[test]
+    fn every_ending_settles_exactly_once() {
+        let p = plugin(r#"{"inject_stream_usage": false}"#);
+        let body = r#"{"model":"gpt-4o","messages":[]}"#;
+        // End of stream in a body call, trailers, headers only, and a reset (only on_log).
+        for ending in ["body", "trailers", "headers", "reset"] {
+            let mut h = chat(body);
+            let mut d = Driver::new();
+            d.on_request_headers(&p, &mut h, false);
+            h.request_body = body.as_bytes().to_vec();
+            d.on_request_body(&p, &mut h, body.len(), true);
+            if ending != "reset" {
+                h.response_headers = vec![
+                    (":status", "200".into()),
+                    ("content-type", "application/json".into()),
+                ];
+                d.on_response_headers(&p, &mut h, ending == "headers");
+            }
+            if ending == "body" || ending == "trailers" {
+                h.response_body = REPLY.as_bytes().to_vec();
+                d.on_response_body(&p, &mut h, REPLY.len(), ending == "body");
+                if ending == "trailers" {
+                    d.on_response_trailers(&p, &mut h);
+                }
+            }
+            d.on_log(&p, &mut h);
+            d.on_log(&p, &mut h);
+            assert_eq!(h.settlements, 1, "{ending}");
+            assert_eq!(requests_total(&h), 1, "{ending}");
+            let summary: serde_json::Value =
+                serde_json::from_slice(h.summary.as_deref().unwrap()).unwrap();
+            let want = if matches!(ending, "body" | "trailers") {
+                10
+            } else {
+                0
+            };
+            assert_eq!(summary["total"].as_u64().unwrap_or(0), want, "{ending}");
+        }
+    }
+
+    #[test]
+    fn other_requests_pass_untouched_and_log_null() {
+        let p = plugin(r#"{"identity_encoding": true}"#);
+        let mut h = TestHost {
+            request_headers: vec![(":method", "GET".into()), (":path", "/healthz".into())],
+            ..TestHost::default()
+        };
+        let mut d = Driver::new();
+        assert_eq!(d.on_request_headers(&p, &mut h, true), Action::Continue);
+        assert!(!d.is_metered());
+        h.response_headers = vec![(":status", "200".into())];
+        d.on_response_headers(&p, &mut h, false);
+        h.response_body = b"ok".to_vec();
+        d.on_response_body(&p, &mut h, 2, true);
+        d.on_log(&p, &mut h);
+        assert!(h.edits.is_empty() && h.replaced.is_empty() && h.points.is_empty());
+        assert_eq!(h.summary.as_deref(), Some(&b"null"[..]));
+        // An LLM call with the same configuration asks the upstream not to compress.
+        let mut h = chat("{}");
+        Driver::new().on_request_headers(&p, &mut h, true);
+        assert_eq!(h.edits, ["Request set accept-encoding: identity"]);
+    }
+
+    #[test]
+    fn sampled_exchanges_send_their_record_before_the_summary() {
+        let p = plugin(r#"{"collect":{"cluster":"c","sample_rate":1}}"#);
+        let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Why?"}]}"#;
+        let mut h = chat(body);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = body.as_bytes().to_vec();
+        d.on_request_body(&p, &mut h, body.len(), true);
+        h.response_headers = vec![(":status", "200".into())];
+        d.on_response_headers(&p, &mut h, false);
+        h.response_body = REPLY.as_bytes().to_vec();
+        d.on_response_body(&p, &mut h, REPLY.len(), true);
+        assert_eq!(h.records.len(), 1);
+        assert!(
+            h.records[0].contains(r#""question":"Why?""#),
+            "{}",
+            h.records[0]
+        );
+        assert!(h.summary.is_some());
     }
 }

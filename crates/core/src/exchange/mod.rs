@@ -10,39 +10,42 @@
 //! complete (only up to `max_body_bytes`) and [`Exchange::request_complete`] may return a
 //! rewritten body that asks for usage.
 //!
-//! Response side: JSON bodies are copied (bounded) and read at the end; event streams are
-//! parsed as they pass ([`StreamMeter`]); gzip and deflate are decoded on a copy. When usage
-//! was injected, [`StreamEditor`] hands back each chunk without what the client did not
-//! ask for. Without reported usage, tokens are estimated ([`crate::tokens::estimate`]).
+//! Response side ([`response`]): JSON bodies are copied (bounded) and read at the end; event
+//! streams are parsed as they pass ([`StreamMeter`]); gzip and deflate are decoded on a
+//! copy. When usage was injected, the stream editor hands back each chunk without what the
+//! client did not ask for. Without reported usage, tokens are estimated
+//! ([`crate::tokens::estimate`]). At settlement each body is parsed once at most
+//! ([`bodies`]).
+//!
+//! When to call what is the [`driver`]'s business; this type only records and reads. The
+//! folder may import every other folder of the core; nothing below it imports it, except
+//! [`crate::series::metrics`], which turns a [`Settlement`] into points.
 
 pub mod access_log;
+mod bodies;
 pub mod driver;
+pub mod host;
+mod response;
 pub mod settlement;
+mod values;
 
 use crate::body::capture::{Capture, Captured};
-use crate::body::decode::{Coding, Decoder, Encoder};
+use crate::body::decode::Coding;
 use crate::config::collect::{CollectConfig, ContextSource};
-use crate::config::{Config, DimensionConfig};
+use crate::config::Config;
 use crate::openai::api::{self, Endpoint};
-use crate::openai::usage::{self, lenient, ResponseFacts, Usage, UsageSource};
+use crate::openai::usage::{Usage, UsageSource};
 use crate::records::collect;
 use crate::records::record::Record;
 use crate::series::cardinality::Cardinality;
 use crate::series::dimensions::{self, subscription_id, Derived, Source, ValueSpec};
-use crate::stream::inject::{self, StreamEditor};
+use crate::stream::inject;
 use crate::stream::meter::StreamMeter;
-use crate::tokens::estimate;
 use crate::tokens::tokenizer::Encoding;
-pub use driver::Properties;
+use bodies::{RequestBody, ResponseBody};
+pub use host::Properties;
+use response::Reader;
 pub use settlement::{error_type, Settlement};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
-    Json,
-    EventStream,
-    /// A coding the filter cannot read (or decoding is off).
-    Unread,
-}
 
 /// Stream usage injection, from request headers to the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +70,7 @@ pub struct Exchange {
     subscription: Option<String>,
     request: Capture,
     injection: Injection,
-    response: Capture,
-    kind: BodyKind,
-    decoder: Option<Decoder>,
-    meter: Option<StreamMeter>,
-    editor: Option<StreamEditor>,
-    /// Compresses an edited stream again when the upstream compressed it.
-    encoder: Option<Encoder>,
+    response: Reader,
     status: Option<u16>,
     started_ms: u64,
     first_content_ms: Option<u64>,
@@ -128,7 +125,7 @@ impl Exchange {
             .iter()
             .any(|d| d.dimension.value == ValueSpec::Derived(Derived::Subscription));
         let subscription = if needs_subscription {
-            credential(&header).map(|secret| subscription_id(&secret))
+            values::credential(&header).map(|secret| subscription_id(&secret))
         } else {
             None
         };
@@ -170,12 +167,7 @@ impl Exchange {
             subscription,
             request: Capture::new(config.max_body_bytes),
             injection,
-            response: Capture::new(config.max_body_bytes),
-            kind: BodyKind::Json,
-            decoder: None,
-            meter: None,
-            editor: None,
-            encoder: None,
+            response: Reader::new(config.max_body_bytes),
             status: None,
             started_ms: now_ms,
             first_content_ms: None,
@@ -276,32 +268,22 @@ impl Exchange {
             Coding::Gzip | Coding::Deflate => config.decompress,
             Coding::Unsupported => false,
         };
-        self.kind = match (readable, event_stream) {
-            (false, _) => BodyKind::Unread,
-            (true, true) => BodyKind::EventStream,
-            (true, false) => BodyKind::Json,
-        };
-        if self.kind != BodyKind::Unread && coding != Coding::Identity {
-            self.decoder = Decoder::new(coding);
-        }
-        let mut edits = ResponseHeaderEdits::default();
-        if self.kind == BodyKind::EventStream {
+        let meter = (readable && event_stream).then(|| {
             let mut meter = StreamMeter::new(self.endpoint.operation, config.max_event_bytes);
             if let (Some(_), Some(c)) = (&self.sample, &config.collect) {
                 meter.collect_answer(c.max_record_bytes);
             } else if self.usage_expected() {
                 meter.expect_usage(config.max_body_bytes);
             }
-            self.meter = Some(meter);
-            // An injected stream is edited; a compressed one is decoded, edited and
-            // compressed again in the same coding.
-            if self.injection == Injection::Injected && self.kind == BodyKind::EventStream {
-                self.editor = Some(StreamEditor::new(config.max_event_bytes));
-                self.encoder = Encoder::new(coding);
-                edits.remove_content_length = true;
-            }
+            meter
+        });
+        // An injected stream is edited; a compressed one is decoded, edited and compressed
+        // again in the same coding.
+        let edit = (self.injection == Injection::Injected).then_some(config.max_event_bytes);
+        self.response = Reader::for_response(coding, readable, meter, edit, config.max_body_bytes);
+        ResponseHeaderEdits {
+            remove_content_length: self.response.is_edited(),
         }
-        edits
     }
 
     /// Whether the stream was asked for its usage (by the client, or by tokenmeter).
@@ -319,7 +301,7 @@ impl Exchange {
 
     /// Whether response body chunks are worth passing to [`Exchange::on_response_body`].
     pub fn wants_response_body(&self) -> bool {
-        self.kind != BodyKind::Unread && !self.settled
+        self.response.reads() && !self.settled
     }
 
     /// A response body chunk. Returns the bytes to send instead, when the stream is edited.
@@ -332,75 +314,18 @@ impl Exchange {
         if !self.wants_response_body() {
             return None;
         }
-        let enc = self.encoding(config);
-        let mut saw_content = false;
-        let edited = match (self.editor.as_mut(), self.meter.as_mut()) {
-            (Some(editor), Some(meter)) => {
-                let mut decide = |event: &[u8]| {
-                    let info = meter.feed(event, enc);
-                    saw_content |= info.content;
-                    !info.usage_only
-                };
-                let (plain, failed) = match self.decoder.as_mut() {
-                    Some(d) => {
-                        let mut out = Vec::new();
-                        d.feed(chunk, &mut |p| out.extend(editor.feed(p, &mut decide)));
-                        (out, d.failed())
-                    }
-                    None => (editor.feed(chunk, &mut decide), false),
-                };
-                let mut out = match self.encoder.as_mut() {
-                    Some(e) => e.encode(&plain),
-                    None => plain,
-                };
-                if failed {
-                    // The upstream's own bytes are not valid: stop editing, pass them on.
-                    if let Some(e) = self.encoder.take() {
-                        out.extend(e.finish());
-                    }
-                    self.editor = None;
-                    self.decoder = None;
-                    self.kind = BodyKind::Unread;
-                }
-                Some(out)
-            }
-            _ => {
-                let (kind, response, meter) = (self.kind, &mut self.response, &mut self.meter);
-                let mut read = |bytes: &[u8]| match (kind, meter.as_mut()) {
-                    (BodyKind::EventStream, Some(m)) => saw_content |= m.feed(bytes, enc).content,
-                    _ => response.push(bytes),
-                };
-                match self.decoder.as_mut() {
-                    Some(d) => d.feed(chunk, &mut read),
-                    None => read(chunk),
-                }
-                None
-            }
-        };
-        if saw_content && self.first_content_ms.is_none() {
+        let fed = self.response.feed(chunk, self.encoding(config));
+        if fed.saw_content && self.first_content_ms.is_none() {
             self.first_content_ms = Some(now_ms);
         }
-        edited
+        fed.replacement
     }
 
     /// The end of the response body. Returns bytes still held by the editor, to send last.
     pub fn on_response_end(&mut self, config: &Config) -> Option<Vec<u8>> {
         self.complete = true;
         let enc = self.encoding(config);
-        let (Some(editor), Some(meter)) = (self.editor.as_mut(), self.meter.as_mut()) else {
-            return None;
-        };
-        let rest = editor.finish(&mut |event| !meter.feed(event, enc).usage_only);
-        self.editor = None;
-        let rest = match self.encoder.take() {
-            Some(mut e) => {
-                let mut out = e.encode(&rest);
-                out.extend(e.finish());
-                out
-            }
-            None => rest,
-        };
-        (!rest.is_empty()).then_some(rest)
+        self.response.end(enc)
     }
 
     /// The response ended without a body, or with trailers.
@@ -412,27 +337,18 @@ impl Exchange {
         self.settled
     }
 
-    fn best_model(
-        &self,
-        request_model: Option<&str>,
-        response_model: Option<&str>,
-    ) -> Option<String> {
-        let stream_model = self.meter.as_ref().and_then(|m| m.model.as_deref());
-        stream_model
-            .or(response_model)
-            .or(request_model)
-            .map(str::to_string)
-            .or_else(|| self.endpoint.deployment.clone())
-    }
-
     /// The encoding for counting this exchange's text, by the best model known so far.
     fn encoding(&self, config: &Config) -> Encoding {
-        let model = self.meter.as_ref().and_then(|m| m.model.as_deref());
+        let model = self.response.meter().and_then(|m| m.model.as_deref());
         config.encodings.for_model(model)
     }
 
     /// Computes the outcome once; later calls return `None`, so every ending path of the
     /// host (end of stream, trailers, log) can call it safely.
+    ///
+    /// Each body is parsed once at most (see [`bodies`] for two rare exceptions): what the
+    /// response says comes first, since it decides whether the request's text must be
+    /// counted.
     pub fn settle(
         &mut self,
         config: &Config,
@@ -444,38 +360,76 @@ impl Exchange {
             return None;
         }
         self.settled = true;
-        let request = RequestFacts::read(self.request.captured(), config);
-        let mut response = match self.kind {
-            BodyKind::Json => usage::from_response(self.response.captured()),
-            _ => ResponseFacts::default(),
-        };
-        let model = self.best_model(request.model.as_deref(), response.model.as_deref());
-        let response_model = self
-            .meter
-            .as_ref()
-            .and_then(|m| m.model.clone())
-            .or_else(|| response.model.clone());
+        let op = self.endpoint.operation;
+        let status_ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        let streamed = self.response.is_stream();
+        let decoding_failed = self.response.decoding_failed();
+        let sampled = self.sample.is_some() && config.collect.is_some();
+        let response_dims = needs_body_json(config, |s| matches!(s, Source::ResponseBody(_)));
+        let (copy, mut meter) = self.response.parts();
+        let whole_json = matches!(copy, Some(Captured::Whole(_)));
+        let response = ResponseBody::read(copy, response_dims || sampled, status_ok);
+        let mut usage = response.facts.usage;
+        // Whether tokens may have to be counted: then the request's tree is wanted. (A
+        // stream's usage, once seen, stays; `finish` below can only add it.)
+        let may_estimate = status_ok
+            && !decoding_failed
+            && !response.facts.error
+            && usage.is_none()
+            && (streamed || whole_json)
+            && meter.as_ref().is_none_or(|m| m.usage.is_none());
+        let request_dims = needs_body_json(config, |s| matches!(s, Source::RequestBody(_)));
+        let request = RequestBody::read(
+            self.request.captured(),
+            request_dims || sampled || may_estimate,
+        );
+        let stream_model = meter.as_ref().and_then(|m| m.model.clone());
+        let response_model = stream_model
+            .clone()
+            .or_else(|| response.facts.model.clone());
+        let model = response_model
+            .clone()
+            .or_else(|| request.model.clone())
+            .or_else(|| self.endpoint.deployment.clone());
         let enc = config.encodings.for_model(model.as_deref());
-        if let Some(meter) = self.meter.as_mut() {
-            meter.finish(enc);
-            response.usage = meter.usage;
+        if let Some(m) = meter.as_mut() {
+            m.finish(enc);
+            usage = m.usage;
         }
-        if response.usage.is_none() && !response.error && self.should_estimate() {
-            response.usage = Some(self.estimate(&request, enc));
+        // Estimate only a successful exchange that produced a response the filter could
+        // read: a stream, or an answer that is a JSON object (not an error page or a
+        // cut-off body).
+        if usage.is_none()
+            && !response.facts.error
+            && status_ok
+            && !decoding_failed
+            && (streamed || response.is_object())
+        {
+            let prompt = request.prompt_tokens(op, enc, self.request.total());
+            let completion = match meter.as_mut() {
+                Some(m) => m.estimated_completion(enc),
+                None => response.completion_tokens(op, enc),
+            };
+            usage = Some(Usage {
+                prompt,
+                completion,
+                total: prompt + completion,
+                cached: None,
+                reasoning: None,
+                audio_prompt: None,
+                audio_completion: None,
+                source: UsageSource::Estimated,
+            });
         }
-        let response_json = match (needs_response_json(config), self.response.captured()) {
-            (true, Captured::Whole(b)) if self.kind == BodyKind::Json => {
-                serde_json::from_slice(b).ok()
-            }
-            _ => None,
-        };
-        let facts = Facts {
-            exchange: self,
+        let facts = values::Facts {
+            endpoint: &self.endpoint,
+            header_values: &self.header_values,
+            subscription: self.subscription.as_deref(),
             request: &request,
             model: model.as_deref(),
             response_model: response_model.as_deref(),
-            usage: response.usage.as_ref(),
-            response_json: response_json.as_ref(),
+            usage: usage.as_ref(),
+            response_json: if response_dims { response.tree() } else { None },
             host,
         };
         let mut labels = Vec::with_capacity(config.dimensions.len());
@@ -511,275 +465,71 @@ impl Exchange {
                         .to_string(),
                     ),
                     model: model.clone(),
-                    operation: Some(self.endpoint.operation.as_str().to_string()),
+                    operation: Some(op.as_str().to_string()),
                     route: host
                         .property(&["xds".to_string(), "route_name".to_string()])
                         .and_then(|b| dimensions::property_text(&b)),
                     dimensions: collect::record_dimensions(
                         config.label_names().zip(labels.iter().map(String::as_str)),
                     ),
-                    usage: collect::record_usage(response.usage.as_ref()),
+                    usage: collect::record_usage(usage.as_ref()),
                     status: self.status,
                     duration_ms: Some(duration_ms),
                     ttft_ms,
                     truncated: false,
                     extra: Default::default(),
                 };
-                Some(self.record(c, sample, base))
+                let answer = match meter.as_deref() {
+                    Some(m) => m.answer().map_or((None, false), |(a, cut)| (Some(a), cut)),
+                    None => response.answer(op),
+                };
+                Some(record(c, sample, op, &request, answer, base))
             }
             _ => None,
         };
         Some(Settlement {
             labels,
             folded,
-            usage: response.usage,
+            usage,
             status: self.status,
-            streamed: self.kind == BodyKind::EventStream,
+            streamed,
             duration_ms,
             ttft_ms,
             model,
-            oversized_events: self.meter.as_ref().map_or(0, StreamMeter::oversized),
+            oversized_events: meter.as_deref().map_or(0, StreamMeter::oversized),
             error_type: error,
             record,
         })
     }
-
-    /// The record's JSON: question and context from the request, the answer from the
-    /// stream or the JSON response.
-    fn record(&self, c: &CollectConfig, sample: &Sample, mut base: Record) -> String {
-        let op = self.endpoint.operation;
-        let request: Option<serde_json::Value> = match self.request.captured() {
-            Captured::Whole(b) => serde_json::from_slice(b).ok(),
-            Captured::Edges { .. } => None,
-        };
-        let context_header = |_: &str| sample.context_header.clone();
-        let (answer, cut) = match (self.meter.as_ref(), self.response.captured()) {
-            (Some(m), _) => m.answer().map_or((None, false), |(a, cut)| (Some(a), cut)),
-            (None, Captured::Whole(b)) if self.kind == BodyKind::Json => (
-                serde_json::from_slice(b)
-                    .ok()
-                    .and_then(|v| collect::answer_from_response(op, &v)),
-                false,
-            ),
-            _ => (None, self.kind == BodyKind::Json),
-        };
-        base.truncated = cut || matches!(self.request.captured(), Captured::Edges { .. });
-        let texts = collect::Texts {
-            question: request.as_ref().and_then(|r| collect::question(op, r)),
-            context: request
-                .as_ref()
-                .and_then(|r| collect::context(&c.context, r, &context_header)),
-            answer,
-        };
-        collect::record_json(c, base, texts)
-    }
-
-    /// Estimate only a successful exchange that produced a response the filter could read.
-    fn should_estimate(&self) -> bool {
-        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
-        let read = match self.kind {
-            // Only an answer that is a JSON object: not an error page or a cut-off body.
-            BodyKind::Json => match self.response.captured() {
-                Captured::Whole(b) => {
-                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(b).is_ok()
-                }
-                Captured::Edges { .. } => false,
-            },
-            BodyKind::EventStream => self.meter.is_some(),
-            BodyKind::Unread => false,
-        };
-        ok && read && !self.decoder.as_ref().is_some_and(Decoder::failed)
-    }
-
-    fn estimate(&mut self, request: &RequestFacts, enc: Encoding) -> Usage {
-        let op = self.endpoint.operation;
-        let prompt = match (&request.json, self.request.captured()) {
-            (Some(json), _) => estimate::prompt_tokens(op, json, enc),
-            // Too large to keep whole: about four bytes a token.
-            (None, Captured::Edges { .. }) => self.request.total().div_ceil(4),
-            (None, Captured::Whole(bytes)) => serde_json::from_slice(bytes)
-                .map(|json| estimate::prompt_tokens(op, &json, enc))
-                .unwrap_or(0),
-        };
-        let completion = match (self.meter.as_mut(), self.response.captured()) {
-            (Some(meter), _) => meter.estimated_completion(enc),
-            (None, Captured::Whole(bytes)) => serde_json::from_slice(bytes)
-                .map(|json| estimate::response_text_tokens(op, &json, enc))
-                .unwrap_or(0),
-            (None, Captured::Edges { .. }) => 0,
-        };
-        Usage {
-            prompt,
-            completion,
-            total: prompt + completion,
-            cached: None,
-            reasoning: None,
-            audio_prompt: None,
-            audio_completion: None,
-            source: UsageSource::Estimated,
-        }
-    }
 }
 
-fn needs_response_json(config: &Config) -> bool {
-    config.dimensions.iter().any(|d| {
-        matches!(
-            d.dimension.value,
-            ValueSpec::Source {
-                source: Source::ResponseBody(_),
-                ..
-            }
-        )
-    })
-}
-
-/// Fields of the request body.
-#[derive(Debug, Default)]
-struct RequestFacts {
-    model: Option<String>,
-    user: Option<String>,
-    /// The whole body, parsed, when it was kept whole and is JSON.
-    json: Option<serde_json::Value>,
-}
-
-#[derive(serde::Deserialize)]
-struct RequestBody {
-    #[serde(default, deserialize_with = "lenient")]
-    model: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
-    user: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
-    safety_identifier: Option<String>,
-}
-
-impl RequestFacts {
-    fn read(body: Captured<'_>, config: &Config) -> RequestFacts {
-        let needs_json = config.dimensions.iter().any(|d| {
-            matches!(
-                d.dimension.value,
-                ValueSpec::Source {
-                    source: Source::RequestBody(_),
-                    ..
-                }
-            )
-        });
-        match body {
-            Captured::Whole(bytes) => match serde_json::from_slice::<RequestBody>(bytes) {
-                Ok(r) => RequestFacts {
-                    model: r.model,
-                    user: r.user.or(r.safety_identifier),
-                    json: if needs_json {
-                        serde_json::from_slice(bytes).ok()
-                    } else {
-                        None
-                    },
-                },
-                Err(_) => Self::from_edges(bytes, bytes),
-            },
-            Captured::Edges { head, tail } => Self::from_edges(head, tail),
-        }
-    }
-
-    fn from_edges(head: &[u8], tail: &[u8]) -> RequestFacts {
-        use crate::body::jsonscan::{field_in_head, field_in_tail};
-        let field = |key: &str| -> Option<String> {
-            field_in_head::<String>(head, key).or_else(|| field_in_tail::<String>(tail, key))
-        };
-        RequestFacts {
-            model: field("model"),
-            user: field("user").or_else(|| field("safety_identifier")),
-            json: None,
-        }
-    }
-}
-
-struct Facts<'a> {
-    exchange: &'a Exchange,
-    request: &'a RequestFacts,
-    model: Option<&'a str>,
-    response_model: Option<&'a str>,
-    usage: Option<&'a Usage>,
-    response_json: Option<&'a serde_json::Value>,
-    host: &'a dyn Properties,
-}
-
-impl Facts<'_> {
-    /// The raw (unsanitised) value of dimension `i`, `None` when its source has nothing.
-    fn value(&self, i: usize, d: &DimensionConfig) -> Option<String> {
-        let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-        match &d.dimension.value {
-            ValueSpec::Literal(text) => Some(text.clone()),
-            ValueSpec::Source { source, default } => {
-                let found = match source {
-                    Source::RequestHeader(_) | Source::ResponseHeader(_) => {
-                        self.exchange.header_values.get(i).cloned().flatten()
-                    }
-                    Source::RequestBody(path) => self
-                        .request
-                        .json
-                        .as_ref()
-                        .and_then(|j| dimensions::json_path_text(j, path)),
-                    Source::ResponseBody(path) => self
-                        .response_json
-                        .and_then(|j| dimensions::json_path_text(j, path)),
-                    Source::Property(path) => self
-                        .host
-                        .property(path)
-                        .and_then(|b| dimensions::property_text(&b)),
-                };
-                nonempty(found).or_else(|| default.clone())
-            }
-            ValueSpec::Derived(derived) => nonempty(match derived {
-                Derived::Operation => Some(self.exchange.endpoint.operation.as_str().to_string()),
-                Derived::User => self.request.user.clone(),
-                Derived::Subscription => self.exchange.subscription.clone(),
-                Derived::Model => self.model.map(str::to_string),
-                Derived::RequestModel => self
-                    .request
-                    .model
-                    .clone()
-                    .or_else(|| self.exchange.endpoint.deployment.clone()),
-                Derived::ResponseModel => self.response_model.map(str::to_string),
-                Derived::OtelOperation => Some(
-                    match self.exchange.endpoint.operation {
-                        api::Operation::ChatCompletions | api::Operation::Responses => "chat",
-                        api::Operation::Completions => "text_completion",
-                        api::Operation::Embeddings => "embeddings",
-                    }
-                    .to_string(),
-                ),
-                Derived::Provider => Some(
-                    if self.exchange.endpoint.deployment.is_some() {
-                        "azure.ai.openai"
-                    } else {
-                        "openai"
-                    }
-                    .to_string(),
-                ),
-                Derived::UsageSource => {
-                    Some(self.usage.map_or("none", |u| u.source.as_str()).to_string())
-                }
-            }),
-        }
-    }
-}
-
-/// The caller's secret: Azure's `api-key`, else the `Authorization` credentials (after the
-/// scheme), else `x-api-key`.
-fn credential(header: &impl Fn(&str) -> Option<String>) -> Option<String> {
-    let nonempty = |v: String| {
-        let v = v.trim().to_string();
-        (!v.is_empty()).then_some(v)
+/// The record's JSON: question and context from the request, the answer from the stream
+/// or the JSON response (and whether it was cut).
+fn record(
+    c: &CollectConfig,
+    sample: &Sample,
+    op: api::Operation,
+    request: &RequestBody<'_>,
+    (answer, cut): (Option<String>, bool),
+    mut base: Record,
+) -> String {
+    let tree = request.tree();
+    let context_header = |_: &str| sample.context_header.clone();
+    base.truncated = cut || request.is_cut();
+    let texts = collect::Texts {
+        question: tree.and_then(|r| collect::question(op, r)),
+        context: tree.and_then(|r| collect::context(&c.context, r, &context_header)),
+        answer,
     };
-    header("api-key")
-        .and_then(nonempty)
-        .or_else(|| {
-            header("authorization").and_then(|v| {
-                let v = v.trim();
-                nonempty(v.split_once(' ').map_or(v, |(_, cred)| cred).to_string())
-            })
-        })
-        .or_else(|| header("x-api-key").and_then(nonempty))
+    collect::record_json(c, base, texts)
+}
+
+/// Whether a dimension reads a body field of the kind `source` matches.
+fn needs_body_json(config: &Config, source: impl Fn(&Source) -> bool) -> bool {
+    config.dimensions.iter().any(|d| match &d.dimension.value {
+        ValueSpec::Source { source: s, .. } => source(s),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -1267,6 +1017,40 @@ mod tests {
         assert_eq!(r.text("answer"), Some("Café 🎉 is open."), "{:?}", s.record);
         assert_eq!(r.text("question"), Some("Is the café open?"));
         assert_eq!(r.usage.unwrap().source.as_deref(), Some("estimated"));
+    }
+
+    #[test]
+    fn each_body_is_parsed_once_at_settlement() {
+        use super::bodies::passes;
+        let request = r#"{"model":"gpt-4o","metadata":{"project":"apollo"},"messages":[{"role":"user","content":"What does plan A cost?"}]}"#;
+        let dims = r#""dimensions":[{"name":"model"},{"name":"usage_source"},
+            {"name":"project","value":"{request.body.metadata.project}"},
+            {"name":"fp","value":"{response.body.system_fingerprint}"}]"#;
+        let sampled = format!(r#"{{{dims},"collect":{{"cluster":"c","sample_rate":1}}}}"#);
+        let plain = r#"{"dimensions":[{"name":"model"}]}"#.to_string();
+        let no_usage = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","system_fingerprint":"fp_9","choices":[{"index":0,"message":{"role":"assistant","content":"It costs 5 EUR."},"finish_reason":"stop"}]}"#;
+        // Dimensions from both bodies, a record, and an estimate: every consumer of each
+        // body shares one parse. Without any of them, one typed pass each.
+        for (config, response, source) in [
+            (&sampled, no_usage, UsageSource::Estimated),
+            (&sampled, CHAT_RESPONSE_WITH_TEXT, UsageSource::Reported),
+            (&plain, no_usage, UsageSource::Estimated),
+            (&plain, CHAT_RESPONSE_WITH_TEXT, UsageSource::Reported),
+        ] {
+            let config = Config::parse(config.as_bytes()).unwrap();
+            passes::take();
+            let s = run_with(
+                &config,
+                "/v1/chat/completions",
+                &[("x-request-id", "r-1")],
+                request,
+                &[("content-type", "application/json")],
+                response,
+                40,
+            );
+            assert_eq!(passes::take(), 2, "one pass per body: {config:?}");
+            assert_eq!(s.usage.unwrap().source, source);
+        }
     }
 
     const CHAT_RESPONSE_WITH_TEXT: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"It costs 5 EUR."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;

@@ -146,7 +146,18 @@ pub fn from_response(body: Captured<'_>) -> ResponseFacts {
     }
 }
 
-fn from_edges(head: &[u8], tail: &[u8]) -> ResponseFacts {
+/// The same facts from a body already parsed into a tree; `None` when it is not an object.
+pub fn from_tree(body: &serde_json::Value) -> Option<ResponseFacts> {
+    let r = ResponseBody::deserialize(body).ok()?;
+    Some(ResponseFacts {
+        model: r.model.filter(|m| !m.is_empty()),
+        usage: r.usage.and_then(RawUsage::into_usage),
+        error: r.error.is_some(),
+    })
+}
+
+/// What a scan finds in a body's edges (cut off, or not quite JSON).
+pub fn from_edges(head: &[u8], tail: &[u8]) -> ResponseFacts {
     let model = jsonscan::field_in_head::<String>(head, "model")
         .or_else(|| jsonscan::field_in_tail::<String>(tail, "model"))
         .filter(|m| !m.is_empty());
