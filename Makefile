@@ -21,7 +21,7 @@ WASM_BINDGEN_RUNNER  := $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools wasm-target envoy wasm build run test test-build test-unit test-cli test-e2e lint clean \
+.PHONY: help tools wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core wasm-unknown-target wasm-bindgen-cli \
 	bench bench-deps bench-wasm bench-native
 
@@ -62,11 +62,8 @@ run: tools build
 	cargo run --quiet --release -p tokenmeter-testkit --bin demo -- \
 	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG)
 
-# Lints first: a change that breaks the no-trap rules or the formatting fails here. The
-# wasm-bindgen-cli build (its own target directory, once per machine) overlaps the lints and
-# the builds; the tests run once everything is built.
-test: tools wasm-unknown-target
-	@$(MAKE) --no-print-directory -j2 wasm-bindgen-cli test-build
+# Lints first: a change that breaks the no-trap rules or the formatting fails here.
+test: tools lint wasm wasm-unknown-target wasm-bindgen-cli
 	cargo test --workspace --no-fail-fast
 	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
 	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets
@@ -96,11 +93,6 @@ $(WASM_BINDGEN_RUNNER):
 	@echo "building wasm-bindgen-cli $(WASM_BINDGEN_VERSION) into $(WASM_BINDGEN_ROOT) (once)"
 	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
 	  --root $(WASM_BINDGEN_ROOT)
-
-# The lints, then the filter and every test binary, without running them.
-test-build: lint
-	@$(MAKE) --no-print-directory wasm
-	cargo test --workspace --no-run
 
 test-unit:
 	cargo test --workspace --lib --bins
