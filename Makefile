@@ -13,16 +13,15 @@ WASM          := target/wasm32-wasip1/release/tokenmeter.wasm
 TOKENMETER    := target/release/tokenmeter
 CONFIG        ?= examples/filter-config.json
 
-# wasm-bindgen-test-runner must match the wasm-bindgen in Cargo.lock exactly.
-WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock)
-WASM_BINDGEN_ROOT    := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
-WASM_BINDGEN_RUNNER  := $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Runs a wasm32-wasip1 program under Node's WASI, that is under V8 (Envoy's Wasm engine).
+WASI_RUNNER   := $(CURDIR)/testkit/run-wasi.mjs
 
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
-	test-wasm test-wasm-host test-wasm-core wasm-unknown-target wasm-bindgen-cli \
+	test-wasm test-wasm-host test-wasm-core node \
 	bench bench-deps bench-wasm bench-native
 
 help:
@@ -63,36 +62,26 @@ run: tools build
 	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG)
 
 # Lints first: a change that breaks the no-trap rules or the formatting fails here.
-test: tools lint wasm wasm-unknown-target wasm-bindgen-cli
+test: tools node lint wasm
 	cargo test --workspace --no-fail-fast
 	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
 	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets
 	@$(MAKE) --no-print-directory test-wasm-core
 
-# The filter in the test host (tests/harness), then the core's tests compiled to
-# wasm32-unknown-unknown and run under Node's V8 by wasm-bindgen-test-runner.
+# The filter in the test host (tests/host), then the core's tests compiled to wasm32-wasip1
+# and run under Node's V8 through its WASI (testkit/run-wasi.mjs).
 test-wasm: test-wasm-host test-wasm-core
 
 test-wasm-host: wasm
 	cargo test -p tokenmeter-filter --test host
 
-test-wasm-core: wasm-unknown-target wasm-bindgen-cli
-	@command -v node >/dev/null || { echo "the core's wasm tests run under Node.js: install node" >&2; exit 1; }
-	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
-	  cargo test --target wasm32-unknown-unknown -p tokenmeter-wasm-core-tests
+test-wasm-core: wasm-target node
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --disable-warning=ExperimentalWarning $(WASI_RUNNER)" \
+	  cargo test --target wasm32-wasip1 -p tokenmeter-wasm-core-tests
 
-wasm-unknown-target:
-	@rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-
-wasm-bindgen-cli: $(WASM_BINDGEN_RUNNER)
-
-# Built once per version into .tools/ (no prebuilt binary is reachable from here). Without
-# TLS: the runner only talks to a local Node.
-$(WASM_BINDGEN_RUNNER):
-	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
-	@echo "building wasm-bindgen-cli $(WASM_BINDGEN_VERSION) into $(WASM_BINDGEN_ROOT) (once)"
-	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
-	  --root $(WASM_BINDGEN_ROOT)
+node:
+	@command -v node >/dev/null || { echo "installing Node.js (Debian package): the core's wasm tests run under its V8"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
 
 test-unit:
 	cargo test --workspace --lib --bins
@@ -124,13 +113,10 @@ clean:
 BENCH_WASM   := target/bench/wasm32-wasip1/release
 BENCH_NATIVE := target/bench-native/release
 BENCH_ARGS   ?=
-SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 bench-deps:
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
-	@command -v node >/dev/null || { echo "installing Node.js (Debian package)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
 
 bench-wasm: wasm-target
 	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
@@ -139,11 +125,11 @@ bench-wasm: wasm-target
 bench-native:
 	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
 
-bench: tools bench-deps
+bench: tools node bench-deps
 	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native
 	cargo build -p tokenmeter-bench
 	target/debug/tokenmeter-bench --envoy $(ENVOY) --wasm $(WASM) \
 	  --noop $(BENCH_WASM)/noop.wasm --replay-wasm $(BENCH_WASM)/replay.wasm \
 	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
-	  --wasi-runner bench/wasm/run-wasi.mjs --config $(CONFIG) --out BENCHMARKS.md \
+	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

@@ -1,12 +1,9 @@
 //! The core's parsing, usage extraction and token counting, on recorded wire data.
 //!
 //! `cargo test` runs these natively; `make test-wasm` compiles the very same file to
-//! `wasm32-unknown-unknown` and runs it under Node's V8 (the engine Envoy embeds) with
-//! `wasm-bindgen-test`. Both builds check the same expected values, so a passing pair means
-//! identical results in both.
-
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
+//! `wasm32-wasip1` (the filter's target) and runs the test binary under Node's V8, the engine
+//! Envoy embeds, through Node's WASI (`testkit/run-wasi.mjs`). Both builds check the same
+//! expected values, so a passing pair means identical results in both.
 
 use tokenmeter_core::body::capture::{Capture, Captured};
 use tokenmeter_core::body::jsonscan::{field_in_head, field_in_tail};

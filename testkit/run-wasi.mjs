@@ -1,5 +1,6 @@
 // Runs a wasm32-wasip1 program under Node's WASI, which executes it with V8 (the engine
-// Envoy's Wasm runtime uses). Usage: node run-wasi.mjs PROGRAM.wasm [ARGS...]
+// Envoy's Wasm runtime uses): the core's tests (make test-wasm) and the bench's programs.
+// Usage: node run-wasi.mjs PROGRAM.wasm [ARGS...]
 //
 // Imports other than WASI's (the proxy-wasm host functions of a program that links the
 // filter's crate) are never called by these programs; they are stubbed so that the module
