@@ -107,7 +107,11 @@ fn every_sampled_request_arrives_with_question_answer_and_context() {
         assert_eq!(r.status, 200, "{id}");
         r
     };
-    let mut rag = chat("gpt-4o", "What does plan A cost?");
+    // Keys of the families the README lists never leave the gateway.
+    let mut rag = chat(
+        "gpt-4o",
+        "What does plan A cost? Keys: ASIAY34FZKBOKMUTVV7A, github_pat_11ABCDEFG0123456789abc_0123456789abcdefghijABCDEFGHIJ0123456789abcdefghijKLMNOPQR.",
+    );
     rag["messages"][0]["content"] =
         json!("Context: plan A costs 5 EUR a month. Support: help@example.com");
     let r1 = post("rec-json", "/v1/chat/completions", &rag);
@@ -143,7 +147,10 @@ fn every_sampled_request_arrives_with_question_answer_and_context() {
     );
 
     let json_rec = by_id("rec-json");
-    assert_eq!(json_rec.text("question"), Some("What does plan A cost?"));
+    assert_eq!(
+        json_rec.text("question"),
+        Some("What does plan A cost? Keys: [API_KEY], [API_KEY].")
+    );
     assert_eq!(
         json_rec.text("context"),
         Some("Context: plan A costs 5 EUR a month. Support: [EMAIL]")

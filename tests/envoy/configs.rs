@@ -84,10 +84,13 @@ static_resources:
 #[test]
 fn access_log_yaml_uses_the_rendered_format() {
     let yaml = repo("envoy/access-log.yaml");
-    let line = tokenmeter_cli::bootstrap::ACCESS_LOG_FORMAT.trim_end();
+    let line = format!(
+        "json_format: {}",
+        tokenmeter_cli::bootstrap::access_log_json_format()
+    );
     assert!(
-        yaml.contains(line),
-        "envoy/access-log.yaml differs from bootstrap::ACCESS_LOG_FORMAT"
+        yaml.contains(&line),
+        "envoy/access-log.yaml differs from bootstrap::ACCESS_LOG_FIELDS: {line}"
     );
 }
 

@@ -266,6 +266,14 @@ fn access_logs_carry_each_requests_usage() {
     )
     .unwrap();
     client::get(&envoy.url("/healthz")).unwrap();
+    // A header that tries to close its field and forge others stays inside it.
+    let forged = r#"x","request_id":"forged-id","status":999,"tokenmeter":{"total":1},"a":""#;
+    let r4 = client::post(
+        &envoy.url("/v1/chat/completions"),
+        &[("x-request-id", "req-4"), ("user-agent", forged)],
+        chat("gpt-4o", "forge").to_string().as_bytes(),
+    )
+    .unwrap();
     // Settled when the log callback runs (a client that hangs up): still in the log line.
     let mut body = chat("gpt-4o", "slow stream");
     body["stream"] = json!(true);
@@ -282,7 +290,7 @@ fn access_logs_carry_each_requests_usage() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        if lines.len() >= 4 || Instant::now() > deadline {
+        if lines.len() >= 5 || Instant::now() > deadline {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -294,24 +302,42 @@ fn access_logs_carry_each_requests_usage() {
             .unwrap_or_else(|| panic!("{id}: {lines:?}"))
             .clone()
     };
+    // The summary is a JSON text in a string field.
+    let summary = |line: &Value| -> Value {
+        let text = line["tokenmeter"]
+            .as_str()
+            .unwrap_or_else(|| panic!("tokenmeter is not a string: {line}"));
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
     let first = by_id("req-1");
-    let t = &first["tokenmeter"];
+    let t = &summary(&first);
     assert_eq!(t["prompt"], u["prompt_tokens"]);
     assert_eq!(t["completion"], u["completion_tokens"]);
     assert_eq!(t["total"], u["total_tokens"]);
     assert_eq!(t["source"], "reported");
     assert_eq!(t["model"], "gpt-4o-2024-08-06");
     let second = by_id("req-2");
-    assert_eq!(second["tokenmeter"]["error"], "rate_limited");
+    assert_eq!(summary(&second)["error"], "rate_limited");
     assert_eq!(second["status"], 429);
     let third = by_id("req-3");
-    assert_eq!(third["tokenmeter"]["error"], "client_cancelled", "{third}");
-    assert_eq!(third["tokenmeter"]["source"], "estimated", "{third}");
+    assert_eq!(summary(&third)["error"], "client_cancelled", "{third}");
+    assert_eq!(summary(&third)["source"], "estimated", "{third}");
+    let fourth = by_id("req-4");
+    assert_eq!(fourth["user_agent"], forged, "{fourth}");
+    assert_eq!(fourth["status"], 200, "{fourth}");
+    assert_eq!(
+        summary(&fourth)["total"],
+        r4.json()["usage"]["total_tokens"]
+    );
+    assert!(
+        lines.iter().all(|l| l["request_id"] != "forged-id"),
+        "{lines:?}"
+    );
     // Requests that are not LLM calls log null.
     assert!(
         lines
             .iter()
-            .any(|l| l["path"] == "/healthz" && l["tokenmeter"].is_null()),
+            .any(|l| l["path"] == "/healthz" && summary(l).is_null()),
         "{lines:?}"
     );
 }

@@ -15,6 +15,7 @@
 mod harness;
 
 mod host_self;
+mod hostile;
 mod longrun;
 mod metering;
 mod streams;

@@ -5,6 +5,7 @@
 //! Envoy embeds, through Node's WASI (`testkit/run-wasi.mjs`). Both builds check the same
 //! expected values, so a passing pair means identical results in both.
 
+use tokenmeter_core::body::budget::{Budget, Lease};
 use tokenmeter_core::body::capture::{Capture, Captured};
 use tokenmeter_core::body::jsonscan::{field_in_head, field_in_tail};
 use tokenmeter_core::config::Config;
@@ -12,7 +13,8 @@ use tokenmeter_core::exchange::{Exchange, Properties, Settlement};
 use tokenmeter_core::openai::api::{classify, Operation};
 use tokenmeter_core::openai::usage::{from_response, Usage, UsageSource};
 use tokenmeter_core::series::cardinality::{Cardinality, LocalRegistry};
-use tokenmeter_core::stream::inject::{request_usage, StreamEditor};
+use tokenmeter_core::stream::editor::StreamEditor;
+use tokenmeter_core::stream::inject::request_usage;
 use tokenmeter_core::stream::meter::StreamMeter;
 use tokenmeter_core::stream::sse::SseParser;
 use tokenmeter_core::tokens::tokenizer::Encoding;
@@ -300,12 +302,11 @@ fn stream_usage_is_asked_for_and_hidden_at_every_split() {
         (COMPLETIONS_SSE_USAGE, COMPLETIONS_SSE),
     ] {
         for cut in cuts(upstream) {
-            let mut m = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
-            let mut keep = |e: &[u8]| !m.feed(e, Encoding::O200kBase).usage_only;
-            let mut ed = StreamEditor::new(1 << 20);
-            let mut out = ed.feed(&upstream[..cut], &mut keep);
-            out.extend(ed.feed(&upstream[cut..], &mut keep));
-            out.extend(ed.finish(&mut keep));
+            let mut ed = StreamEditor::new(Lease::unlimited());
+            let mut out = Vec::new();
+            ed.feed(&upstream[..cut], &mut out);
+            ed.feed(&upstream[cut..], &mut out);
+            ed.finish(&mut out);
             assert_eq!(out, client, "cut at {cut}");
         }
     }
@@ -374,7 +375,16 @@ fn settle(
 ) -> Settlement {
     let mut card = Cardinality::new(config, Box::new(LocalRegistry::default()));
     let headers = |name: &str| (name == "x-team").then(|| "blue".to_string());
-    let mut ex = Exchange::start(config, "POST", path, headers, &Route, 0).unwrap();
+    let mut ex = Exchange::start(
+        config,
+        &Budget::unlimited(),
+        "POST",
+        path,
+        headers,
+        &Route,
+        0,
+    )
+    .unwrap();
     ex.on_request_body(request);
     let ct = content_type.to_string();
     ex.on_response_headers(config, Some(200), move |n: &str| {
@@ -382,7 +392,7 @@ fn settle(
     });
     ex.on_response_body(config, &response[..cut], 1);
     ex.on_response_body(config, &response[cut..], 2);
-    ex.on_response_end(config);
+    ex.on_response_end();
     ex.settle(config, &Route, &mut card, 3).unwrap()
 }
 

@@ -38,9 +38,29 @@ pub struct BootstrapSpec {
 pub const COLLECTOR_CLUSTER: &str = "tokenmeter_collector";
 
 /// The access log line: one JSON object per request, with tokenmeter's usage summary
-/// (`%FILTER_STATE(wasm.tokenmeter:PLAIN)%`) beside what identifies the request.
-pub const ACCESS_LOG_FORMAT: &str = r#"{"time":"%START_TIME%","method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","status":%RESPONSE_CODE%,"route":"%ROUTE_NAME%","upstream":"%UPSTREAM_CLUSTER%","request_id":"%REQ(X-REQUEST-ID)%","user_agent":"%REQ(USER-AGENT)%","tokenmeter":%FILTER_STATE(wasm.tokenmeter:PLAIN)%}
-"#;
+/// (`%FILTER_STATE(wasm.tokenmeter:PLAIN)%`, a JSON text in a string field) beside what
+/// identifies the request. Envoy's `json_format` writes each value as a JSON value of its
+/// own, so a header that contains quotes stays inside its field.
+pub const ACCESS_LOG_FIELDS: &[(&str, &str)] = &[
+    ("time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("route", "%ROUTE_NAME%"),
+    ("upstream", "%UPSTREAM_CLUSTER%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("tokenmeter", "%FILTER_STATE(wasm.tokenmeter:PLAIN)%"),
+];
+
+/// [`ACCESS_LOG_FIELDS`] as the YAML flow mapping of a `json_format`.
+pub fn access_log_json_format() -> String {
+    let fields: Vec<String> = ACCESS_LOG_FIELDS
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", q(v)))
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
 
 fn q(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -172,9 +192,9 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
         },
         access_log = match &spec.access_log {
             Some(path) => format!(
-                "\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: {}}}}}",
+                "\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{json_format: {}}}",
                 q(path),
-                q(ACCESS_LOG_FORMAT)
+                access_log_json_format()
             ),
             None => String::new(),
         },
@@ -226,7 +246,14 @@ mod tests {
         assert!(y.contains("type: STATIC"), "{y}");
         assert!(y.contains("stats_flush_interval: 1.500s"), "{y}");
         assert!(y.contains(r#"path: "/var/log/envoy/tokens.log""#), "{y}");
-        assert!(y.contains("FILTER_STATE(wasm.tokenmeter:PLAIN)"), "{y}");
+        assert!(
+            y.contains(r#"log_format: {json_format: {time: "%START_TIME%", method:"#),
+            "{y}"
+        );
+        assert!(
+            y.contains(r#"tokenmeter: "%FILTER_STATE(wasm.tokenmeter:PLAIN)%"}}"#),
+            "{y}"
+        );
         assert!(y.contains("- name: tokenmeter_collector"), "{y}");
         assert!(y.contains("port_value: 8900"), "{y}");
         for fixed in tokenmeter_core::series::metrics::FIXED_LABELS {

@@ -193,6 +193,36 @@ impl Vm {
         Action::from_u32(v).unwrap_or_else(|| panic!("{name} returned {v}, not an action"))
     }
 
+    /// A client that sends its request headers and the first `body` bytes, then stalls:
+    /// the stream stays open (until [`Vm::end_stalled`]). Returns the two actions.
+    pub fn start_stalled_request(
+        &mut self,
+        headers: super::Headers,
+        body: &[u8],
+    ) -> (Action, Action) {
+        let id = self.new_http_context();
+        let n = headers.len() as u32;
+        self.stream_state(id).request_headers = Some(headers);
+        let a = self.action(id, "proxy_on_request_headers", (id, n, 0u32));
+        self.stream_state(id).request_body = Some(body.to_vec());
+        let b = self.action(id, "proxy_on_request_body", (id, body.len() as u32, 0u32));
+        self.stream_state(id).request_body = None;
+        (a, b)
+    }
+
+    /// Ends every stream still open as a client that went away: `on_log`, `on_done`,
+    /// `on_delete`.
+    pub fn end_open_streams(&mut self) {
+        for id in self.state().contexts.clone() {
+            if id == self.root {
+                continue;
+            }
+            self.call::<u32, ()>(id, "proxy_on_log", id);
+            self.finish_context(id);
+            self.take_stream(id);
+        }
+    }
+
     /// `on_done` then `on_delete`, and the host forgets the context.
     pub fn finish_context(&mut self, id: u32) -> bool {
         let done = self.call::<u32, u32>(id, "proxy_on_done", id) != 0;

@@ -92,7 +92,22 @@ struct RawColumns {
 
 /// Built-in redaction sets, named `@email` and `@api_key` in `redact`.
 const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
-const API_KEY: &str = r"(?:\b(?:sk|rk|pk)-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{16,}|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bAIza[0-9A-Za-z_-]{35}|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*)";
+/// `@api_key`, one alternative per key family (the README lists them): OpenAI, Anthropic and
+/// other `sk-`/`rk-`/`pk-` keys; Stripe-style `sk_live_`/`sk_test_`; AWS access key ids, long-term
+/// (`AKIA`) and temporary (`ASIA`) and the other IAM id prefixes; GitHub classic (`ghp_`,
+/// `gho_`, `ghu_`, `ghs_`, `ghr_`) and fine-grained (`github_pat_`) tokens; Slack tokens;
+/// Google API keys; JSON Web Tokens; bearer credentials.
+const API_KEY: &str = concat!(
+    r"(?:\b(?:sk|rk|pk)-(?:proj-|ant-|live-|test-|svcacct-|admin-)?[A-Za-z0-9_-]{16,}",
+    r"|\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
+    r"|\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[0-9A-Z]{16}\b",
+    r"|\bgh[pousr]_[A-Za-z0-9]{30,}",
+    r"|\bgithub_pat_[A-Za-z0-9_]{22,}",
+    r"|\bxox[abeprs]-[A-Za-z0-9-]{10,}",
+    r"|\bAIza[0-9A-Za-z_-]{35}",
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*)"
+);
 pub const DEFAULT_REDACT: &[&str] = &["@email", "@api_key"];
 pub const DEFAULT_SAMPLE_RATE: f64 = 0.1;
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;

@@ -55,6 +55,7 @@ struct RawConfig {
     #[serde(default)]
     stream_usage_rules: Vec<RawRule>,
     max_event_bytes: Option<usize>,
+    max_vm_bytes: Option<usize>,
     #[serde(default)]
     encodings: std::collections::BTreeMap<String, String>,
     default_encoding: Option<String>,
@@ -88,6 +89,11 @@ struct RawDimension {
 /// Envoy answers 413 when a held body passes its buffer limit (1 MiB by default).
 pub const MAX_HELD_BYTES: usize = 960 * 1024;
 
+/// The bounds of `max_vm_bytes`: below 1 MiB few requests could be read at once; a Wasm VM
+/// cannot address much more than 1 GiB alongside its own code and tables.
+pub const MIN_VM_BYTES: usize = 1024 * 1024;
+pub const MAX_VM_BYTES: usize = 1024 * 1024 * 1024;
+
 /// Default for `max_event_bytes`: the largest server-sent event read.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
@@ -102,6 +108,8 @@ pub struct Config {
     /// Per-request exceptions to `inject_stream_usage`; the first match decides.
     pub stream_usage_rules: Vec<StreamUsageRule>,
     pub max_event_bytes: usize,
+    /// The memory all requests of one VM may keep together (see [`crate::body::budget`]).
+    pub max_vm_bytes: usize,
     pub encodings: EncodingMap,
     /// Decode gzip and deflate response bodies (a copy) to read their usage.
     pub decompress: bool,
@@ -186,6 +194,7 @@ impl Default for Config {
             inject_stream_usage: true,
             stream_usage_rules: Vec::new(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_vm_bytes: crate::body::budget::DEFAULT_VM_BYTES,
             encodings: EncodingMap::default(),
             decompress: true,
             identity_encoding: false,
@@ -247,6 +256,58 @@ impl Config {
     }
 }
 
+/// Refuses label names of which one ends with another. Gateways extract each label from the
+/// metric name with one pattern, `(name=\.=(.*?);\.;)` (Envoy `stats_tags`, Istio
+/// `extraStatTags`, Kong `label_patterns`), which also matches inside a longer name that ends
+/// with it (`user` inside `end_user=.=…`): the series would come out mislabelled. `first_user`
+/// is the index in `dims` of the first configured dimension (the OpenTelemetry labels come
+/// first).
+fn suffix_free(dims: &[DimensionConfig], first_user: usize) -> Result<(), ConfigError> {
+    let fixed = labels::FIXED_LABELS.iter().map(|l| (*l, None));
+    let all: Vec<(&str, Option<usize>)> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.dimension.label.as_str(), Some(i)))
+        .chain(fixed)
+        .collect();
+    let describe = |l: &str, at: Option<usize>| match at {
+        Some(i) if i >= first_user => format!("{l:?} (dimensions[{}])", i - first_user),
+        Some(_) => format!("{l:?} (an OpenTelemetry label)"),
+        None => format!("{l:?} (a label of tokenmeter's own metrics)"),
+    };
+    for (i, d) in dims.iter().enumerate().skip(first_user) {
+        let label = d.dimension.label.as_str();
+        // Each pair once, reported at the later dimension (fixed labels count as earlier).
+        for &(other, at) in all.iter().filter(|(_, at)| *at < Some(i)) {
+            if label == other {
+                return Err(ConfigError::new(
+                    format!("dimensions[{}].name", i - first_user),
+                    format!(
+                        "label {label:?} is used by tokenmeter's own metrics; pick another name"
+                    ),
+                ));
+            }
+            if label.ends_with(other) || other.ends_with(label) {
+                let (short, long) = if label.len() < other.len() {
+                    (label, other)
+                } else {
+                    (other, label)
+                };
+                return Err(ConfigError::new(
+                    format!("dimensions[{}].name", i - first_user),
+                    format!(
+                        "label {:?} and {} cannot both be used: {short:?} is the end of {long:?}, and gateways extract labels with a pattern per name that would also match inside {long:?}; rename one (for example {:?})",
+                        label,
+                        describe(other, at),
+                        format!("{short}_id"),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let namespace = self
@@ -295,6 +356,7 @@ impl RawConfig {
                 });
             }
         }
+        let user_dims = self.dimensions.len();
         for (i, raw) in self.dimensions.into_iter().enumerate() {
             let at = |f: &str| format!("dimensions[{i}].{f}");
             let label = labels::label_name(&raw.name).ok_or_else(|| {
@@ -354,6 +416,7 @@ impl RawConfig {
                 hash: raw.hash,
             });
         }
+        suffix_free(&dims, dims.len() - user_dims)?;
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < crate::body::capture::EDGE {
             return Err(ConfigError::new(
@@ -386,6 +449,25 @@ impl RawConfig {
                 format!("{max_event_bytes} is too small; use at least 1024"),
             ));
         }
+        let max_vm_bytes = self
+            .max_vm_bytes
+            .unwrap_or(crate::body::budget::DEFAULT_VM_BYTES);
+        if !(MIN_VM_BYTES..=MAX_VM_BYTES).contains(&max_vm_bytes) {
+            return Err(ConfigError::new(
+                "max_vm_bytes",
+                format!(
+                    "{max_vm_bytes} is out of range; use {MIN_VM_BYTES} (1 MiB) to {MAX_VM_BYTES} (1 GiB)"
+                ),
+            ));
+        }
+        if max_vm_bytes < 2 * max_body_bytes {
+            return Err(ConfigError::new(
+                "max_vm_bytes",
+                format!(
+                    "{max_vm_bytes} leaves no room for one request at max_body_bytes {max_body_bytes}; use at least twice max_body_bytes"
+                ),
+            ));
+        }
         let encoding = |field: String, name: &str| {
             Encoding::parse(name).ok_or_else(|| {
                 ConfigError::new(
@@ -411,6 +493,7 @@ impl RawConfig {
             inject_stream_usage: self.inject_stream_usage.unwrap_or(true),
             stream_usage_rules: rules,
             max_event_bytes,
+            max_vm_bytes,
             encodings,
             decompress: self.decompress.unwrap_or(true),
             identity_encoding: self.identity_encoding.unwrap_or(false),
@@ -508,6 +591,35 @@ mod tests {
                 "dimensions[1].name",
             ),
             (r#"{"dimensions": [{"name": "**"}]}"#, "dimensions[0].name"),
+            // One label name ending with another (see `suffix_free`).
+            (
+                r#"{"dimensions": [{"name": "end_user", "value": "x"}, {"name": "user", "value": "y"}]}"#,
+                "dimensions[1].name",
+            ),
+            (
+                r#"{"dimensions": [{"name": "user", "value": "x"}, {"name": "end user", "value": "y"}]}"#,
+                "dimensions[1].name",
+            ),
+            (
+                r#"{"dimensions": [{"name": "http status class", "value": "x"}]}"#,
+                "dimensions[0].name",
+            ),
+            (
+                r#"{"dimensions": [{"name": "kind", "value": "x"}, {"name": "type", "value": "x"}]}"#,
+                "dimensions[1].name",
+            ),
+            (
+                r#"{"dimensions": [{"name": "reason", "value": "x"}]}"#,
+                "dimensions[0].name",
+            ),
+            (
+                r#"{"metric_names": "otel", "dimensions": [{"name": "model"}]}"#,
+                "dimensions[0].name",
+            ),
+            (
+                r#"{"metric_names": "otel", "dimensions": [{"name": "name", "value": "x"}]}"#,
+                "dimensions[0].name",
+            ),
             (
                 r#"{"dimensions": [{"name": "status class", "value": "x"}]}"#,
                 "dimensions[0].name",
@@ -532,6 +644,12 @@ mod tests {
                 "stream_usage_rules[0]",
             ),
             (r#"{"max_event_bytes": 10}"#, "max_event_bytes"),
+            (r#"{"max_vm_bytes": 1000}"#, "max_vm_bytes"),
+            (r#"{"max_vm_bytes": 2000000000}"#, "max_vm_bytes"),
+            (
+                r#"{"max_body_bytes": 900000, "max_vm_bytes": 1048576}"#,
+                "max_vm_bytes",
+            ),
             (r#"{"encodings": {"llama": "llama3"}}"#, "encodings.llama"),
             (r#"{"default_encoding": "p50k_base"}"#, "default_encoding"),
             (r#"{"metric_names": "prometheus"}"#, "metric_names"),

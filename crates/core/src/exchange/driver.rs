@@ -13,9 +13,11 @@
 //! and replaces bytes of the host's current buffer.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use super::host::{Host, Side};
 use super::{access_log, Exchange};
+use crate::body::budget::Budget;
 use crate::config::Config;
 use crate::series::cardinality::{Cardinality, Registry};
 use crate::series::metrics;
@@ -33,14 +35,18 @@ pub enum Action {
 pub struct Plugin {
     pub config: Config,
     cardinality: RefCell<Cardinality>,
+    /// The memory all of this VM's requests may keep (`max_vm_bytes`).
+    pub budget: Rc<Budget>,
 }
 
 impl Plugin {
     pub fn new(config: Config, registry: Box<dyn Registry>) -> Plugin {
         let cardinality = RefCell::new(Cardinality::new(&config, registry));
+        let budget = Budget::new(config.max_vm_bytes);
         Plugin {
             config,
             cardinality,
+            budget,
         }
     }
 }
@@ -79,17 +85,23 @@ impl Driver {
         let (Some(method), Some(path)) = (req(":method"), req(":path")) else {
             return Action::Continue;
         };
+        let length = req("content-length").and_then(|v| v.trim().parse::<usize>().ok());
         let config = &plugin.config;
-        let Some(ex) = Exchange::start(config, &method, &path, req, &*host, host.now_ms()) else {
+        let now = host.now_ms();
+        let Some(mut ex) =
+            Exchange::start(config, &plugin.budget, &method, &path, req, &*host, now)
+        else {
             return Action::Continue;
         };
         if config.identity_encoding {
             host.set_header(Side::Request, "accept-encoding", "identity");
         }
-        // The body may be rewritten, so it is held until complete. proxy-wasm cannot hold
-        // headers while reading the body, so they go on now without a length (the host then
-        // frames the body itself).
-        self.holding = ex.holds_request_body() && !end_of_stream;
+        // The body may be rewritten, so it is held until complete: only when its length is
+        // known and small enough that the host's buffer limit can never refuse it, and the
+        // VM's memory budget has room for its copy. proxy-wasm cannot hold headers while
+        // reading the body, so they go on now without a length (the host then frames the
+        // body itself).
+        self.holding = !end_of_stream && ex.hold_request(length, config.held_bytes());
         if self.holding {
             host.remove_header(Side::Request, "content-length");
         }
@@ -191,7 +203,7 @@ impl Driver {
             }
         }
         if end_of_stream {
-            if let Some(rest) = ex.on_response_end(config) {
+            if let Some(rest) = ex.on_response_end() {
                 let mut out = replacement.unwrap_or_default();
                 out.extend_from_slice(&rest);
                 replacement = Some(out);
@@ -390,13 +402,44 @@ mod tests {
             r#"{{"model":"gpt-4o","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
             "x".repeat(20_000)
         );
+        // A length past what may be held: never held, and its headers keep their length.
         let mut h = chat(&big);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        assert!(h.edits.is_empty(), "{:?}", h.edits);
+        h.request_body = big.as_bytes()[..10_000].to_vec();
+        assert_eq!(
+            d.on_request_body(&p, &mut h, 10_000, false),
+            Action::Continue
+        );
+        h.request_body = big.as_bytes()[10_000..].to_vec();
+        let rest = h.request_body.len();
+        assert_eq!(d.on_request_body(&p, &mut h, rest, true), Action::Continue);
+        assert!(h.replaced.is_empty());
+
+        // No length at all (chunked): never held either.
+        let mut h = chat(STREAM_REQUEST);
+        h.request_headers.retain(|(k, _)| *k != "content-length");
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = STREAM_REQUEST.as_bytes().to_vec();
+        let size = h.request_body.len();
+        assert_eq!(d.on_request_body(&p, &mut h, size, true), Action::Continue);
+        assert!(h.replaced.is_empty() && h.edits.is_empty());
+
+        // A length that understates the body: held, then released past the limit, unchanged,
+        // and never held again.
+        let mut h = chat(&big);
+        for (k, v) in h.request_headers.iter_mut() {
+            if *k == "content-length" {
+                *v = "100".into();
+            }
+        }
         let mut d = Driver::new();
         d.on_request_headers(&p, &mut h, false);
         h.request_body = big.as_bytes()[..10_000].to_vec();
         assert_eq!(d.on_request_body(&p, &mut h, 10_000, false), Action::Pause);
         h.request_body = big.as_bytes().to_vec();
-        // Past what may be held: released, unchanged, and never held again.
         assert_eq!(
             d.on_request_body(&p, &mut h, big.len(), false),
             Action::Continue
@@ -414,6 +457,44 @@ mod tests {
         // Trailers end the body with no end-of-stream body call: stop holding.
         assert_eq!(d.on_request_trailers(), Action::Continue);
         assert!(h.replaced.is_empty());
+    }
+
+    #[test]
+    fn without_room_in_the_vm_budget_a_request_passes_unheld_and_is_counted() {
+        let p = plugin(r#"{"max_body_bytes": 16384, "max_vm_bytes": 1048576}"#);
+        // Other requests of the VM hold all of its budget.
+        let mut hog = Vec::new();
+        let mut lease = crate::body::budget::Lease::new(&p.budget);
+        assert!(lease.reserve(&mut hog, p.budget.limit() - 10));
+        let mut h = chat(STREAM_REQUEST);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        assert!(h.edits.is_empty(), "not held: {:?}", h.edits);
+        h.request_body = STREAM_REQUEST.as_bytes().to_vec();
+        let size = h.request_body.len();
+        assert_eq!(d.on_request_body(&p, &mut h, size, true), Action::Continue);
+        h.response_headers = vec![(":status", "200".into())];
+        d.on_response_headers(&p, &mut h, false);
+        h.response_body = REPLY.as_bytes().to_vec();
+        d.on_response_body(&p, &mut h, REPLY.len(), true);
+        assert!(h.replaced.is_empty());
+        assert_eq!(requests_total(&h), 1);
+        let over: u64 = h
+            .points
+            .iter()
+            .filter(|p| p.name.starts_with("llm_over_budget_total"))
+            .map(|p| p.value)
+            .sum();
+        assert_eq!(over, 1, "{:?}", h.points);
+        // The budget back in full once the request is done: the next one is held.
+        drop(d);
+        lease.free(&mut hog);
+        assert_eq!(p.budget.used(), 0);
+        let mut h = chat(STREAM_REQUEST);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = STREAM_REQUEST.as_bytes()[..10].to_vec();
+        assert_eq!(d.on_request_body(&p, &mut h, 10, false), Action::Pause);
     }
 
     #[test]

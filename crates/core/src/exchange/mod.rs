@@ -29,6 +29,9 @@ mod response;
 pub mod settlement;
 mod values;
 
+use std::rc::Rc;
+
+use crate::body::budget::{Budget, Lease};
 use crate::body::capture::{Capture, Captured};
 use crate::body::decode::Coding;
 use crate::config::collect::{CollectConfig, ContextSource};
@@ -81,6 +84,19 @@ pub struct Exchange {
     stream_request: Option<inject::StreamRequest>,
     /// Set when the request is sampled for an inference record.
     sample: Option<Sample>,
+    /// This exchange's share of the VM's memory budget; its buffers hold siblings of it.
+    lease: Lease,
+    /// The response's first bytes decide whether it is the event stream that was asked for.
+    sniff: bool,
+}
+
+/// Whether a body starts as server-sent events do (a field name or a comment line).
+fn looks_like_event_stream(body: &[u8]) -> bool {
+    let start = crate::body::jsonscan::skip_ws(body, 0);
+    let rest = body.get(start..).unwrap_or_default();
+    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
+        .iter()
+        .any(|f| rest.starts_with(f))
 }
 
 #[derive(Debug)]
@@ -100,8 +116,10 @@ pub struct ResponseHeaderEdits {
 impl Exchange {
     /// Starts metering when the request is an LLM call; `None` lets it pass uncounted.
     /// `header` looks up a request header by lower-case name; `now_ms` is the host clock.
+    /// Every byte the exchange keeps is leased from `budget`, the VM's.
     pub fn start(
         config: &Config,
+        budget: &Rc<Budget>,
         method: &str,
         path: &str,
         header: impl Fn(&str) -> Option<String>,
@@ -159,15 +177,18 @@ impl Exchange {
         } else {
             None
         };
+        let lease = Lease::new(budget);
         Some(Exchange {
             endpoint,
             path: path.to_string(),
             route,
             header_values,
             subscription,
-            request: Capture::new(config.max_body_bytes),
+            request: Capture::within(config.max_body_bytes, lease.sibling()),
             injection,
-            response: Reader::new(config.max_body_bytes),
+            response: Reader::new(config.max_body_bytes, lease.sibling()),
+            lease,
+            sniff: false,
             status: None,
             started_ms: now_ms,
             first_content_ms: None,
@@ -195,6 +216,21 @@ impl Exchange {
     /// `max_body_bytes` of it).
     pub fn holds_request_body(&self) -> bool {
         self.injection == Injection::Pending
+    }
+
+    /// Decides, at the request headers, whether to hold the body: only a candidate for
+    /// injection whose `content-length` is known and at most `max` (so the host's buffer
+    /// limit never refuses it, whatever the reads), with room for its whole copy in the VM's
+    /// memory budget. Otherwise the request passes unchanged and is not injected.
+    pub fn hold_request(&mut self, length: Option<usize>, max: usize) -> bool {
+        if self.injection != Injection::Pending {
+            return false;
+        }
+        let held = length.is_some_and(|n| n <= max && self.request.reserve_whole(n));
+        if !held {
+            self.injection = Injection::Declined;
+        }
+        held
     }
 
     /// A request body chunk as it arrives, whether it passes or is held: the glue hands
@@ -268,22 +304,43 @@ impl Exchange {
             Coding::Gzip | Coding::Deflate => config.decompress,
             Coding::Unsupported => false,
         };
-        let meter = (readable && event_stream).then(|| {
-            let mut meter = StreamMeter::new(self.endpoint.operation, config.max_event_bytes);
-            if let (Some(_), Some(c)) = (&self.sample, &config.collect) {
-                meter.collect_answer(c.max_record_bytes);
-            } else if self.usage_expected() {
-                meter.expect_usage(config.max_body_bytes);
-            }
-            meter
-        });
+        let meter = (readable && event_stream).then(|| self.stream_meter(config));
         // An injected stream is edited; a compressed one is decoded, edited and compressed
         // again in the same coding.
-        let edit = (self.injection == Injection::Injected).then_some(config.max_event_bytes);
-        self.response = Reader::for_response(coding, readable, meter, edit, config.max_body_bytes);
+        let edit = self.injection == Injection::Injected;
+        // An injected request's answer labelled as something else may still be the event
+        // stream asked for (seen as `application/json`): its first bytes tell. Only without a
+        // length, which could not be taken off once the headers are gone.
+        self.sniff = edit
+            && coding == Coding::Identity
+            && !event_stream
+            && matches!(status, Some(200..=299))
+            && header("content-length").is_none();
+        self.response = Reader::for_response(
+            coding,
+            readable,
+            meter,
+            edit,
+            config.max_body_bytes,
+            &self.lease,
+        );
         ResponseHeaderEdits {
             remove_content_length: self.response.is_edited(),
         }
+    }
+
+    fn stream_meter(&self, config: &Config) -> StreamMeter {
+        let mut meter = StreamMeter::within(
+            self.endpoint.operation,
+            config.max_event_bytes,
+            self.lease.sibling(),
+        );
+        if let (Some(_), Some(c)) = (&self.sample, &config.collect) {
+            meter.collect_answer(c.max_record_bytes);
+        } else if self.usage_expected() {
+            meter.expect_usage(config.max_body_bytes);
+        }
+        meter
     }
 
     /// Whether the stream was asked for its usage (by the client, or by tokenmeter).
@@ -314,6 +371,20 @@ impl Exchange {
         if !self.wants_response_body() {
             return None;
         }
+        if self.sniff && !chunk.is_empty() {
+            self.sniff = false;
+            if looks_like_event_stream(chunk) {
+                let meter = self.stream_meter(config);
+                self.response = Reader::for_response(
+                    Coding::Identity,
+                    true,
+                    Some(meter),
+                    true,
+                    config.max_body_bytes,
+                    &self.lease,
+                );
+            }
+        }
         let fed = self.response.feed(chunk, self.encoding(config));
         if fed.saw_content && self.first_content_ms.is_none() {
             self.first_content_ms = Some(now_ms);
@@ -322,10 +393,9 @@ impl Exchange {
     }
 
     /// The end of the response body. Returns bytes still held by the editor, to send last.
-    pub fn on_response_end(&mut self, config: &Config) -> Option<Vec<u8>> {
+    pub fn on_response_end(&mut self) -> Option<Vec<u8>> {
         self.complete = true;
-        let enc = self.encoding(config);
-        self.response.end(enc)
+        self.response.end()
     }
 
     /// The response ended without a body, or with trailers.
@@ -499,6 +569,7 @@ impl Exchange {
             oversized_events: meter.as_deref().map_or(0, StreamMeter::oversized),
             error_type: error,
             record,
+            over_budget: self.lease.was_refused(),
         })
     }
 }
@@ -573,8 +644,16 @@ mod tests {
     ) -> Settlement {
         let config = Config::parse(config.as_bytes()).unwrap();
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
-        let mut ex =
-            Exchange::start(&config, "POST", path, headers(req_headers), &host(), 0).unwrap();
+        let mut ex = Exchange::start(
+            &config,
+            &Budget::unlimited(),
+            "POST",
+            path,
+            headers(req_headers),
+            &host(),
+            0,
+        )
+        .unwrap();
         for chunk in request.as_bytes().chunks(split) {
             ex.on_request_body(chunk);
         }
@@ -752,8 +831,16 @@ mod tests {
     fn a_reset_before_any_response_still_settles() {
         let config = Config::parse(br#"{"dimensions":[{"name":"model"}]}"#).unwrap();
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
-        let mut ex =
-            Exchange::start(&config, "POST", "/v1/responses", headers(&[]), &host(), 0).unwrap();
+        let mut ex = Exchange::start(
+            &config,
+            &Budget::unlimited(),
+            "POST",
+            "/v1/responses",
+            headers(&[]),
+            &host(),
+            0,
+        )
+        .unwrap();
         ex.on_request_body(br#"{"model":"gpt-4.1","input":"hi"}"#);
         let s = ex.settle(&config, &host(), &mut card, 3).unwrap();
         assert_eq!(s.labels, ["gpt-4.1"]);
@@ -794,6 +881,7 @@ mod tests {
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
         let mut ex = Exchange::start(
             &config,
+            &Budget::unlimited(),
             "POST",
             "/v1/chat/completions",
             headers(&[]),
@@ -826,7 +914,7 @@ mod tests {
             client.extend(out.expect("an edited stream always hands back bytes"));
             last = cut;
         }
-        client.extend(ex.on_response_end(&config).unwrap_or_default());
+        client.extend(ex.on_response_end().unwrap_or_default());
         let s = ex.settle(&config, &host(), &mut card, 400).unwrap();
         (client, s)
     }
@@ -876,7 +964,7 @@ mod tests {
             let (_, stream) = recorded_stream();
             let config = Config::parse(br#"{"inject_stream_usage": false}"#).unwrap();
             let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
-            let mut ex = Exchange::start(&config, "POST", "/v1/chat/completions", headers(&[]), &host(), 0).unwrap();
+            let mut ex = Exchange::start(&config, &Budget::unlimited(), "POST", "/v1/chat/completions", headers(&[]), &host(), 0).unwrap();
             proptest::prop_assert!(!ex.holds_request_body());
             ex.on_request_body(br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
             ex.on_response_headers(&config, Some(200), headers(&[("content-type", "text/event-stream")]));
@@ -901,6 +989,7 @@ mod tests {
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
         let mut ex = Exchange::start(
             &config,
+            &Budget::unlimited(),
             "POST",
             "/v1/chat/completions",
             headers(&[]),
@@ -929,8 +1018,16 @@ mod tests {
         use std::io::Write;
         let config = Config::default();
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
-        let mut ex =
-            Exchange::start(&config, "POST", "/v1/embeddings", headers(&[]), &host(), 0).unwrap();
+        let mut ex = Exchange::start(
+            &config,
+            &Budget::unlimited(),
+            "POST",
+            "/v1/embeddings",
+            headers(&[]),
+            &host(),
+            0,
+        )
+        .unwrap();
         ex.on_response_headers(&config, Some(200), headers(&[("content-encoding", "gzip")]));
         let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(CHAT_RESPONSE.as_bytes()).unwrap();
@@ -1065,8 +1162,16 @@ mod tests {
         split: usize,
     ) -> Settlement {
         let mut card = Cardinality::new(config, Box::new(LocalRegistry::default()));
-        let mut ex =
-            Exchange::start(config, "POST", path, headers(req_headers), &host(), 0).unwrap();
+        let mut ex = Exchange::start(
+            config,
+            &Budget::unlimited(),
+            "POST",
+            path,
+            headers(req_headers),
+            &host(),
+            0,
+        )
+        .unwrap();
         for chunk in request.as_bytes().chunks(split) {
             ex.on_request_body(chunk);
         }
@@ -1077,7 +1182,7 @@ mod tests {
         for chunk in response.as_bytes().chunks(split) {
             ex.on_response_body(config, chunk, 5);
         }
-        ex.on_response_end(config);
+        ex.on_response_end();
         ex.settle(config, &host(), &mut card, 10).unwrap()
     }
 
@@ -1088,6 +1193,7 @@ mod tests {
         let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
         let mut ex = Exchange::start(
             &config,
+            &Budget::unlimited(),
             "POST",
             "/v1/chat/completions",
             headers(&[]),
@@ -1114,7 +1220,7 @@ mod tests {
         for c in z.chunks(37) {
             client.extend(ex.on_response_body(&config, c, 1).unwrap());
         }
-        client.extend(ex.on_response_end(&config).unwrap_or_default());
+        client.extend(ex.on_response_end().unwrap_or_default());
         let mut plain = String::new();
         flate2::read::GzDecoder::new(&client[..])
             .read_to_string(&mut plain)

@@ -4,9 +4,10 @@
 //! example, an edited stream always has its editor and meter, and a JSON body never has a
 //! meter.
 
+use crate::body::budget::Lease;
 use crate::body::capture::{Capture, Captured};
 use crate::body::decode::{Coding, Decoder, Encoder};
-use crate::stream::inject::StreamEditor;
+use crate::stream::editor::StreamEditor;
 use crate::stream::meter::StreamMeter;
 use crate::tokens::tokenizer::Encoding;
 
@@ -30,8 +31,8 @@ pub(super) enum Reader {
         /// Present while usage was injected and the stream is edited back for the client.
         edit: Option<Edit>,
     },
-    /// An edited stream whose upstream bytes stopped decoding: the rest passes untouched and
-    /// unread; what was metered before stays.
+    /// An edited stream whose upstream bytes stopped decoding: from the chunk that failed on,
+    /// the upstream's bytes pass untouched and unread; what was metered before stays.
     Stopped { meter: StreamMeter },
     /// A content coding that is not read (or decoding is off).
     Unread,
@@ -43,6 +44,8 @@ pub(super) struct Edit {
     editor: StreamEditor,
     /// Compresses the edited stream again when the upstream compressed it.
     encoder: Option<Encoder>,
+    /// Some chunk was sent in an edited form already.
+    replaced: bool,
 }
 
 /// What one chunk came to.
@@ -56,21 +59,23 @@ pub(super) struct Fed {
 
 impl Reader {
     /// A JSON body's copy before anything is known of the response.
-    pub fn new(max_body_bytes: usize) -> Reader {
+    pub fn new(max_body_bytes: usize, lease: Lease) -> Reader {
         Reader::Json {
-            copy: Capture::new(max_body_bytes),
+            copy: Capture::within(max_body_bytes, lease),
             decoder: None,
         }
     }
 
     /// The reader for a response with these headers. `meter` is the stream meter, when the
-    /// body is an event stream; `edit` whether it is edited (usage was injected).
+    /// body is an event stream; `edit` whether it is edited (usage was injected). Buffers are
+    /// leased from `lease`'s budget.
     pub fn for_response(
         coding: Coding,
         readable: bool,
         meter: Option<StreamMeter>,
-        edit_events_up_to: Option<usize>,
+        edit: bool,
         max_body_bytes: usize,
+        lease: &Lease,
     ) -> Reader {
         if !readable {
             return Reader::Unread;
@@ -83,13 +88,14 @@ impl Reader {
             Some(meter) => Reader::Stream {
                 meter,
                 decoder,
-                edit: edit_events_up_to.map(|max_event_bytes| Edit {
-                    editor: StreamEditor::new(max_event_bytes),
+                edit: edit.then(|| Edit {
+                    editor: StreamEditor::new(lease.sibling()),
                     encoder: Encoder::new(coding),
+                    replaced: false,
                 }),
             },
             None => Reader::Json {
-                copy: Capture::new(max_body_bytes),
+                copy: Capture::within(max_body_bytes, lease.sibling()),
                 decoder,
             },
         }
@@ -144,32 +150,44 @@ impl Reader {
                 decoder,
                 edit: Some(edit),
             } => {
+                // The meter reads the upstream's stream; the editor writes the client's.
                 let editor = &mut edit.editor;
-                let mut decide = |event: &[u8]| {
-                    let info = meter.feed(event, enc);
-                    saw_content |= info.content;
-                    !info.usage_only
-                };
-                let (plain, failed) = match decoder.as_mut() {
+                let mut plain = Vec::with_capacity(chunk.len());
+                let failed = match decoder.as_mut() {
                     Some(d) => {
-                        let mut out = Vec::new();
-                        d.feed(chunk, &mut |p| out.extend(editor.feed(p, &mut decide)));
-                        (out, d.failed())
+                        d.feed(chunk, &mut |p| {
+                            saw_content |= meter.feed(p, enc).content;
+                            editor.feed(p, &mut plain);
+                        });
+                        d.failed()
                     }
-                    None => (editor.feed(chunk, &mut decide), false),
-                };
-                let mut out = match edit.encoder.as_mut() {
-                    Some(e) => e.encode(&plain),
-                    None => plain,
+                    None => {
+                        saw_content |= meter.feed(chunk, enc).content;
+                        editor.feed(chunk, &mut plain);
+                        false
+                    }
                 };
                 if failed {
-                    // The upstream's own bytes are not valid: stop editing, pass them on.
-                    if let Some(e) = edit.encoder.take() {
-                        out.extend(e.finish());
-                    }
+                    // The upstream's bytes are not what they claim: from this chunk on they
+                    // pass as they are. What was sent edited before is ended cleanly first.
                     stopped = true;
+                    match edit.encoder.take() {
+                        Some(mut e) if edit.replaced => {
+                            let mut out = e.encode(&plain);
+                            out.extend(e.finish());
+                            out.extend_from_slice(chunk);
+                            Some(out)
+                        }
+                        // Nothing replaced yet: the chunk goes on untouched.
+                        _ => None,
+                    }
+                } else {
+                    edit.replaced = true;
+                    Some(match edit.encoder.as_mut() {
+                        Some(e) => e.encode(&plain),
+                        None => plain,
+                    })
                 }
-                Some(out)
             }
             Reader::Stream {
                 meter,
@@ -204,15 +222,17 @@ impl Reader {
     }
 
     /// The end of the body: the bytes an edited stream still holds, to send last.
-    pub fn end(&mut self, enc: Encoding) -> Option<Vec<u8>> {
-        let Reader::Stream { meter, edit, .. } = self else {
+    pub fn end(&mut self) -> Option<Vec<u8>> {
+        let Reader::Stream { edit, .. } = self else {
             return None;
         };
         let Edit {
             mut editor,
             encoder,
+            ..
         } = edit.take()?;
-        let rest = editor.finish(&mut |event| !meter.feed(event, enc).usage_only);
+        let mut rest = Vec::new();
+        editor.finish(&mut rest);
         let rest = match encoder {
             Some(mut e) => {
                 let mut out = e.encode(&rest);

@@ -27,6 +27,8 @@ pub struct Settlement {
     pub error_type: Option<&'static str>,
     /// The inference record (JSON), when the request was sampled for collection.
     pub record: Option<String>,
+    /// The VM's memory budget kept the exchange from holding or copying all it would have.
+    pub over_budget: bool,
 }
 
 /// Classifies a failed exchange from its status and Envoy's response code details

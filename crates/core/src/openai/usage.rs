@@ -16,6 +16,9 @@ pub enum UsageSource {
     Reported,
     /// Counted by tokenmeter from the text it saw.
     Estimated,
+    /// Reported, but not counts a provider could produce (see [`MAX_TOKENS`]): nothing is
+    /// added to the token counters.
+    Invalid,
 }
 
 impl UsageSource {
@@ -23,6 +26,7 @@ impl UsageSource {
         match self {
             UsageSource::Reported => "reported",
             UsageSource::Estimated => "estimated",
+            UsageSource::Invalid => "invalid",
         }
     }
 }
@@ -43,6 +47,43 @@ pub struct Usage {
     /// Part of `completion` that was audio.
     pub audio_completion: Option<u64>,
     pub source: UsageSource,
+}
+
+/// The most tokens one request may report in any field, and prompt plus completion together:
+/// far above any model's context window, far below what would swamp a counter. A larger
+/// count is a broken or hostile upstream, and one such response would stay in the counters
+/// for the gateway's lifetime.
+pub const MAX_TOKENS: u64 = 100_000_000;
+
+impl Usage {
+    /// Whether the counts are ones a provider could report: each at most [`MAX_TOKENS`],
+    /// prompt plus completion too, and each breakdown no larger than what it is part of.
+    pub fn is_plausible(&self) -> bool {
+        let within = |n: u64| n <= MAX_TOKENS;
+        let part = |p: Option<u64>, of: u64| p.is_none_or(|p| p <= of);
+        within(self.prompt)
+            && within(self.completion)
+            && within(self.total)
+            && within(self.prompt.saturating_add(self.completion))
+            && part(self.cached, self.prompt)
+            && part(self.audio_prompt, self.prompt)
+            && part(self.reasoning, self.completion)
+            && part(self.audio_completion, self.completion)
+    }
+
+    /// The usage of a response whose reported counts are implausible: no tokens.
+    pub fn invalid() -> Usage {
+        Usage {
+            prompt: 0,
+            completion: 0,
+            total: 0,
+            cached: None,
+            reasoning: None,
+            audio_prompt: None,
+            audio_completion: None,
+            source: UsageSource::Invalid,
+        }
+    }
 }
 
 /// The `usage` object in any of its shapes. Unknown fields are ignored; a field of the
@@ -68,7 +109,8 @@ struct Details {
 }
 
 impl RawUsage {
-    /// `None` when the object names no token count at all.
+    /// `None` when the object names no token count at all; [`Usage::invalid`] when its counts
+    /// are implausible.
     pub(crate) fn into_usage(self) -> Option<Usage> {
         if self.prompt_tokens.is_none()
             && self.completion_tokens.is_none()
@@ -80,7 +122,7 @@ impl RawUsage {
         let completion = self.completion_tokens.unwrap_or(0);
         let p = self.prompt_tokens_details;
         let c = self.completion_tokens_details;
-        Some(Usage {
+        let usage = Usage {
             prompt,
             completion,
             total: self
@@ -91,6 +133,11 @@ impl RawUsage {
             audio_prompt: p.as_ref().and_then(|d| d.audio_tokens),
             audio_completion: c.as_ref().and_then(|d| d.audio_tokens),
             source: UsageSource::Reported,
+        };
+        Some(if usage.is_plausible() {
+            usage
+        } else {
+            Usage::invalid()
         })
     }
 }
@@ -194,6 +241,33 @@ mod tests {
         assert_eq!((u.prompt, u.completion, u.total), (19, 10, 29));
         assert_eq!((u.cached, u.reasoning), (Some(3), Some(4)));
         assert_eq!(u.source, UsageSource::Reported);
+    }
+
+    #[test]
+    fn implausible_usage_is_invalid_and_counts_nothing() {
+        let bad = [
+            r#"{"prompt_tokens":18446744073709551615,"completion_tokens":1,"total_tokens":1}"#,
+            r#"{"prompt_tokens":9223372036854775807,"completion_tokens":9223372036854775807}"#,
+            r#"{"prompt_tokens":60000000,"completion_tokens":60000000,"total_tokens":5}"#,
+            r#"{"prompt_tokens":1,"completion_tokens":1,"total_tokens":100000001}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":11}}"#,
+            r#"{"input_tokens":10,"output_tokens":3,"output_tokens_details":{"reasoning_tokens":4}}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":3,"prompt_tokens_details":{"audio_tokens":12}}"#,
+        ];
+        for usage in bad {
+            let f = whole(&format!(r#"{{"model":"m","usage":{usage}}}"#));
+            assert_eq!(f.usage, Some(Usage::invalid()), "{usage}");
+        }
+        let edge = format!(
+            r#"{{"model":"m","usage":{{"prompt_tokens":{MAX_TOKENS},"completion_tokens":0,"prompt_tokens_details":{{"cached_tokens":{MAX_TOKENS}}}}}}}"#
+        );
+        let u = whole(&edge).usage.unwrap();
+        assert_eq!(
+            (u.prompt, u.cached, u.source),
+            (MAX_TOKENS, Some(MAX_TOKENS), UsageSource::Reported)
+        );
+        // A negative or fractional count is not a count: the object is unusable, not invalid.
+        assert_eq!(whole(r#"{"usage":{"prompt_tokens":-1}}"#).usage, None);
     }
 
     #[test]

@@ -380,6 +380,38 @@ mod tests {
         assert_eq!(redact(&custom, "call 555-1234"), "call [REDACTED]");
     }
 
+    /// One real-shaped sample of every key family the README lists (made-up values of the
+    /// published formats), each inside ordinary text.
+    #[test]
+    fn every_listed_key_family_is_redacted() {
+        let c = config("");
+        let samples = [
+            ("OpenAI project key", "sk-proj-Xq3vR9sT2uW5yZ8aB1cD4eF7gH0iJ3kL6mN9oP2qR5sT8uV1wX4yZ7aB0cD3eF6gH9iJ2kL5mN8oP1qR4sT7uV0wX3yZ6a"),
+            ("OpenAI legacy key", "sk-4fQ9xZ2mN7pR1sT6uV3wY8aB5cD0eF2gH7iJ4kL9mN1o"),
+            ("OpenAI service account key", "sk-svcacct-Ab3Cd5Ef7Gh9Ij1Kl3Mn5Op7Qr9St1Uv3Wx5Yz7"),
+            ("Anthropic key", "sk-ant-api03-Zx8Yw6Vu4Ts2Rq0Po8Nm6Lk4Ji2Hg0Fe8Dc6Ba4Zx2Yw0Vu8Ts6Rq4Po2Nm0Lk8Ji6Hg4Fe2Dc0Ba8-Qw3ErTyAA"),
+            ("Stripe secret key", "sk_live_51HqLyjWDarjtT1zdp7dcXqZ3bF9g2k5m"),
+            ("AWS access key id", "AKIAIOSFODNN7EXAMPLE"),
+            ("AWS temporary key id", "ASIAY34FZKBOKMUTVV7A"),
+            ("AWS role id", "AROAJQABLZS4A3QDU576"),
+            ("GitHub classic token", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+            ("GitHub OAuth token", "gho_16C7e42F292c6912E7710c838347Ae178B4a"),
+            ("GitHub fine-grained token", "github_pat_11ABCDEFG0123456789abc_0123456789abcdefghijABCDEFGHIJ0123456789abcdefghijKLMNOPQR"),
+            ("Slack bot token", "xoxb-2534197231-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+            ("Google API key", "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe"),
+            ("JSON Web Token", "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+            ("bearer credential", "Bearer 0123456789abcdefABCDEF.ghij"),
+        ];
+        for (family, key) in samples {
+            let text = format!("key: {key}, thanks");
+            let r = redact(&c, &text);
+            assert_eq!(r, "key: [API_KEY], thanks", "{family}: {r}");
+        }
+        // Ordinary words and ids are left alone.
+        let plain = "ASIA is a continent; skip-navigation; the github_page_title; eyJ alone";
+        assert_eq!(redact(&c, plain), plain);
+    }
+
     #[test]
     fn records_fit_the_limit_and_say_so() {
         let c = config(r#", "max_record_bytes": 2048, "columns": {"answer": "response"}"#);

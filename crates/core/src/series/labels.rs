@@ -8,7 +8,9 @@
 //! Values are sanitised so that they can never end a label early or forge another one:
 //! only ASCII letters, digits and `-_.:/@+ ` are kept, every other character becomes `_`,
 //! and values are cut to [`MAX_VALUE_CHARS`]. So `;` and `=` (the delimiters), quotes,
-//! backslashes, control characters and non-ASCII text never reach the name.
+//! backslashes, control characters and non-ASCII text never reach the name. Envoy drops the
+//! dots that end a tag value (`a.` would merge with `a`, `.` and `..` would be empty), so
+//! trailing dots become `_` too.
 
 /// Longest label value kept, in characters.
 pub const MAX_VALUE_CHARS: usize = 64;
@@ -53,7 +55,10 @@ fn keeps(c: char) -> bool {
 
 /// Whether `value` is already what [`sanitize_value`] would make of it.
 pub fn is_clean_value(value: &str) -> bool {
-    !value.is_empty() && value.len() <= MAX_VALUE_CHARS && value.chars().all(keeps)
+    !value.is_empty()
+        && value.len() <= MAX_VALUE_CHARS
+        && !value.ends_with('.')
+        && value.chars().all(keeps)
 }
 
 /// Makes a label value safe to embed in a metric name (see the module docs).
@@ -61,11 +66,15 @@ pub fn sanitize_value(raw: &str) -> String {
     if is_clean_value(raw) {
         return raw.to_string();
     }
-    let out: String = raw
+    let mut out: String = raw
         .chars()
         .take(MAX_VALUE_CHARS)
         .map(|c| if keeps(c) { c } else { '_' })
         .collect();
+    let kept = out.trim_end_matches('.').len();
+    let dots = out.len() - kept;
+    out.truncate(kept);
+    out.extend(std::iter::repeat_n('_', dots));
     if out.is_empty() {
         UNKNOWN.to_string()
     } else {
@@ -121,6 +130,13 @@ mod tests {
         assert_eq!(sanitize_value("café"), "caf_");
         assert_eq!(sanitize_value(""), "unknown");
         assert_eq!(sanitize_value(&"x".repeat(100)).len(), MAX_VALUE_CHARS);
+        // Trailing dots, which Envoy drops from tag values.
+        assert_eq!(sanitize_value("."), "_");
+        assert_eq!(sanitize_value(".."), "__");
+        assert_eq!(sanitize_value("a."), "a_");
+        assert_eq!(sanitize_value("a.b"), "a.b");
+        assert_eq!(sanitize_value(".a"), ".a");
+        assert_eq!(sanitize_value("v1.2.3"), "v1.2.3");
         for v in ["a;.;b", "=.=", ";", "="] {
             let s = sanitize_value(v);
             assert!(!s.contains(';') && !s.contains('='), "{v} -> {s}");

@@ -7,6 +7,7 @@
 
 use crate::config::{Config, Naming};
 use crate::exchange::settlement::Settlement;
+use crate::openai::usage::UsageSource;
 use crate::series::labels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,6 +134,20 @@ pub const OVERFLOW: Family = family(
     Some("dimension"),
     "Label values folded into \"other\" by a dimension's cap or allow list.",
 );
+pub const INVALID_USAGE: Family = family(
+    "invalid_usage_total",
+    Counter,
+    true,
+    None,
+    "Responses whose reported usage was implausible (a count over 10^8, a breakdown larger than its total); their tokens are not added.",
+);
+pub const OVER_BUDGET: Family = family(
+    "over_budget_total",
+    Counter,
+    true,
+    None,
+    "Requests the VM's memory budget (max_vm_bytes) kept from being held or copied whole: passed unchanged, not injected, counted from what was kept.",
+);
 pub const RECORDS_SENT: Family = family(
     "records_sent_total",
     Counter,
@@ -198,6 +213,8 @@ pub fn families(config: &Config) -> Vec<&'static Family> {
         &AUDIO_COMPLETION,
         &OVERFLOW,
         &SKIPPED_EVENTS,
+        &INVALID_USAGE,
+        &OVER_BUDGET,
         &RECORDS_SENT,
         &RECORDS_DROPPED,
     ];
@@ -278,7 +295,10 @@ pub fn points(config: &Config, s: &Settlement) -> Vec<Point> {
         add(&ERRORS, Some(error), 1);
     }
     let otel = config.naming == Naming::Otel;
-    if let Some(u) = s.usage {
+    if let Some(u) = s.usage.filter(|u| u.source == UsageSource::Invalid) {
+        debug_assert_eq!(u.total, 0);
+        add(&INVALID_USAGE, None, 1);
+    } else if let Some(u) = s.usage {
         if otel {
             add(&OTEL_TOKENS, Some("input"), u.prompt);
             if u.completion > 0 {
@@ -309,6 +329,7 @@ pub fn points(config: &Config, s: &Settlement) -> Vec<Point> {
         }
     }
     add(&SKIPPED_EVENTS, None, s.oversized_events);
+    add(&OVER_BUDGET, None, u64::from(s.over_budget));
     for &i in &s.folded {
         if let Some(label) = config.dimensions.get(i).map(|d| d.dimension.label.as_str()) {
             let mut n = family_name(config, &OVERFLOW);

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::body::budget::Lease;
 use crate::openai::api::Operation;
 use crate::openai::usage::{lenient, RawUsage, Usage};
 use crate::stream::chunkscan::{self, ChunkParts, Part};
@@ -50,6 +51,8 @@ pub struct StreamMeter {
     answer: Option<Answer>,
     /// Events whose texts are not read yet, because usage is expected.
     deferred: Option<Deferred>,
+    /// What the kept events may take of the VM's memory budget.
+    lease: Lease,
 }
 
 /// Reading a chunk's texts is most of a stream's cost, and when the stream was asked for
@@ -194,9 +197,17 @@ struct Item<'a> {
 
 impl StreamMeter {
     pub fn new(op: Operation, max_event_bytes: usize) -> Self {
+        StreamMeter::within(op, max_event_bytes, Lease::unlimited())
+    }
+
+    /// A meter whose buffers grow only as far as `lease` allows (see
+    /// [`crate::body::budget`]): an event with no room is skipped, and kept events are read
+    /// at once when there is no room to keep them.
+    pub fn within(op: Operation, max_event_bytes: usize, lease: Lease) -> Self {
         StreamMeter {
             op,
-            parser: SseParser::new(max_event_bytes),
+            parser: SseParser::within(max_event_bytes, lease.sibling()),
+            lease,
             model: None,
             usage: None,
             done: false,
@@ -224,7 +235,7 @@ impl StreamMeter {
 
     /// Reads the events kept so far, and every later one as it comes.
     fn read_deferred(&mut self, enc: Encoding) {
-        let Some(d) = self.deferred.take() else {
+        let Some(mut d) = self.deferred.take() else {
             return;
         };
         let mut start = 0;
@@ -234,6 +245,9 @@ impl StreamMeter {
             }
             start = end;
         }
+        self.lease.free(&mut d.data);
+        self.lease
+            .give(d.ends.capacity() * std::mem::size_of::<usize>());
     }
 
     /// Keeps an event for later when that changes nothing now; false when it must be read.
@@ -257,11 +271,26 @@ impl StreamMeter {
         if may_carry_usage(data) {
             return false;
         }
-        if d.data.len() + data.len() > d.cap {
+        // The event ends count against the cap and the budget too: tiny events would
+        // otherwise make them the larger part.
+        let end_bytes = std::mem::size_of::<usize>();
+        let ends_room = d.ends.len() < d.ends.capacity() || {
+            let more = d.ends.capacity().max(16);
+            let ok = self.lease.take(more * end_bytes);
+            if ok && d.ends.try_reserve_exact(more).is_err() {
+                self.lease.give(more * end_bytes);
+                false
+            } else {
+                ok
+            }
+        };
+        if d.data.len() + d.ends.capacity() * end_bytes + data.len() > d.cap
+            || !ends_room
+            || !self.lease.extend(&mut d.data, data)
+        {
             self.read_deferred(enc);
             return false;
         }
-        d.data.extend_from_slice(data);
         d.ends.push(d.data.len());
         true
     }

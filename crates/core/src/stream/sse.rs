@@ -10,6 +10,8 @@
 //! with `:` is a comment; a blank line dispatches; one space after the colon is dropped.
 //! An event whose data grows past the limit is dropped whole and counted, never buffered.
 
+use crate::body::budget::Lease;
+
 /// One dispatched event.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Event<'a> {
@@ -35,11 +37,19 @@ pub struct SseParser {
     line_dropped: bool,
     /// Events dropped for size.
     pub skipped: u64,
+    lease: Lease,
 }
 
 impl SseParser {
     pub fn new(max_event_bytes: usize) -> Self {
+        SseParser::within(max_event_bytes, Lease::unlimited())
+    }
+
+    /// A parser whose buffers grow only as far as `lease` allows: an event the VM's memory
+    /// budget has no room for is skipped, like one over `max_event_bytes`.
+    pub fn within(max_event_bytes: usize, lease: Lease) -> Self {
         SseParser {
+            lease,
             max_event_bytes,
             line: Vec::new(),
             data: Vec::new(),
@@ -103,13 +113,13 @@ impl SseParser {
         if self.line_dropped {
             return;
         }
-        if self.line.len() + part.len() > self.max_event_bytes {
+        if self.line.len() + part.len() > self.max_event_bytes
+            || !self.lease.extend(&mut self.line, part)
+        {
             self.start_skipping();
             self.line.clear();
             self.line_dropped = true;
-            return;
         }
-        self.line.extend_from_slice(part);
     }
 
     fn start_skipping(&mut self) {
@@ -118,7 +128,8 @@ impl SseParser {
             self.skipped += 1;
         }
         self.data.clear();
-        self.data.shrink_to(self.max_event_bytes.min(4096));
+        self.lease
+            .shrink(&mut self.data, self.max_event_bytes.min(4096));
     }
 
     fn end_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(Event<'_>)) {
@@ -140,7 +151,9 @@ impl SseParser {
         match field {
             b"data" => {
                 let extra = usize::from(self.has_data) + value.len();
-                if self.data.len() + extra > self.max_event_bytes {
+                if self.data.len() + extra > self.max_event_bytes
+                    || !self.lease.reserve(&mut self.data, extra)
+                {
                     self.start_skipping();
                     return;
                 }

@@ -1,0 +1,307 @@
+//! Hostile and odd traffic through the built filter: each test here is one way a client or
+//! an upstream tried to break a promise the README makes (bounded counters, fail-open,
+//! streams that stay streams, memory that stays bounded).
+
+use std::io::Write as _;
+
+use crate::harness::exchange::request_headers;
+use crate::harness::fixtures;
+use crate::harness::{run, Call, Host, Reply, Stream};
+use serde_json::json;
+
+const CONFIG: &str = r#"{"dimensions":[{"name":"model"},{"name":"usage_source"}]}"#;
+
+fn chat_request(stream: bool) -> Vec<u8> {
+    json!({"model": "gpt-4o", "stream": stream,
+        "messages": [{"role": "user", "content": "Count these tokens."}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn token_sum(host: &Host) -> i64 {
+    let m = host.metrics();
+    [
+        "llm_prompt_tokens_total",
+        "llm_completion_tokens_total",
+        "llm_tokens_total",
+        "llm_cached_prompt_tokens_total",
+        "llm_reasoning_tokens_total",
+        "llm_audio_prompt_tokens_total",
+        "llm_audio_completion_tokens_total",
+    ]
+    .iter()
+    .map(|f| m.sum(f, &[]))
+    .sum()
+}
+
+/// Finding 6: absurd usage values are not added; the request is still counted, as
+/// `usage_source="invalid"`, and `llm_invalid_usage_total` says how often.
+#[test]
+fn implausible_reported_usage_is_not_added_to_the_counters() {
+    let host = Host::new();
+    let mut vm = host.vm(CONFIG);
+    let usages = [
+        json!({"prompt_tokens": u64::MAX, "completion_tokens": 1, "total_tokens": 2}),
+        json!({"prompt_tokens": i64::MAX, "completion_tokens": i64::MAX}),
+        json!({"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
+            "prompt_tokens_details": {"cached_tokens": 11}}),
+        json!({"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
+            "completion_tokens_details": {"reasoning_tokens": 3}}),
+    ];
+    for usage in &usages {
+        let body = json!({"model": "gpt-4o-2024-08-06", "choices": [], "usage": usage});
+        let out = run(
+            &mut vm,
+            &Call::post("/v1/chat/completions", &chat_request(false)),
+            &Reply::json(200, body.to_string().as_bytes()),
+        );
+        out.assert_flowed();
+        let summary: serde_json::Value =
+            serde_json::from_slice(out.access_log.as_deref().unwrap()).unwrap();
+        assert_eq!(summary["source"], "invalid", "{usage}");
+        assert_eq!(summary["total"], 0, "{usage}");
+    }
+    // The same in a stream's usage chunk.
+    let sse = format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        json!({"model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+        json!({"model": "gpt-4o-2024-08-06", "choices": [],
+            "usage": {"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX, "total_tokens": 1}}),
+    );
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(true)),
+        &Reply::sse(sse.as_bytes()),
+    );
+    out.assert_flowed();
+    let m = host.metrics();
+    assert_eq!(token_sum(&host), 0, "{}", m.dump());
+    let n = usages.len() as i64 + 1;
+    assert_eq!(m.sum("llm_invalid_usage_total", &[]), n, "{}", m.dump());
+    assert_eq!(
+        m.sum("llm_requests_total", &[("usage_source", "invalid")]),
+        n
+    );
+    // A plausible answer after all that is counted normally.
+    let body = json!({"model": "gpt-4o-2024-08-06", "choices": [],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
+    run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(false)),
+        &Reply::json(200, body.to_string().as_bytes()),
+    )
+    .assert_flowed();
+    assert_eq!(host.metrics().sum("llm_tokens_total", &[]), 10);
+}
+
+/// Finding 3: an injected stream whose body claims gzip but is not, or turns corrupt,
+/// reaches the client as the upstream sent it from the failing chunk on.
+#[test]
+fn a_compressed_stream_that_does_not_decode_passes_as_the_upstream_sent_it() {
+    let host = Host::new();
+    let mut vm = host.vm(CONFIG);
+    let plain = fixtures::bytes("chat-stream-usage.sse");
+    // Not gzip at all, whole or in pieces.
+    for cuts in [vec![], vec![10, 200, 900]] {
+        let out = run(
+            &mut vm,
+            &Call::post("/v1/chat/completions", &chat_request(true)),
+            &Reply::sse(&plain)
+                .header("content-encoding", "gzip")
+                .cuts(&cuts),
+        );
+        out.assert_flowed();
+        assert!(
+            out.upstream_json()["stream_options"]["include_usage"] == true,
+            "usage was injected"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.client_body),
+            String::from_utf8_lossy(&plain),
+            "cuts {cuts:?}"
+        );
+    }
+    // Valid gzip that turns to garbage: the edited part ends cleanly, then the upstream's
+    // bytes follow unchanged from the chunk that failed. (A sync flush leaves the deflate
+    // stream at a block boundary; 0xFF there is a reserved block type, which no decoder
+    // accepts.)
+    let half = {
+        let text = String::from_utf8_lossy(&plain);
+        let mid = text[..text.len() / 2].rfind("\n\n").unwrap() + 2;
+        plain[..mid].to_vec()
+    };
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&half).unwrap();
+    z.flush().unwrap();
+    let mut corrupt = z.get_ref().clone();
+    let cut = corrupt.len();
+    corrupt.extend([0xFF; 8]);
+    corrupt.extend((0..4000u32).map(|i| (i * 7 + 3) as u8));
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(true)),
+        &Reply::sse(&corrupt)
+            .header("content-encoding", "gzip")
+            .cuts(&[cut]),
+    );
+    out.assert_flowed();
+    assert!(
+        out.client_body.ends_with(&corrupt[cut..]),
+        "the upstream's bytes pass from the failing chunk on"
+    );
+    // The part before is a complete gzip stream of the edited (usage-free) stream's start.
+    let mut d = flate2::write::GzDecoder::new(Vec::new());
+    d.write_all(&out.client_body[..out.client_body.len() - (corrupt.len() - cut)])
+        .unwrap();
+    let head = d.finish().unwrap();
+    let head = String::from_utf8_lossy(&head);
+    assert!(!head.contains("\"usage\""), "{head}");
+    assert!(host.metrics().sum("llm_requests_total", &[]) >= 3);
+}
+
+/// The stream the client asked for: `plain` without any usage, in `eol` framing.
+fn framed(stream: &str, eol: &str) -> String {
+    stream.replace("\n", eol)
+}
+
+/// Findings 4 and 5: whatever the framing and the way usage comes, an injected stream
+/// reaches the client as it asked for it, and each line as soon as it is complete.
+#[test]
+fn injected_streams_are_edited_line_by_line_in_every_framing_and_usage_form() {
+    let host = Host::new();
+    let mut vm = host.vm(CONFIG);
+    let chunk = |content: &str, usage: &str, sp: bool| {
+        let (c, k) = if sp { (": ", ", ") } else { (":", ",") };
+        let mut line = format!(
+            "data: {{\"id\"{c}\"c1\"{k}\"model\"{c}\"gpt-4o-2024-08-06\"{k}\"choices\"{c}[{{\"index\"{c}0{k}\"delta\"{c}{{\"content\"{c}{}}}}}]",
+            serde_json::to_string(content).unwrap()
+        );
+        if !usage.is_empty() {
+            line += &format!("{k}\"usage\"{c}{usage}");
+        }
+        line + "}\n\n"
+    };
+    let counts = r#"{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}"#;
+    for eol in ["\n", "\r\n", "\r"] {
+        for sp in [false, true] {
+            let (c, k) = if sp { (": ", ", ") } else { (":", ",") };
+            let want = framed(
+                &(chunk("Hel", "", sp)
+                    + &chunk("lo", "", sp)
+                    + &chunk("!", "", sp)
+                    + "data: [DONE]\n\n"),
+                eol,
+            );
+            let usage_chunk = format!(
+                "data: {{\"id\"{c}\"c1\"{k}\"model\"{c}\"gpt-4o-2024-08-06\"{k}\"choices\"{c}[]{k}\"usage\"{c}{counts}}}\n\n"
+            );
+            let forms = [
+                // A separate usage-only chunk, `null` on the others.
+                chunk("Hel", "null", sp)
+                    + &chunk("lo", "null", sp)
+                    + &chunk("!", "null", sp)
+                    + &usage_chunk,
+                // Usage on the last content chunk.
+                chunk("Hel", "", sp) + &chunk("lo", "", sp) + &chunk("!", counts, sp),
+                // Usage on every chunk.
+                chunk("Hel", counts, sp) + &chunk("lo", counts, sp) + &chunk("!", counts, sp),
+            ];
+            for (i, form) in forms.iter().enumerate() {
+                let sent = framed(&(form.clone() + "data: [DONE]\n\n"), eol);
+                let out = run(
+                    &mut vm,
+                    &Call::post("/v1/chat/completions", &chat_request(true)),
+                    &Reply::sse(sent.as_bytes()).cuts(&[7, 40, 41, 150, 151, 300]),
+                );
+                out.assert_flowed();
+                assert_eq!(
+                    String::from_utf8_lossy(&out.client_body),
+                    want,
+                    "form {i}, {eol:?}, spaces {sp}"
+                );
+            }
+        }
+    }
+    // Labelled `application/json` but an event stream: edited all the same.
+    let sent = chunk("Hi", "null", false)
+        + &chunk("", "", false)
+            .replace(
+                "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"}}]",
+                "\"choices\":[]",
+            )
+            .replace("}\n\n", &format!(",\"usage\":{counts}}}\n\n"))
+        + "data: [DONE]\n\n";
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(true)),
+        &Reply::sse(sent.as_bytes()).header("content-type", "application/json"),
+    );
+    out.assert_flowed();
+    assert_eq!(
+        String::from_utf8_lossy(&out.client_body),
+        chunk("Hi", "", false) + "data: [DONE]\n\n"
+    );
+    // Counted once each, with the reported usage.
+    let m = host.metrics();
+    assert_eq!(m.sum("llm_requests_total", &[]), 19, "{}", m.dump());
+
+    // Never held back: each complete line is out when its callback returns.
+    let mut s = Stream::new(&mut vm);
+    let req = chat_request(true);
+    s.request_headers(
+        request_headers("POST", "/v1/chat/completions", req.len()),
+        false,
+    );
+    s.request_body(&req, true);
+    s.response_headers(Reply::sse(b"").headers.clone(), false);
+    for eol in ["\n", "\r\n"] {
+        let line = framed(&chunk("word", "null", false), eol);
+        let before = s.client_body().len();
+        s.response_body(line.as_bytes(), false);
+        let sent = &s.client_body()[before..];
+        assert_eq!(
+            String::from_utf8_lossy(sent),
+            framed(&chunk("word", "", false), eol),
+            "{eol:?}"
+        );
+    }
+    s.response_body(b"", true);
+    s.finish();
+}
+
+/// Finding 1: thousands of slow clients, each with a large body in flight, cannot exhaust
+/// the VM: it stays within its budget, no request fails, and once they are gone the filter
+/// meters normally.
+#[test]
+fn thousands_of_slow_clients_cannot_exhaust_the_vm() {
+    let host = Host::new();
+    let mut vm = host.vm(r#"{"max_body_bytes": 983040}"#);
+    let body = {
+        let filler = "x".repeat(950_000);
+        json!({"model": "gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": filler}]})
+        .to_string()
+        .into_bytes()
+    };
+    let pages_before = vm.memory_pages();
+    for _ in 0..2_500 {
+        let headers = request_headers("POST", "/v1/chat/completions", body.len());
+        // Most of the body, then the client stalls.
+        vm.start_stalled_request(headers, &body[..900_000]);
+    }
+    // The VM's memory stays near its budget (64 MiB) plus its own tables, not 2.4 GB.
+    let grown = (vm.memory_pages() - pages_before) * 65536;
+    assert!(grown < 200 << 20, "the VM grew {} MiB", grown >> 20);
+    vm.end_open_streams();
+    // Metering goes on as before.
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(true)),
+        &Reply::sse(&fixtures::bytes("chat-stream-usage.sse")),
+    );
+    out.assert_flowed();
+    assert!(out.upstream_json()["stream_options"]["include_usage"] == true);
+    let m = host.metrics();
+    assert!(m.sum("llm_over_budget_total", &[]) > 0, "{}", m.dump());
+    assert!(m.sum("llm_tokens_total", &[]) > 0, "{}", m.dump());
+}
