@@ -305,3 +305,81 @@ fn thousands_of_slow_clients_cannot_exhaust_the_vm() {
     assert!(m.sum("llm_over_budget_total", &[]) > 0, "{}", m.dump());
     assert!(m.sum("llm_tokens_total", &[]) > 0, "{}", m.dump());
 }
+
+/// Finding 10: the request rewrite reads keys as JSON does and never changes what a request
+/// means: an escaped `stream_options` is not given a twin, and options a provider refuses go
+/// as the client sent them.
+#[test]
+fn the_request_rewrite_never_changes_what_a_request_means() {
+    let host = Host::new();
+    let mut vm = host.vm(CONFIG);
+    let sse = fixtures::bytes("chat-stream.sse");
+    for body in [
+        r#"{"model":"gpt-4o","stream":true,"stream_\u006fptions":{"include_obfuscation":false},"messages":[]}"#,
+        r#"{"model":"gpt-4o","stream":true,"stream_options":"x","messages":[]}"#,
+        r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":"false"},"messages":[]}"#,
+        r#"{"model":"gpt-4o","stream":true,"stream_options":null,"stream_options":{},"messages":[]}"#,
+    ] {
+        let out = run(
+            &mut vm,
+            &Call::post("/v1/chat/completions", body.as_bytes()),
+            &Reply::sse(&sse),
+        );
+        out.assert_flowed();
+        assert_eq!(
+            String::from_utf8_lossy(&out.upstream_body),
+            body,
+            "sent as the client sent it"
+        );
+        assert_eq!(out.client_body, sse);
+    }
+    // A valid one is still rewritten, with one key.
+    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"messages":[]}"#;
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", body.as_bytes()),
+        &Reply::sse(&fixtures::bytes("chat-stream-usage.sse")),
+    );
+    let text = String::from_utf8_lossy(&out.upstream_body).to_string();
+    assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+    assert!(out.upstream_json()["stream_options"]["include_usage"] == true);
+    assert_eq!(out.client_body, sse);
+    assert_eq!(host.metrics().sum("llm_requests_total", &[]), 5);
+}
+
+/// Finding 11: per-dimension caps multiply; the series of a metric are bounded as a whole
+/// (`max_series`), the widest dimension folding into `other` past it.
+#[test]
+fn series_are_bounded_per_metric_however_many_dimensions_clients_control() {
+    let host = Host::new();
+    let mut vm = host.vm(r#"{"max_series": 300, "dimensions":[
+          {"name":"user","value":"{request.header.x-user}"},
+          {"name":"team","value":"{request.header.x-team}"}]}"#);
+    let reply = json!({"model": "gpt-4o-2024-08-06", "choices": [],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})
+    .to_string();
+    for u in 0..30 {
+        for t in 0..30 {
+            run(
+                &mut vm,
+                &Call::post("/v1/chat/completions", &chat_request(false))
+                    .header("x-user", &format!("user-{u}"))
+                    .header("x-team", &format!("team-{t}")),
+                &Reply::json(200, reply.as_bytes()),
+            )
+            .assert_flowed();
+        }
+    }
+    let m = host.metrics();
+    let series = m.find("llm_requests_total", &[]).len();
+    // 300 combinations, then `user` folded (at most one more per team), then both.
+    assert!(series <= 300 + 30 + 1, "{series} series");
+    assert!(series >= 300, "{series} series");
+    assert_eq!(
+        m.sum("llm_requests_total", &[]),
+        900,
+        "every request counted"
+    );
+    assert_eq!(m.sum("llm_tokens_total", &[]), 2700);
+    assert!(m.sum("llm_overflow_total", &[("dimension", "user")]) > 0);
+}

@@ -56,6 +56,7 @@ struct RawConfig {
     stream_usage_rules: Vec<RawRule>,
     max_event_bytes: Option<usize>,
     max_vm_bytes: Option<usize>,
+    max_series: Option<usize>,
     #[serde(default)]
     encodings: std::collections::BTreeMap<String, String>,
     default_encoding: Option<String>,
@@ -94,6 +95,10 @@ pub const MAX_HELD_BYTES: usize = 960 * 1024;
 pub const MIN_VM_BYTES: usize = 1024 * 1024;
 pub const MAX_VM_BYTES: usize = 1024 * 1024 * 1024;
 
+/// Default for `max_series`: label combinations per VM (each is one series of every metric).
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+pub const MAX_MAX_SERIES: usize = 100_000;
+
 /// Default for `max_event_bytes`: the largest server-sent event read.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
@@ -110,6 +115,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// The memory all requests of one VM may keep together (see [`crate::body::budget`]).
     pub max_vm_bytes: usize,
+    /// The label combinations (series per metric) one VM produces at most.
+    pub max_series: usize,
     pub encodings: EncodingMap,
     /// Decode gzip and deflate response bodies (a copy) to read their usage.
     pub decompress: bool,
@@ -195,6 +202,7 @@ impl Default for Config {
             stream_usage_rules: Vec::new(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_vm_bytes: crate::body::budget::DEFAULT_VM_BYTES,
+            max_series: DEFAULT_MAX_SERIES,
             encodings: EncodingMap::default(),
             decompress: true,
             identity_encoding: false,
@@ -468,6 +476,13 @@ impl RawConfig {
                 ),
             ));
         }
+        let max_series = self.max_series.unwrap_or(DEFAULT_MAX_SERIES);
+        if !(1..=MAX_MAX_SERIES).contains(&max_series) {
+            return Err(ConfigError::new(
+                "max_series",
+                format!("{max_series} is out of range; use 1 to {MAX_MAX_SERIES}"),
+            ));
+        }
         let encoding = |field: String, name: &str| {
             Encoding::parse(name).ok_or_else(|| {
                 ConfigError::new(
@@ -494,6 +509,7 @@ impl RawConfig {
             stream_usage_rules: rules,
             max_event_bytes,
             max_vm_bytes,
+            max_series,
             encodings,
             decompress: self.decompress.unwrap_or(true),
             identity_encoding: self.identity_encoding.unwrap_or(false),
@@ -645,6 +661,7 @@ mod tests {
             ),
             (r#"{"max_event_bytes": 10}"#, "max_event_bytes"),
             (r#"{"max_vm_bytes": 1000}"#, "max_vm_bytes"),
+            (r#"{"max_series": 0}"#, "max_series"),
             (r#"{"max_vm_bytes": 2000000000}"#, "max_vm_bytes"),
             (
                 r#"{"max_body_bytes": 900000, "max_vm_bytes": 1048576}"#,

@@ -511,6 +511,7 @@ impl Exchange {
             }
             labels.push(admitted.value);
         }
+        cardinality.admit_series(config, &mut labels, &mut folded);
         // A complete response with a success status needs no explanation; asking the host
         // costs a returned value, the dearest kind of host call.
         let details = if self.complete && matches!(self.status, Some(100..=399)) {

@@ -48,10 +48,14 @@ pub struct Admitted {
     pub folded: bool,
 }
 
-/// The per-VM face of the cap: a cache of admitted values in front of the registry.
+/// The per-VM face of the cap: a cache of admitted values in front of the registry, and
+/// the label combinations (series of each metric) this VM has produced.
 pub struct Cardinality {
     known: Vec<HashSet<String>>,
     registry: Box<dyn Registry>,
+    /// Hashes of the label combinations admitted so far, at most `max_series`.
+    series: HashSet<u64>,
+    max_series: usize,
 }
 
 impl Cardinality {
@@ -59,7 +63,54 @@ impl Cardinality {
         Cardinality {
             known: vec![HashSet::new(); config.dimensions.len()],
             registry,
+            series: HashSet::new(),
+            max_series: config.max_series,
         }
+    }
+
+    /// Bounds the series of every metric as a whole: per-dimension caps multiply (two capped
+    /// dimensions of 100 values each make 10,000 combinations). A combination seen before
+    /// passes; a new one passes while the VM has fewer than `max_series`; past that, the
+    /// capped dimension with the most values becomes `other` (recorded in `folded`), again
+    /// and again, until the combination is a known one or nothing is left to fold.
+    pub fn admit_series(
+        &mut self,
+        config: &Config,
+        labels: &mut [String],
+        folded: &mut Vec<usize>,
+    ) {
+        let mut key = series_key(labels);
+        if self.series.contains(&key) {
+            return;
+        }
+        if self.series.len() >= self.max_series {
+            loop {
+                let widest = config
+                    .dimensions
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, d)| {
+                        d.is_capped() && labels.get(*i).is_some_and(|v| v.as_str() != OTHER)
+                    })
+                    .max_by_key(|(i, _)| self.known.get(*i).map_or(0, HashSet::len));
+                let Some((i, _)) = widest else {
+                    // Only bounded values left (literals, built-ins with few values): this
+                    // combination is one of a bounded set.
+                    break;
+                };
+                if let Some(v) = labels.get_mut(i) {
+                    *v = OTHER.to_string();
+                }
+                if !folded.contains(&i) {
+                    folded.push(i);
+                }
+                key = series_key(labels);
+                if self.series.contains(&key) {
+                    return;
+                }
+            }
+        }
+        self.series.insert(key);
     }
 
     /// The label value for dimension `index` given the raw value its source produced.
@@ -113,6 +164,14 @@ impl Cardinality {
     }
 }
 
+fn series_key(labels: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same combination hashes alike for the VM's lifetime.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +201,45 @@ mod tests {
             }
         );
         assert_eq!(card.admit(0, d, None).value, "unknown");
+    }
+
+    #[test]
+    fn series_are_bounded_as_a_whole_not_only_per_dimension() {
+        let c = Config::parse(
+            br#"{"max_series": 50, "dimensions":[
+              {"name":"user","value":"{request.header.x-user}"},
+              {"name":"team","value":"{request.header.x-team}","max_values":20},
+              {"name":"env","value":"prod"}]}"#,
+        )
+        .unwrap();
+        let mut card = Cardinality::new(&c, Box::new(LocalRegistry::default()));
+        let mut seen = HashSet::new();
+        let mut folds = 0;
+        for u in 0..100 {
+            for t in 0..30 {
+                let mut labels: Vec<String> = [format!("u{u}"), format!("t{t}"), "prod".into()]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| card.admit(i, &c.dimensions[i], Some(v)).value)
+                    .collect();
+                let mut folded = Vec::new();
+                card.admit_series(&c, &mut labels, &mut folded);
+                folds += folded.len();
+                seen.insert(labels);
+            }
+        }
+        // 50 combinations, plus those with a dimension folded: `user` (the widest) first,
+        // then `team`; the literal is never folded.
+        assert!(seen.len() <= 50 + 21 + 1, "{}", seen.len());
+        assert!(folds > 0);
+        assert!(seen.iter().all(|l| l[2] == "prod"));
+        assert!(seen.contains(&vec!["other".to_string(), "other".into(), "prod".into()]));
+        // A combination admitted early keeps its values.
+        let mut first = vec!["u0".to_string(), "t0".into(), "prod".into()];
+        let mut folded = Vec::new();
+        card.admit_series(&c, &mut first, &mut folded);
+        assert_eq!(first[0], "u0");
+        assert!(folded.is_empty());
     }
 
     #[test]

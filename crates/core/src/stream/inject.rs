@@ -22,30 +22,44 @@ struct StreamFields {
 pub struct StreamRequest {
     pub stream: bool,
     pub include_usage: bool,
+    /// `stream_options` is absent, `null`, or an object whose `include_usage`, if given, is
+    /// a boolean: what a provider accepts. Anything else is left for the provider to refuse.
+    options_valid: bool,
+    /// `stream_options` is given (possibly `null`).
+    has_options: bool,
 }
 
+/// Reads `stream` and `stream_options` as JSON does (escaped keys decoded); `None` when the
+/// body is not a JSON object or names either key twice.
 pub fn read_stream_request(body: &[u8]) -> Option<StreamRequest> {
     let f: StreamFields = serde_json::from_slice(body).ok()?;
+    let options = f.stream_options.as_ref();
+    let include_usage = options.and_then(|o| o.get("include_usage"));
+    let options_valid = match options {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Object(_)) => include_usage.is_none_or(|u| u.is_boolean()),
+        Some(_) => false,
+    };
     Some(StreamRequest {
         stream: f.stream.and_then(|v| v.as_bool()).unwrap_or(false),
-        include_usage: f
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.get("include_usage"))
+        include_usage: include_usage
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false),
+        options_valid,
+        has_options: options.is_some(),
     })
 }
 
 /// The request body with `stream_options.include_usage: true`, or `None` when the body is
-/// not a streamed request that lacks it.
+/// not a streamed request that lacks it, or when its `stream_options` is not one a provider
+/// would accept (the request then goes as the client sent it, to be refused as it would be).
 pub fn request_usage(body: &[u8]) -> Option<Vec<u8>> {
     request_usage_for(body, read_stream_request(body)?)
 }
 
 /// [`request_usage`] for a body already read with [`read_stream_request`].
 pub fn request_usage_for(body: &[u8], req: StreamRequest) -> Option<Vec<u8>> {
-    if !req.stream || req.include_usage {
+    if !req.stream || req.include_usage || !req.options_valid {
         return None;
     }
     match jsonscan::top_level_value_span(body, "stream_options") {
@@ -54,7 +68,8 @@ pub fn request_usage_for(body: &[u8], req: StreamRequest) -> Option<Vec<u8>> {
             let mut options =
                 match serde_json::from_slice::<serde_json::Value>(body.get(start..end)?) {
                     Ok(serde_json::Value::Object(map)) => map,
-                    _ => serde_json::Map::new(),
+                    Ok(serde_json::Value::Null) => serde_json::Map::new(),
+                    _ => return None,
                 };
             options.insert("include_usage".into(), serde_json::Value::Bool(true));
             let replacement = serde_json::to_vec(&serde_json::Value::Object(options)).ok()?;
@@ -64,6 +79,9 @@ pub fn request_usage_for(body: &[u8], req: StreamRequest) -> Option<Vec<u8>> {
             out.extend_from_slice(body.get(end..)?);
             Some(out)
         }
+        // The key is there, but not as the scan spells it (written with escapes): adding
+        // another would give the request two.
+        None if req.has_options => None,
         None => {
             let open = body.iter().position(|&b| b == b'{')?;
             let mut out = Vec::with_capacity(body.len() + 40);
@@ -108,6 +126,55 @@ mod tests {
             json(&request_usage(body).unwrap())["stream_options"]["include_usage"],
             true
         );
+    }
+
+    #[test]
+    fn never_changes_what_a_request_means() {
+        // An escaped key is the same key: never a second one.
+        let escaped =
+            br#"{"stream":true,"stream_\u006fptions":{"include_obfuscation":false},"model":"x"}"#;
+        assert_eq!(request_usage(escaped), None);
+        let escaped_usage = br#"{"stream":true,"stream_options":{"include_\u0075sage":true}}"#;
+        assert_eq!(request_usage(escaped_usage), None, "already asks for usage");
+        // Keys given twice: JSON parsers disagree on which wins, so nothing is touched.
+        let twice = br#"{"stream":true,"stream_options":null,"stream_options":{"x":1}}"#;
+        assert_eq!(request_usage(twice), None);
+        // Options a provider refuses stay as sent, to be refused as they would be.
+        for invalid in [
+            r#"{"stream":true,"stream_options":"x"}"#,
+            r#"{"stream":true,"stream_options":[]}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":"false"}}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":0}}"#,
+        ] {
+            assert_eq!(request_usage(invalid.as_bytes()), None, "{invalid}");
+        }
+        // Whatever is rewritten has one stream_options and means the same otherwise.
+        for ok in [
+            r#"{"stream":true,"model":"x"}"#,
+            r#"{"str\u0065am":true,"model":"x"}"#,
+            r#"{"stream":true,"stream_options":null}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":false,"include_obfuscation":true}}"#,
+            r#"{"stream":true,"stream_options":{}}"#,
+        ] {
+            let out = request_usage(ok.as_bytes()).unwrap_or_else(|| panic!("{ok}"));
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+            let mut got: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut want: serde_json::Value = serde_json::from_str(ok).unwrap();
+            assert_eq!(got["stream_options"]["include_usage"], true);
+            let got_opts = got
+                .as_object_mut()
+                .unwrap()
+                .remove("stream_options")
+                .unwrap();
+            let want_opts = want.as_object_mut().unwrap().remove("stream_options");
+            assert_eq!(got, want, "{ok}");
+            if let Some(serde_json::Value::Object(w)) = want_opts {
+                for (k, v) in w.iter().filter(|(k, _)| *k != "include_usage") {
+                    assert_eq!(&got_opts[k], v, "{ok}");
+                }
+            }
+        }
     }
 
     #[test]
