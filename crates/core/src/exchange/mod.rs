@@ -634,19 +634,16 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
-    fn run(
-        config: &str,
+    /// An exchange that has seen its request, in chunks of `split` bytes.
+    fn started(
+        config: &Config,
         path: &str,
         req_headers: &[(&str, &str)],
         request: &str,
-        resp_headers: &[(&str, &str)],
-        response: &str,
         split: usize,
-    ) -> Settlement {
-        let config = Config::parse(config.as_bytes()).unwrap();
-        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+    ) -> Exchange {
         let mut ex = Exchange::start(
-            &config,
+            config,
             &Budget::unlimited(),
             "POST",
             path,
@@ -658,6 +655,21 @@ mod tests {
         for chunk in request.as_bytes().chunks(split) {
             ex.on_request_body(chunk);
         }
+        ex
+    }
+
+    fn run(
+        config: &str,
+        path: &str,
+        req_headers: &[(&str, &str)],
+        request: &str,
+        resp_headers: &[(&str, &str)],
+        response: &str,
+        split: usize,
+    ) -> Settlement {
+        let config = Config::parse(config.as_bytes()).unwrap();
+        let mut card = Cardinality::new(&config, Box::new(LocalRegistry::default()));
+        let mut ex = started(&config, path, req_headers, request, split);
         ex.on_response_headers(&config, Some(200), headers(resp_headers));
         for chunk in response.as_bytes().chunks(split) {
             assert_eq!(ex.on_response_body(&config, chunk, 5), None);
@@ -1163,19 +1175,7 @@ mod tests {
         split: usize,
     ) -> Settlement {
         let mut card = Cardinality::new(config, Box::new(LocalRegistry::default()));
-        let mut ex = Exchange::start(
-            config,
-            &Budget::unlimited(),
-            "POST",
-            path,
-            headers(req_headers),
-            &host(),
-            0,
-        )
-        .unwrap();
-        for chunk in request.as_bytes().chunks(split) {
-            ex.on_request_body(chunk);
-        }
+        let mut ex = started(config, path, req_headers, request, split);
         if ex.holds_request_body() {
             ex.request_complete(config);
         }
