@@ -22,7 +22,7 @@ export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
-	bench bench-deps bench-wasm bench-native
+	bench bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
 help:
 	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
@@ -32,6 +32,8 @@ help:
 	@echo "make build  build the filter and the tokenmeter binary"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
 	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
+	@echo "make fuzz   the fuzz campaign over the core, about 10 minutes, resumable (FUZZ_SECONDS per target, FUZZ_SEED, FUZZ_TARGETS)"
+	@echo "make fuzz-corpus  minimise what the campaign found into the committed corpus (fuzz/corpus)"
 
 tools: wasm-target envoy
 
@@ -133,3 +135,43 @@ bench: tools node bench-deps
 	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
 	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)
+
+# The fuzz campaign (not part of `make test`; see fuzz/campaign.sh): libFuzzer targets in a
+# cargo-fuzz project of their own (fuzz/), built with the nightly toolchain into target/fuzz,
+# each calling a check of fuzz/checks, whose test (in `cargo test`) replays fuzz/corpus and
+# fuzz/findings. One job at a time, a fixed seed, and a working corpus under target/fuzz
+# that persists between runs. No sanitizer by default: the core has no unsafe code, and a
+# panic (overflow checks included) is what the checks look for; FUZZ_SANITIZER=address for
+# ASan. Built without cfg(fuzzing), under which miniz_oxide skips the zlib checksum: the targets
+# run the code as it ships, and the replay in `cargo test` sees what the fuzzer saw.
+FUZZ_TARGETS   ?= request_usage stream_editor stream_meter stream_meter_estimate stream_meter_event_limit \
+	usage decode
+FUZZ_SECONDS   ?= 60
+FUZZ_SEED      ?= 1
+FUZZ_SANITIZER ?= none
+FUZZ_ARGS      ?=
+FUZZ_CORPUS_MAX ?= 30
+FUZZ_WORK      := target/fuzz
+CARGO_FUZZ     := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
+FUZZ_ENV       := FUZZ_TARGETS="$(FUZZ_TARGETS)" FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) \
+	FUZZ_ARGS="$(FUZZ_ARGS)" FUZZ_CORPUS_MAX=$(FUZZ_CORPUS_MAX) FUZZ_WORK=$(FUZZ_WORK) FUZZ_BIN=$(FUZZ_WORK)/x86_64-unknown-linux-gnu/release
+
+fuzz-tools:
+	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || { \
+	  echo "make fuzz needs a nightly Rust toolchain (cargo-fuzz builds with -Z flags):" >&2; \
+	  echo "  rustup toolchain install nightly --profile minimal" >&2; exit 1; }
+	@test -x $(CARGO_FUZZ) || { echo "installing cargo-fuzz from crates.io into $(TOOLS)/cargo-fuzz"; \
+	  cargo install --locked cargo-fuzz --root $(TOOLS)/cargo-fuzz --target-dir target/tools; }
+
+fuzz-build: fuzz-tools
+	RUSTUP_TOOLCHAIN=nightly $(CARGO_FUZZ) fuzz build -O -a -s $(FUZZ_SANITIZER) --no-cfg-fuzzing --target-dir $(FUZZ_WORK)
+
+fuzz: fuzz-build
+	@$(FUZZ_ENV) fuzz/campaign.sh run
+
+fuzz-corpus: fuzz-build
+	@$(FUZZ_ENV) fuzz/campaign.sh minimise
+
+# The seed inputs the committed corpus started from (recorded wire data, compressed too).
+fuzz-seeds:
+	cargo run -q -p tokenmeter-fuzz-checks --example seeds -- fuzz/corpus

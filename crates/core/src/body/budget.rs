@@ -108,13 +108,15 @@ impl Lease {
         self.refused.as_ref().is_some_and(|r| r.get())
     }
 
-    fn refuse(&self) {
+    /// Records that the budget had no room for something, without asking it for bytes.
+    pub fn refuse(&self) {
         if let Some(r) = &self.refused {
             r.set(true);
         }
     }
 
-    fn has_room(&self, bytes: usize) -> bool {
+    /// Whether `bytes` more would fit now (nothing is taken).
+    pub fn has_room(&self, bytes: usize) -> bool {
         self.budget.as_ref().is_none_or(|b| b.has_room(bytes))
     }
 

@@ -459,6 +459,81 @@ mod tests {
         assert!(h.replaced.is_empty());
     }
 
+    fn over_budget(h: &TestHost) -> u64 {
+        h.points
+            .iter()
+            .filter(|p| p.name.starts_with("llm_over_budget_total"))
+            .map(|p| p.value)
+            .sum()
+    }
+
+    #[test]
+    fn without_room_to_edit_the_stream_back_a_request_is_not_injected() {
+        let p = plugin(r#"{"max_body_bytes": 16384, "max_vm_bytes": 1048576}"#);
+        // Room for the request's copy, not for a compressed stream's edit.
+        let mut hog = Vec::new();
+        let mut lease = crate::body::budget::Lease::new(&p.budget);
+        assert!(lease.reserve(&mut hog, p.budget.limit() - 200 * 1024));
+        let mut h = chat(STREAM_REQUEST);
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = STREAM_REQUEST.as_bytes().to_vec();
+        let size = h.request_body.len();
+        assert_eq!(d.on_request_body(&p, &mut h, size, true), Action::Continue);
+        assert!(h.replaced.is_empty(), "the request went as sent");
+        h.response_headers = vec![(":status", "200".into())];
+        d.on_response_headers(&p, &mut h, false);
+        h.response_body = REPLY.as_bytes().to_vec();
+        d.on_response_body(&p, &mut h, REPLY.len(), true);
+        assert_eq!(
+            (requests_total(&h), over_budget(&h)),
+            (1, 1),
+            "{:?}",
+            h.points
+        );
+    }
+
+    #[test]
+    fn a_compressed_response_without_room_for_its_decoder_passes_unread() {
+        let p = plugin(r#"{"max_body_bytes": 16384, "max_vm_bytes": 1048576}"#);
+        let body = br#"{"model":"gpt-4o","messages":[]}"#;
+        let mut h = chat(std::str::from_utf8(body).unwrap());
+        let mut d = Driver::new();
+        d.on_request_headers(&p, &mut h, false);
+        h.request_body = body.to_vec();
+        d.on_request_body(&p, &mut h, body.len(), true);
+        // Other requests take the budget before the response comes.
+        let mut hog = Vec::new();
+        let mut lease = crate::body::budget::Lease::new(&p.budget);
+        let room = p.budget.limit() - p.budget.used();
+        assert!(lease.reserve(&mut hog, room - 1024));
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, REPLY.as_bytes()).unwrap();
+        let gz = z.finish().unwrap();
+        h.response_headers = vec![
+            (":status", "200".into()),
+            ("content-encoding", "gzip".into()),
+            ("content-type", "application/json".into()),
+        ];
+        d.on_response_headers(&p, &mut h, false);
+        h.response_body = gz.clone();
+        d.on_response_body(&p, &mut h, gz.len(), true);
+        assert!(h.replaced.is_empty());
+        assert_eq!(
+            (requests_total(&h), over_budget(&h)),
+            (1, 1),
+            "{:?}",
+            h.points
+        );
+        let tokens: u64 = h
+            .points
+            .iter()
+            .filter(|p| p.name.starts_with("llm_total_tokens_total"))
+            .map(|p| p.value)
+            .sum();
+        assert_eq!(tokens, 0, "not read, so not counted: {:?}", h.points);
+    }
+
     #[test]
     fn without_room_in_the_vm_budget_a_request_passes_unheld_and_is_counted() {
         let p = plugin(r#"{"max_body_bytes": 16384, "max_vm_bytes": 1048576}"#);

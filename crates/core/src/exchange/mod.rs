@@ -50,6 +50,11 @@ pub use host::Properties;
 use response::Reader;
 pub use settlement::{error_type, Settlement};
 
+/// What an injected stream's edit may take of the VM's memory budget at most.
+const INJECTION_BYTES: usize = crate::body::decode::DECODER_BYTES
+    + crate::body::decode::ENCODER_BYTES
+    + 2 * crate::stream::editor::HOLD_LIMIT;
+
 /// Stream usage injection, from request headers to the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Injection {
@@ -264,6 +269,12 @@ impl Exchange {
         }
         let req = inject::read_stream_request(body)?;
         self.stream_request = Some(req);
+        // What editing the response back may take (a compressed stream's decoder and
+        // encoder, a held line and member): without room for it, no injection.
+        if !self.lease.has_room(INJECTION_BYTES) {
+            self.lease.refuse();
+            return None;
+        }
         let rewritten = inject::request_usage_for(body, req)?;
         self.injection = Injection::Injected;
         Some(rewritten)

@@ -80,19 +80,36 @@ impl Reader {
         if !readable {
             return Reader::Unread;
         }
-        let decoder = match coding {
-            Coding::Identity => None,
-            _ => Decoder::new(coding),
+        let compressed = matches!(coding, Coding::Gzip | Coding::Deflate);
+        let decoder = if compressed {
+            match Decoder::within(coding, lease.sibling()) {
+                Some(d) => Some(d),
+                // No room in the VM's memory budget: not read (the lease records it).
+                None => return Reader::Unread,
+            }
+        } else {
+            None
         };
         match meter {
             Some(meter) => Reader::Stream {
                 meter,
                 decoder,
-                edit: edit.then(|| Edit {
-                    editor: StreamEditor::new(lease.sibling()),
-                    encoder: Encoder::new(coding),
-                    replaced: false,
-                }),
+                edit: match (edit, compressed) {
+                    (false, _) => None,
+                    (true, false) => Some(Edit {
+                        editor: StreamEditor::new(lease.sibling()),
+                        encoder: None,
+                        replaced: false,
+                    }),
+                    // Without room for an encoder the stream passes as the upstream sent
+                    // it (the lease records the refusal): an injection is declined before
+                    // the budget gets this short (see `Exchange::request_complete`).
+                    (true, true) => Encoder::within(coding, lease.sibling()).map(|encoder| Edit {
+                        editor: StreamEditor::new(lease.sibling()),
+                        encoder: Some(encoder),
+                        replaced: false,
+                    }),
+                },
             },
             None => Reader::Json {
                 copy: Capture::within(max_body_bytes, lease.sibling()),

@@ -28,8 +28,6 @@ pub struct ChunkParts<'a> {
     /// Texts in the order they are tallied, each with its tally key (the choice index in the
     /// high bits, 0 for text, 1 + n for tool call n) and what part of the answer it is.
     pub texts: Vec<(u64, Part, Cow<'a, str>)>,
-    /// `choices` was absent, null or empty.
-    pub no_choices: bool,
     pub usage: Option<Usage>,
 }
 
@@ -75,10 +73,7 @@ pub fn call_key(choice: u64, call: u64) -> u64 {
 /// Reads a chat/completions chunk, or `None` when serde must decide.
 pub fn read(data: &[u8]) -> Option<ChunkParts<'_>> {
     let mut s = Scan { b: data, i: 0 };
-    let mut parts = ChunkParts {
-        no_choices: true,
-        ..ChunkParts::default()
-    };
+    let mut parts = ChunkParts::default();
     let (mut model, mut choices, mut usage) = (false, false, false);
     s.object(0, |s, key| {
         match key {
@@ -89,10 +84,7 @@ pub fn read(data: &[u8]) -> Option<ChunkParts<'_>> {
             b"choices" => {
                 once(&mut choices)?;
                 if !s.null() {
-                    s.array(1, |s| {
-                        parts.no_choices = false;
-                        s.choice(&mut parts.texts)
-                    })?;
+                    s.array(1, |s| s.choice(&mut parts.texts))?;
                 }
             }
             b"usage" => {

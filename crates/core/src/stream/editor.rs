@@ -60,6 +60,11 @@ struct Scan {
     /// Inside the top-level object where a key may start.
     expect_key: bool,
     in_key: bool,
+    /// Hex digits of a key's `\uXXXX` escape still to come, and the value so far.
+    hex_left: u8,
+    hex_value: u32,
+    /// The key, escapes decoded (a character outside ASCII as 0xFF: it matches no key of
+    /// interest).
     key: [u8; 8],
     /// Bytes of the key; more than `key` holds means a key of no interest.
     key_len: usize,
@@ -81,6 +86,8 @@ impl Default for Scan {
             esc: false,
             expect_key: false,
             in_key: false,
+            hex_left: 0,
+            hex_value: 0,
             key: [0; 8],
             key_len: 0,
             after_key: false,
@@ -95,6 +102,44 @@ impl Default for Scan {
 impl Scan {
     fn key(&self) -> Option<&[u8]> {
         self.key.get(..self.key_len)
+    }
+
+    fn push_key(&mut self, b: u8) {
+        if let Some(slot) = self.key.get_mut(self.key_len) {
+            *slot = b;
+        }
+        // Longer than any key of interest: never matches.
+        self.key_len = (self.key_len + 1).min(self.key.len() + 1);
+    }
+
+    /// One byte of a key's string. Escapes are decoded as JSON does, so `"u\u0073age"` is
+    /// `usage` and `"u\/sage"` is not.
+    fn key_byte(&mut self, b: u8) {
+        if self.hex_left > 0 {
+            let digit = (b as char).to_digit(16).unwrap_or(0x10);
+            self.hex_value = self.hex_value.saturating_mul(16).saturating_add(digit);
+            self.hex_left -= 1;
+            if self.hex_left == 0 {
+                let c = u8::try_from(self.hex_value).ok().filter(u8::is_ascii);
+                self.push_key(c.unwrap_or(0xFF));
+            }
+        } else if self.esc {
+            self.esc = false;
+            match b {
+                b'u' => {
+                    self.hex_left = 4;
+                    self.hex_value = 0;
+                }
+                b'b' => self.push_key(0x08),
+                b'f' => self.push_key(0x0C),
+                b'n' => self.push_key(b'\n'),
+                b'r' => self.push_key(b'\r'),
+                b't' => self.push_key(b'\t'),
+                other => self.push_key(other),
+            }
+        } else {
+            self.push_key(b);
+        }
     }
 }
 
@@ -305,7 +350,10 @@ impl StreamEditor {
         }
         let s = &mut self.scan;
         if s.in_str {
-            if s.esc {
+            if s.in_key && (s.esc || s.hex_left > 0) {
+                // Inside an escape (no quote or backslash in valid ones).
+                s.key_byte(b);
+            } else if s.esc {
                 s.esc = false;
             } else if b == b'\\' {
                 s.esc = true;
@@ -321,14 +369,7 @@ impl StreamEditor {
                     }
                 }
             } else if s.in_key {
-                if let Some(slot) = s.key.get_mut(s.key_len) {
-                    *slot = b;
-                }
-                s.key_len = s.key_len.saturating_add(1);
-                if s.key_len > s.key.len() {
-                    // Longer than any key of interest: never matches.
-                    s.key_len = s.key.len() + 1;
-                }
+                s.key_byte(b);
             }
             return;
         }
@@ -360,6 +401,7 @@ impl StreamEditor {
                 s.in_str = true;
                 s.in_key = true;
                 s.key_len = 0;
+                s.hex_left = 0;
                 if s.strip_to_next_key {
                     // Drop the removed first member's comma and spaces: this key is first now.
                     s.strip_to_next_key = false;
@@ -565,6 +607,23 @@ mod tests {
                 "",
             ),
             (r#"data: {"id":"c1","usage":{"total_tokens":2}}"#, ""),
+            // Keys are read with their escapes decoded, as JSON does.
+            (
+                r#"data: {"choices":[{"delta":{}}],"u\u0073age":null}"#,
+                r#"data: {"choices":[{"delta":{}}]}"#,
+            ),
+            (
+                r#"data: {"ch\u006fices":[],"usage":{"total_tokens":2}}"#,
+                "",
+            ),
+            (
+                r#"data: {"choices":[{"delta":{}}],"u\/sage":1,"u\"sage":2,"usag\u00e9":3}"#,
+                r#"data: {"choices":[{"delta":{}}],"u\/sage":1,"u\"sage":2,"usag\u00e9":3}"#,
+            ),
+            (
+                r#"data: {"choices":[],"u\"sage":{"total_tokens":2}}"#,
+                r#"data: {"choices":[],"u\"sage":{"total_tokens":2}}"#,
+            ),
         ];
         for (line, want) in cases {
             let s = format!("{line}\n\n");

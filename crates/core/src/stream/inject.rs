@@ -5,16 +5,127 @@
 //! a minimal edit of the request text (everything else stays byte for byte);
 //! [`crate::stream::editor`] takes back out of the response what the client did not ask for.
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 
 use crate::body::jsonscan;
 
-#[derive(Deserialize)]
+/// The two fields the rewrite needs, read from a body that must be a JSON object a strict
+/// parser accepts: every other value is read through [`Checked`], and a key named twice is
+/// refused.
 struct StreamFields {
-    #[serde(default)]
     stream: Option<serde_json::Value>,
-    #[serde(default)]
     stream_options: Option<serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for StreamFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = StreamFields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamFields, A::Error> {
+                let mut fields = StreamFields {
+                    stream: None,
+                    stream_options: None,
+                };
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Stream => &mut fields.stream,
+                        Key::Options => &mut fields.stream_options,
+                        Key::Other => {
+                            map.next_value::<Checked>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(A::Error::custom("a key named twice"));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(fields)
+            }
+        }
+        // Only a map: serde would otherwise read an array as the fields in order.
+        d.deserialize_map(Fields)
+    }
+}
+
+/// A top-level key, decoded (an escaped spelling of `stream` is `stream`).
+enum Key {
+    Stream,
+    Options,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "stream" => Key::Stream,
+                    "stream_options" => Key::Options,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A JSON value read and dropped. Unlike `serde::de::IgnoredAny`, whose skip checks
+/// neither that strings are UTF-8 nor that `\u` escapes pair up, every string is decoded
+/// (borrowed from the input when it has no escape, so without allocating): a body a
+/// strict parser would refuse is never edited.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 /// Whether a request body asks for a stream, and whether it already asks for usage.
@@ -30,7 +141,8 @@ pub struct StreamRequest {
 }
 
 /// Reads `stream` and `stream_options` as JSON does (escaped keys decoded); `None` when the
-/// body is not a JSON object or names either key twice.
+/// body is not a JSON object a strict parser accepts (invalid UTF-8, a lone surrogate
+/// escape, trailing bytes) or names either key twice.
 pub fn read_stream_request(body: &[u8]) -> Option<StreamRequest> {
     let f: StreamFields = serde_json::from_slice(body).ok()?;
     let options = f.stream_options.as_ref();
@@ -100,6 +212,25 @@ mod tests {
 
     fn json(b: &[u8]) -> serde_json::Value {
         serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn leaves_bodies_a_strict_parser_refuses() {
+        // A raw 0xFF inside a string, a lone surrogate escape, an array, a key twice.
+        for body in [
+            &b"{\"stream\":true,\"x\":\"\xff\"}"[..],
+            br#"{"stream":true,"x":"\ud800"}"#,
+            br#"{"stream":true,"x":{"\udc00":1}}"#,
+            br#"[true,{}]"#,
+            br#"[true,"{"]"#,
+            br#"{"stream":true,"stream":true}"#,
+            br#"{"stream":true} x"#,
+        ] {
+            assert_eq!(request_usage(body), None, "{}", body.escape_ascii());
+        }
+        // A surrogate pair is one character, and escaped keys are read decoded.
+        assert!(request_usage(br#"{"stream":true,"x":"\ud83d\ude00"}"#).is_some());
+        assert!(request_usage(br#"{"str\u0065am":true}"#).is_some());
     }
 
     #[test]

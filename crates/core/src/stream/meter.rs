@@ -27,9 +27,6 @@ pub struct EventInfo {
     /// The event carried content, a refusal or a tool call (the first one marks the time to
     /// first token).
     pub content: bool,
-    /// A chat/completions chunk with no choices and a usage object: the usage-only chunk
-    /// `stream_options.include_usage` adds.
-    pub usage_only: bool,
     /// `[DONE]`, or a terminal Responses event.
     pub terminal: bool,
 }
@@ -235,6 +232,17 @@ impl StreamMeter {
 
     /// Reads the events kept so far, and every later one as it comes.
     fn read_deferred(&mut self, enc: Encoding) {
+        self.read_kept(enc);
+        let Some(mut d) = self.deferred.take() else {
+            return;
+        };
+        self.lease.free(&mut d.data);
+        self.lease
+            .give(d.ends.capacity() * std::mem::size_of::<usize>());
+    }
+
+    /// Reads the events kept so far, in their order, and goes on keeping later ones.
+    fn read_kept(&mut self, enc: Encoding) {
         let Some(mut d) = self.deferred.take() else {
             return;
         };
@@ -245,9 +253,9 @@ impl StreamMeter {
             }
             start = end;
         }
-        self.lease.free(&mut d.data);
-        self.lease
-            .give(d.ends.capacity() * std::mem::size_of::<usize>());
+        d.data.clear();
+        d.ends.clear();
+        self.deferred = Some(d);
     }
 
     /// Keeps an event for later when that changes nothing now; false when it must be read.
@@ -400,6 +408,12 @@ impl StreamMeter {
             self.unreadable += 1;
             return EventInfo::default();
         };
+        if parts.usage.is_none() {
+            // An event that may carry usage but brings none (`{}`, unreadable counts): the
+            // texts may be needed after all, and are tallied in stream order. One that
+            // brings usage leaves the kept texts unneeded (usage, once read, stays).
+            self.read_kept(enc);
+        }
         let mut info = EventInfo::default();
         if self.model.is_none() {
             self.model = parts.model.map(Cow::into_owned).filter(|m| !m.is_empty());
@@ -417,7 +431,6 @@ impl StreamMeter {
             }
         }
         if let Some(u) = parts.usage {
-            info.usage_only = parts.no_choices;
             self.usage = Some(u);
         }
         info
@@ -477,7 +490,6 @@ impl StreamMeter {
 pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
     let chunk = serde_json::from_slice::<Chunk<'_>>(data).ok()?;
     let choices = chunk.choices.unwrap_or_default();
-    let no_choices = choices.is_empty();
     let mut texts = Vec::new();
     for c in choices {
         let base = chunkscan::text_key(c.index);
@@ -505,7 +517,6 @@ pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
     Some(ChunkParts {
         model: chunk.model,
         texts,
-        no_choices,
         usage: chunk.usage.and_then(RawUsage::into_usage),
     })
 }
@@ -533,7 +544,6 @@ fn may_carry_usage(data: &[u8]) -> bool {
 fn merge(a: EventInfo, b: EventInfo) -> EventInfo {
     EventInfo {
         content: a.content || b.content,
-        usage_only: a.usage_only || b.usage_only,
         terminal: a.terminal || b.terminal,
     }
 }
@@ -573,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn event_info_marks_content_usage_only_and_done() {
+    fn event_info_marks_content_and_done() {
         let mut m = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
         let infos: Vec<EventInfo> = CHAT
             .split_inclusive("\n\n")
@@ -581,8 +591,6 @@ mod tests {
             .collect();
         assert!(!infos[0].content, "an empty first delta is not content");
         assert!(infos[1].content);
-        assert!(infos[4].usage_only);
-        assert!(!infos[3].usage_only);
         assert!(infos[5].terminal);
     }
 
@@ -735,6 +743,24 @@ mod tests {
     }
 
     #[test]
+    fn an_event_that_brings_no_usage_after_all_keeps_the_texts_in_order() {
+        // The last chunk names usage but its object is empty: the estimate is needed, and
+        // must read the texts in stream order (`sT.`, not `s.T`).
+        let s = concat!(
+            "data:{\"choices\":[{\"text\":\"s\"}],\"model\":\"t\"}\n\n",
+            "data:{\"choices\":[{\"text\":\"T\"}],\"usage\":null}\n\n",
+            "data:{\"choices\":[{\"text\":\".\"}],\"usage\":{}}\n\n",
+        );
+        let (mut plain, _) = read(s, s.len(), None);
+        let (mut kept, _) = read(s, s.len(), Some(1 << 20));
+        assert_eq!(kept.usage, None);
+        assert_eq!(
+            kept.estimated_completion(Encoding::O200kBase),
+            plain.estimated_completion(Encoding::O200kBase)
+        );
+    }
+
+    #[test]
     fn expected_usage_leaves_texts_unread_until_needed() {
         let stream = long_chat(50, true);
         let (m, infos) = read(&stream, stream.len(), Some(1 << 20));
@@ -742,15 +768,6 @@ mod tests {
         // The first content was read (it times the first token), the rest was kept.
         assert_eq!(m.tallies.len(), 1);
         assert_eq!(m.deferred.as_ref().map(|d| d.ends.len()), Some(49));
-        // The usage-only chunk is still recognised, so an edited stream can drop it.
-        let mut one = StreamMeter::new(Operation::ChatCompletions, 1 << 20);
-        one.expect_usage(1 << 20);
-        let events: Vec<EventInfo> = stream
-            .split_inclusive("\n\n")
-            .map(|e| one.feed(e.as_bytes(), Encoding::O200kBase))
-            .collect();
-        assert!(events[0].content);
-        assert!(events[50].usage_only && !events[49].usage_only);
         assert!(infos.iter().any(|i| i.terminal));
     }
 

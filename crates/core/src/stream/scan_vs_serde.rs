@@ -41,7 +41,6 @@ fn reads_the_usual_chunks_itself_and_as_serde_does() {
     );
     let text = read(SAMPLES[1].as_bytes()).unwrap();
     assert_eq!(text.texts[0].2, " Hello \"world\"\n café café 🎉");
-    assert!(read(SAMPLES[2].as_bytes()).unwrap().no_choices);
 }
 
 #[test]

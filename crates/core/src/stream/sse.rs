@@ -8,7 +8,8 @@
 //! Follows the WHATWG rules that matter for LLM streams: lines end in LF, CRLF or CR;
 //! `data:` lines accumulate, joined by `\n`; `event:` names the event; a line starting
 //! with `:` is a comment; a blank line dispatches; one space after the colon is dropped.
-//! An event whose data grows past the limit is dropped whole and counted, never buffered.
+//! An event whose data, or any one of whose lines (field name and comments included), grows
+//! past the limit is dropped whole and counted, never buffered, wherever the chunks split.
 
 use crate::body::budget::Lease;
 
@@ -137,7 +138,15 @@ impl SseParser {
             self.dispatch(on_event);
             return;
         }
-        if self.oversized || line.first() == Some(&b':') {
+        if self.oversized {
+            return;
+        }
+        if line.len() > self.max_event_bytes {
+            // As a line that arrives in pieces is: the limit must not depend on the cuts.
+            self.start_skipping();
+            return;
+        }
+        if line.first() == Some(&b':') {
             return;
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
@@ -287,6 +296,37 @@ mod tests {
         let (events, skipped) = parse_chunks(&[s.as_bytes()], 64);
         assert_eq!(events, [("".into(), "ok".into())]);
         assert_eq!(skipped, 1);
+    }
+
+    #[test]
+    fn the_limit_does_not_depend_on_where_chunks_split() {
+        // A data line whose value fits but whose line does not, and long lines of the
+        // other kinds: each drops its event, in one piece or in many.
+        let value = "v".repeat(60);
+        let long = "c".repeat(70);
+        for line in [
+            format!("data: {value}"),
+            format!(":{long}"),
+            format!("event: {long}"),
+            format!("id: {long}"),
+            long.clone(),
+        ] {
+            let s = format!("data: a\n\n{line}\ndata: b\n\ndata: c\n\n");
+            let whole = parse_chunks(&[s.as_bytes()], 64);
+            assert_eq!(
+                whole,
+                (vec![("".into(), "a".into()), ("".into(), "c".into())], 1),
+                "{line}"
+            );
+            for step in [1, 2, 7, 33] {
+                let chunks: Vec<&[u8]> = s.as_bytes().chunks(step).collect();
+                assert_eq!(
+                    parse_chunks(&chunks, 64),
+                    whole,
+                    "{line} in steps of {step}"
+                );
+            }
+        }
     }
 
     #[test]

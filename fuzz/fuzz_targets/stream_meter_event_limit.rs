@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tokenmeter_fuzz_checks::stream_meter_event_limit(data));
