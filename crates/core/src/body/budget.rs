@@ -10,6 +10,11 @@
 //! event is skipped) and the request is counted as over budget. Leases give their bytes back
 //! when dropped, that is when the request ends.
 //!
+//! Request bodies may take only part of the budget ([`REQUEST_SHARE`]): slow uploads are
+//! what a client controls, and if they could take all of it, no answer could be read while
+//! they stall (the answers of every other request would go unmetered). The rest stays for
+//! responses and streams.
+//!
 //! Proxy-wasm VMs are single-threaded, so the budget is shared with `Rc` and `Cell`.
 
 use std::cell::Cell;
@@ -19,11 +24,17 @@ use std::rc::Rc;
 /// and far below what a Wasm VM can address.
 pub const DEFAULT_VM_BYTES: usize = 64 * 1024 * 1024;
 
+/// The part of the budget request bodies may take together: a half.
+pub const REQUEST_SHARE: (usize, usize) = (1, 2);
+
 /// The bytes one VM keeps, and its limit.
 #[derive(Debug)]
 pub struct Budget {
     limit: usize,
     used: Cell<usize>,
+    /// Of `used`, what request bodies hold, and their limit.
+    request_limit: usize,
+    request_used: Cell<usize>,
 }
 
 impl Budget {
@@ -31,6 +42,8 @@ impl Budget {
         Rc::new(Budget {
             limit,
             used: Cell::new(0),
+            request_limit: limit / REQUEST_SHARE.1 * REQUEST_SHARE.0,
+            request_used: Cell::new(0),
         })
     }
 
@@ -48,21 +61,42 @@ impl Budget {
         self.limit
     }
 
+    /// Bytes request bodies hold now.
+    pub fn request_used(&self) -> usize {
+        self.request_used.get()
+    }
+
     /// Whether `bytes` more would fit now.
     pub fn has_room(&self, bytes: usize) -> bool {
         self.used.get().saturating_add(bytes) <= self.limit
     }
 
-    fn take(&self, bytes: usize) -> bool {
-        if !self.has_room(bytes) {
+    fn room(&self, bytes: usize, request: bool) -> bool {
+        self.has_room(bytes)
+            && (!request || self.request_used.get().saturating_add(bytes) <= self.request_limit)
+    }
+
+    fn take(&self, bytes: usize, request: bool) -> bool {
+        if !self.room(bytes, request) {
             return false;
         }
-        self.used.set(self.used.get() + bytes);
+        self.add(bytes, request);
         true
     }
 
-    fn give(&self, bytes: usize) {
+    fn add(&self, bytes: usize, request: bool) {
+        self.used.set(self.used.get() + bytes);
+        if request {
+            self.request_used.set(self.request_used.get() + bytes);
+        }
+    }
+
+    fn give(&self, bytes: usize, request: bool) {
         self.used.set(self.used.get().saturating_sub(bytes));
+        if request {
+            self.request_used
+                .set(self.request_used.get().saturating_sub(bytes));
+        }
     }
 }
 
@@ -74,6 +108,8 @@ pub struct Lease {
     budget: Option<Rc<Budget>>,
     refused: Option<Rc<Cell<bool>>>,
     bytes: usize,
+    /// Counts against the request share too.
+    request: bool,
 }
 
 impl Lease {
@@ -82,6 +118,7 @@ impl Lease {
             budget: Some(Rc::clone(budget)),
             refused: Some(Rc::new(Cell::new(false))),
             bytes: 0,
+            request: false,
         }
     }
 
@@ -91,6 +128,7 @@ impl Lease {
             budget: None,
             refused: None,
             bytes: 0,
+            request: false,
         }
     }
 
@@ -100,6 +138,17 @@ impl Lease {
             budget: self.budget.clone(),
             refused: self.refused.clone(),
             bytes: 0,
+            request: self.request,
+        }
+    }
+
+    /// A sibling for a request body: it also counts against the budget's request share.
+    pub fn for_request(&self) -> Lease {
+        Lease {
+            budget: self.budget.clone(),
+            refused: self.refused.clone(),
+            bytes: 0,
+            request: true,
         }
     }
 
@@ -117,12 +166,18 @@ impl Lease {
 
     /// Whether `bytes` more would fit now (nothing is taken).
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.budget.as_ref().is_none_or(|b| b.has_room(bytes))
+        self.budget
+            .as_ref()
+            .is_none_or(|b| b.room(bytes, self.request))
     }
 
     /// Takes `bytes` more, if the budget has them.
     pub fn take(&mut self, bytes: usize) -> bool {
-        if self.budget.as_ref().is_none_or(|b| b.take(bytes)) {
+        if self
+            .budget
+            .as_ref()
+            .is_none_or(|b| b.take(bytes, self.request))
+        {
             self.bytes += bytes;
             true
         } else {
@@ -136,7 +191,7 @@ impl Lease {
         let bytes = bytes.min(self.bytes);
         self.bytes -= bytes;
         if let Some(b) = &self.budget {
-            b.give(bytes);
+            b.give(bytes, self.request);
         }
     }
 
@@ -177,7 +232,7 @@ impl Lease {
             // Accounted as taken even if the budget is now slightly over: the bytes exist.
             self.bytes += got - target;
             if let Some(b) = &self.budget {
-                b.used.set(b.used.get() + (got - target));
+                b.add(got - target, self.request);
             }
         }
         true
@@ -212,7 +267,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(b) = &self.budget {
-            b.give(self.bytes);
+            b.give(self.bytes, self.request);
         }
     }
 }
@@ -220,6 +275,23 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bodies_take_at_most_their_share() {
+        let budget = Budget::new(1000);
+        let general = Lease::new(&budget);
+        let mut upload = general.for_request();
+        let mut body = Vec::new();
+        assert!(upload.extend(&mut body, &[1; 500]));
+        assert!(!upload.for_request().take(1), "the request share is spent");
+        assert!(general.was_refused());
+        // The rest stays for answers.
+        let mut answer = general.sibling();
+        assert!(answer.take(500));
+        assert_eq!((budget.used(), budget.request_used()), (1000, 500));
+        drop(upload);
+        assert_eq!((budget.used(), budget.request_used()), (500, 0));
+    }
 
     #[test]
     fn leases_share_the_budget_and_give_back_on_drop() {

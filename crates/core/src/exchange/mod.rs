@@ -189,7 +189,7 @@ impl Exchange {
             route,
             header_values,
             subscription,
-            request: Capture::within(config.max_body_bytes, lease.sibling()),
+            request: Capture::within(config.max_body_bytes, lease.for_request()),
             injection,
             response: Reader::new(config.max_body_bytes, lease.sibling()),
             lease,

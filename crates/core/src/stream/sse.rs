@@ -36,7 +36,7 @@ pub struct SseParser {
     after_cr: bool,
     /// The current line was too long and is being dropped up to its end.
     line_dropped: bool,
-    /// Events dropped for size.
+    /// Events dropped for size (not those the memory budget had no room for).
     pub skipped: u64,
     lease: Lease,
 }
@@ -114,19 +114,20 @@ impl SseParser {
         if self.line_dropped {
             return;
         }
-        if self.line.len() + part.len() > self.max_event_bytes
-            || !self.lease.extend(&mut self.line, part)
-        {
-            self.start_skipping();
+        let too_long = self.line.len() + part.len() > self.max_event_bytes;
+        if too_long || !self.lease.extend(&mut self.line, part) {
+            self.start_skipping(too_long);
             self.line.clear();
             self.line_dropped = true;
         }
     }
 
-    fn start_skipping(&mut self) {
+    /// Skips the current event; `too_long` counts it in `skipped` (an event the memory
+    /// budget had no room for is recorded by the lease instead).
+    fn start_skipping(&mut self, too_long: bool) {
         if !self.oversized {
             self.oversized = true;
-            self.skipped += 1;
+            self.skipped += u64::from(too_long);
         }
         self.data.clear();
         self.lease
@@ -143,7 +144,7 @@ impl SseParser {
         }
         if line.len() > self.max_event_bytes {
             // As a line that arrives in pieces is: the limit must not depend on the cuts.
-            self.start_skipping();
+            self.start_skipping(true);
             return;
         }
         if line.first() == Some(&b':') {
@@ -160,10 +161,9 @@ impl SseParser {
         match field {
             b"data" => {
                 let extra = usize::from(self.has_data) + value.len();
-                if self.data.len() + extra > self.max_event_bytes
-                    || !self.lease.reserve(&mut self.data, extra)
-                {
-                    self.start_skipping();
+                let too_long = self.data.len() + extra > self.max_event_bytes;
+                if too_long || !self.lease.reserve(&mut self.data, extra) {
+                    self.start_skipping(too_long);
                     return;
                 }
                 if self.has_data {
