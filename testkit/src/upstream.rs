@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `x-upstream-status: N` | answer with status N and an OpenAI error body (429 adds `retry-after`) |
 //! | `x-upstream-body: truncated\|html\|garbage\|empty` | a broken 200 body |
+//! | `x-upstream-body: fake-gzip` | streams: `content-encoding: gzip` on a body that is not compressed |
 //! | `x-upstream-usage: none` | no usage anywhere, even when the client asked for it |
 //! | `x-upstream-reply: TEXT` | the assistant's text (default: derived from the prompt) |
 //! | `x-upstream-tool: NAME` | chat answers with a call to tool NAME instead of text |
@@ -19,6 +20,16 @@
 //! | `x-upstream-abort-after: N` | reset the connection after N streamed events |
 //! | `x-upstream-gzip: 1` | gzip the body (`content-encoding: gzip`) |
 //! | `x-upstream-usage-in-every-chunk: 1` | chat streams: vLLM-style usage on every chunk |
+//! | `x-upstream-usage-placement: separate\|last\|every` | chat streams asked for usage: `separate` (default, as OpenAI) `"usage":null` on every chunk and the counts on a usage-only chunk; `last` the counts on the last chunk with choices and no `usage` member elsewhere; `every` the counts on every chunk and on a usage-only chunk |
+//! | `x-upstream-usage-first: 1` | chat streams: `usage` is the first member of each chunk (default: the last) |
+//! | `x-upstream-prompt-tokens: N` | report N prompt tokens (any u64; the total saturates) |
+//! | `x-upstream-completion-tokens: N` | report N completion tokens (any u64; the total saturates) |
+//! | `x-upstream-big-piece: N` | the reply ends with N more bytes of words, streamed as one content chunk (an event of more than N bytes) |
+//! | `x-upstream-eol: lf\|cr\|crlf` | streams: the line ending that frames events (default `lf`) |
+//! | `x-upstream-json-spaces: 1\|2` | streams: events' JSON spaced as Python's `json.dumps` writes it (`1`), or with spaces and tabs around every token (`2`) |
+//! | `x-upstream-content-type: TYPE` | streams: this content-type instead of `text/event-stream; charset=utf-8` |
+//! | `x-upstream-gzip-corrupt-after: N` | streams: gzip (as `x-upstream-gzip: 1`) for N events, then an invalid deflate block and the rest of the events uncompressed |
+//! | `x-upstream-discard-body: 1` | read the request body as it arrives and keep only its length (`Received::body_len`; the answer is then the one to an empty body): for uploads that never end |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +41,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use futures_util::stream;
+use futures_util::StreamExt as _;
+use serde::Serialize as _;
 use serde_json::{json, Value};
 
 /// A request the upstream received, as it arrived (after the gateway).
@@ -38,6 +51,8 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The body's length as it arrived (also when `x-upstream-discard-body` kept nothing).
+    pub body_len: usize,
 }
 
 impl Received {
@@ -97,6 +112,7 @@ impl Upstream {
                             return;
                         }
                     };
+                    // Bodies are read as a stream (see `handle`): no size limit applies.
                     let app = axum::Router::new().fallback(move |m, u, h, b| {
                         let log = app_log.clone();
                         async move { handle(log, m, u, h, b).await }
@@ -119,6 +135,19 @@ impl Upstream {
     /// Requests received so far.
     pub fn received(&self) -> Vec<Received> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The last request received, if any (without copying the others).
+    pub fn last_received(&self) -> Option<Received> {
+        self.log.lock().ok().and_then(|l| l.last().cloned())
+    }
+
+    /// Requests received so far, forgotten here (large bodies need not stay in memory).
+    pub fn take_received(&self) -> Vec<Received> {
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 
     /// Blocks until the process is asked to stop (for the standalone binary).
@@ -179,6 +208,100 @@ struct Controls {
     abort_after: Option<usize>,
     gzip: bool,
     usage_every_chunk: bool,
+    placement: Placement,
+    usage_first: bool,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    big_piece: Option<usize>,
+    framing: Framing,
+    content_type: Option<String>,
+    corrupt_after: Option<usize>,
+}
+
+/// Where a chat stream asked for usage carries it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placement {
+    Separate,
+    Last,
+    Every,
+}
+
+/// How stream events are written: line ending and JSON spacing.
+#[derive(Clone, Copy, Debug)]
+struct Framing {
+    eol: &'static str,
+    spaces: u8,
+}
+
+impl Framing {
+    fn json(&self, v: &Value) -> String {
+        if self.spaces == 0 {
+            return v.to_string();
+        }
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced(self.spaces));
+        let _ = v.serialize(&mut ser);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn data(&self, v: &Value) -> String {
+        let eol = self.eol;
+        format!("data: {}{eol}{eol}", self.json(v))
+    }
+
+    fn done(&self) -> String {
+        let eol = self.eol;
+        format!("data: [DONE]{eol}{eol}")
+    }
+
+    fn event(&self, name: &str, v: &Value) -> String {
+        let eol = self.eol;
+        format!("event: {name}{eol}data: {}{eol}{eol}", self.json(v))
+    }
+}
+
+/// JSON with whitespace between tokens: `1` as Python's `json.dumps` (`", "`, `": "`), `2`
+/// spaces and tabs around every token.
+struct Spaced(u8);
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(if self.0 >= 2 { b"[ " } else { b"[" })
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(if self.0 >= 2 { b" ]" } else { b"]" })
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        match (first, self.0 >= 2) {
+            (true, _) => Ok(()),
+            (false, true) => w.write_all(b" ,\t"),
+            (false, false) => w.write_all(b", "),
+        }
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(if self.0 >= 2 { b"{\t" } else { b"{" })
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(if self.0 >= 2 { b" }" } else { b"}" })
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        match (first, self.0 >= 2) {
+            (true, _) => Ok(()),
+            (false, true) => w.write_all(b" ,\t"),
+            (false, false) => w.write_all(b", "),
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(if self.0 >= 2 { b" :\t" } else { b": " })
+    }
 }
 
 impl Controls {
@@ -197,6 +320,25 @@ impl Controls {
             abort_after: n("x-upstream-abort-after").map(|v| v as usize),
             gzip: s("x-upstream-gzip").as_deref() == Some("1"),
             usage_every_chunk: s("x-upstream-usage-in-every-chunk").as_deref() == Some("1"),
+            placement: match s("x-upstream-usage-placement").as_deref() {
+                Some("last") => Placement::Last,
+                Some("every") => Placement::Every,
+                _ => Placement::Separate,
+            },
+            usage_first: s("x-upstream-usage-first").as_deref() == Some("1"),
+            prompt_tokens: n("x-upstream-prompt-tokens"),
+            completion_tokens: n("x-upstream-completion-tokens"),
+            big_piece: n("x-upstream-big-piece").map(|v| v as usize),
+            framing: Framing {
+                eol: match s("x-upstream-eol").as_deref() {
+                    Some("cr") => "\r",
+                    Some("crlf") => "\r\n",
+                    _ => "\n",
+                },
+                spaces: n("x-upstream-json-spaces").unwrap_or(0).min(2) as u8,
+            },
+            content_type: s("x-upstream-content-type"),
+            corrupt_after: n("x-upstream-gzip-corrupt-after").map(|v| v as usize),
         }
     }
 }
@@ -262,7 +404,26 @@ pub fn gzip_bytes(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-async fn handle(log: Log, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(log: Log, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let discard = headers
+        .get("x-upstream-discard-body")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut body_len = 0;
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(b) => {
+                body_len += b.len();
+                if !discard {
+                    kept.extend_from_slice(&b);
+                }
+            }
+            // The client went away mid-upload: nobody reads an answer.
+            Err(_) => return bytes_response(400, "text/plain", Vec::new(), false),
+        }
+    }
+    let body = Bytes::from(kept);
     let path = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
@@ -280,6 +441,7 @@ async fn handle(log: Log, method: Method, uri: Uri, headers: HeaderMap, body: By
                 })
                 .collect(),
             body: body.to_vec(),
+            body_len,
         });
     }
     if uri.path() == "/healthz" {
@@ -334,20 +496,27 @@ async fn handle(log: Log, method: Method, uri: Uri, headers: HeaderMap, body: By
                 Api::Completions => completions_prompt_tokens(&model, &req),
                 _ => responses_prompt_tokens(&model, &req),
             };
-            let reply = c.reply.clone().unwrap_or_else(|| default_reply(api, &req));
+            let prompt = c.prompt_tokens.unwrap_or(prompt);
+            let mut reply = c.reply.clone().unwrap_or_else(|| default_reply(api, &req));
+            if let Some(n) = c.big_piece {
+                reply.push_str(&filler(n));
+            }
             let tool = if api == Api::Chat {
                 c.tool.clone()
             } else {
                 None
             };
-            let gen = Generation {
+            let mut gen = Generation {
                 api,
                 model,
                 azure,
                 prompt,
                 reply,
                 tool,
+                completion: 0,
             };
+            // Counted once: a stream may report it on every chunk.
+            gen.completion = gen.completion_tokens(&c);
             if stream {
                 gen.stream(&c, include_usage)
             } else {
@@ -356,6 +525,14 @@ async fn handle(log: Log, method: Method, uri: Uri, headers: HeaderMap, body: By
             }
         }
     }
+}
+
+/// `n` bytes of words, starting with a space (the tail `x-upstream-big-piece` adds).
+fn filler(n: usize) -> String {
+    let words = " lorem ipsum dolor sit amet consectetur adipiscing elit";
+    let mut s = words.repeat(n / words.len() + 1);
+    s.truncate(n);
+    s
 }
 
 /// The dated snapshot a provider reports for a model alias.
@@ -550,6 +727,8 @@ struct Generation {
     prompt: u64,
     reply: String,
     tool: Option<String>,
+    /// The completion tokens reported (see `completion_tokens`).
+    completion: u64,
 }
 
 const CREATED: u64 = 1_764_150_000;
@@ -560,6 +739,9 @@ impl Generation {
     }
 
     fn completion_tokens(&self, c: &Controls) -> u64 {
+        if let Some(n) = c.completion_tokens {
+            return n;
+        }
         let visible = match &self.tool {
             Some(name) => count(&self.model, name) + count(&self.model, &self.tool_args()),
             None => count(&self.model, &self.reply),
@@ -568,11 +750,11 @@ impl Generation {
     }
 
     fn chat_usage(&self, c: &Controls) -> Value {
-        let completion = self.completion_tokens(c);
+        let completion = self.completion;
         json!({
             "prompt_tokens": self.prompt,
             "completion_tokens": completion,
-            "total_tokens": self.prompt + completion,
+            "total_tokens": self.prompt.saturating_add(completion),
             "prompt_tokens_details": {"cached_tokens": c.cached, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": c.reasoning, "audio_tokens": 0,
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
@@ -580,13 +762,13 @@ impl Generation {
     }
 
     fn responses_usage(&self, c: &Controls) -> Value {
-        let completion = self.completion_tokens(c);
+        let completion = self.completion;
         json!({
             "input_tokens": self.prompt,
             "input_tokens_details": {"cached_tokens": c.cached},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": c.reasoning},
-            "total_tokens": self.prompt + completion
+            "total_tokens": self.prompt.saturating_add(completion)
         })
     }
 
@@ -693,19 +875,44 @@ impl Generation {
         out
     }
 
+    /// The reply's pieces, the tail `x-upstream-big-piece` added as one.
+    fn reply_pieces(&self, c: &Controls) -> Vec<String> {
+        let big = c.big_piece.unwrap_or(0).min(self.reply.len());
+        let (head, tail) = self.reply.split_at(self.reply.len() - big);
+        let mut out = Self::pieces(head);
+        if !tail.is_empty() {
+            out.push(tail.to_string());
+        }
+        out
+    }
+
     fn events(&self, c: &Controls, include_usage: bool) -> Vec<String> {
-        let data = |v: Value| format!("data: {v}\n\n");
+        let f = c.framing;
+        let data = |v: Value| f.data(&v);
         let mut ev = Vec::new();
         match self.api {
             Api::Chat => {
                 let id = "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG";
-                let every = c.usage_every_chunk && !c.no_usage;
+                let placement = if include_usage {
+                    Some(c.placement)
+                } else {
+                    None
+                };
+                let every =
+                    (c.usage_every_chunk && !c.no_usage) || placement == Some(Placement::Every);
+                // Whether chunks without counts carry `"usage": null`.
+                let member = every || placement == Some(Placement::Separate);
                 let chunk = |choices: Value, usage: Option<Value>| {
                     let mut v = json!({"id": id, "object": "chat.completion.chunk", "created": CREATED,
                         "model": self.model, "service_tier": "default", "system_fingerprint": "fp_6ec83003ad",
                         "choices": choices});
-                    if include_usage || every {
-                        v["usage"] = usage.unwrap_or(Value::Null);
+                    let usage = usage.or_else(|| member.then_some(Value::Null));
+                    if let (Some(u), Some(o)) = (usage, v.as_object_mut()) {
+                        if c.usage_first {
+                            o.shift_insert(0, "usage".into(), u);
+                        } else {
+                            o.insert("usage".into(), u);
+                        }
                     }
                     v
                 };
@@ -726,7 +933,7 @@ impl Generation {
                         }
                     }
                     None => {
-                        for piece in Self::pieces(&self.reply) {
+                        for piece in self.reply_pieces(c) {
                             ev.push(data(chunk(
                                 json!([{"index": 0, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]),
                                 every_usage(),
@@ -739,14 +946,19 @@ impl Generation {
                 } else {
                     "stop"
                 };
+                let last = if placement == Some(Placement::Last) {
+                    Some(self.chat_usage(c))
+                } else {
+                    every_usage()
+                };
                 ev.push(data(chunk(
                     json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}]),
-                    every_usage(),
+                    last,
                 )));
-                if include_usage {
+                if include_usage && placement != Some(Placement::Last) {
                     ev.push(data(chunk(json!([]), Some(self.chat_usage(c)))));
                 }
-                ev.push("data: [DONE]\n\n".to_string());
+                ev.push(f.done());
             }
             Api::Completions => {
                 let chunk = |choices: Value, usage: Option<Value>| {
@@ -771,7 +983,7 @@ impl Generation {
                 if include_usage {
                     ev.push(data(chunk(json!([]), Some(self.chat_usage(c)))));
                 }
-                ev.push("data: [DONE]\n\n".to_string());
+                ev.push(f.done());
             }
             Api::Responses => {
                 let mut seq = 0u64;
@@ -779,7 +991,7 @@ impl Generation {
                     v["type"] = json!(name);
                     v["sequence_number"] = json!(seq);
                     seq += 1;
-                    format!("event: {name}\ndata: {v}\n\n")
+                    f.event(name, &v)
                 };
                 let item_id = "msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654";
                 let in_progress = self.response_object(c, "in_progress");
@@ -826,7 +1038,8 @@ impl Generation {
         let events = self.events(c, include_usage);
         let delay = c.delay;
         let abort_after = c.abort_after;
-        let gzip = c.gzip;
+        let fake_gzip = c.broken.as_deref() == Some("fake-gzip");
+        let gzip = c.gzip || c.corrupt_after.is_some();
         let mut encoder =
             gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
         let items: Vec<Result<Bytes, std::io::Error>> = {
@@ -837,13 +1050,22 @@ impl Generation {
                     out.push(Err(std::io::Error::other("upstream aborts the stream")));
                     break;
                 }
-                let bytes = match encoder.as_mut() {
-                    Some(enc) => {
-                        let _ = enc.write_all(e.as_bytes());
-                        let _ = enc.flush();
-                        std::mem::take(enc.get_mut())
+                let bytes = if c.corrupt_after == Some(i) {
+                    // After a sync flush the deflate stream is byte-aligned: 0x07 starts a
+                    // final block of the reserved type 3, which no decoder accepts.
+                    encoder = None;
+                    let mut b = vec![0x07];
+                    b.extend_from_slice(e.as_bytes());
+                    b
+                } else {
+                    match encoder.as_mut() {
+                        Some(enc) => {
+                            let _ = enc.write_all(e.as_bytes());
+                            let _ = enc.flush();
+                            std::mem::take(enc.get_mut())
+                        }
+                        None => e.into_bytes(),
                     }
-                    None => e.into_bytes(),
                 };
                 out.push(Ok(Bytes::from(bytes)));
             }
@@ -863,9 +1085,14 @@ impl Generation {
         });
         let mut b = Response::builder()
             .status(200)
-            .header("content-type", "text/event-stream; charset=utf-8")
+            .header(
+                "content-type",
+                c.content_type
+                    .as_deref()
+                    .unwrap_or("text/event-stream; charset=utf-8"),
+            )
             .header("cache-control", "no-cache");
-        if gzip {
+        if gzip || fake_gzip {
             b = b.header("content-encoding", "gzip");
         }
         b.body(Body::from_stream(body))
