@@ -309,3 +309,109 @@ fn a_collector_that_is_down_changes_nothing_for_clients() {
     assert_eq!(m.sum("llm_requests_total", &[]), 20.0);
     assert!(m.find("llm_records_sent_total", &[]).is_empty());
 }
+
+/// Sums of the stored rollups for one team: requests by status class (2xx, 4xx), prompt,
+/// completion and total tokens, and the duration histogram's count.
+fn rollup_totals(db: &Path, team: &str) -> [f64; 6] {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let series = json!({ "team": team }).to_string();
+    conn.query_row(
+        "SELECT coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
+                coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+                coalesce(sum(total_tokens), 0),
+                coalesce(sum(json_extract(duration_ms, '$.count')), 0)
+         FROM rollups WHERE series = ?1",
+        [series],
+        |r| {
+            Ok([
+                r.get::<_, i64>(0)? as f64,
+                r.get::<_, i64>(1)? as f64,
+                r.get::<_, i64>(2)? as f64,
+                r.get::<_, i64>(3)? as f64,
+                r.get::<_, i64>(4)? as f64,
+                r.get::<_, i64>(5)? as f64,
+            ])
+        },
+    )
+    .unwrap_or([0.0; 6])
+}
+
+#[test]
+fn rollups_in_the_store_equal_the_counters() {
+    let config = r#"{
+      "dimensions": [{"name": "team", "value": "{request.header.x-team|none}"}],
+      "collect": {"cluster": "tokenmeter_collector", "sample_rate": 0, "rollup_interval_ms": 1000}
+    }"#;
+    let s = setup(config, true);
+    let mut streamed = chat("gpt-4o-mini", "Stream me an answer.");
+    streamed["stream"] = json!(true);
+    // Two workers, so two VMs each sending their own batches; JSON, injected streams,
+    // errors and estimates.
+    for i in 0..30 {
+        let team = ["red", "blue", "green"][i % 3];
+        let (body, extra): (Value, &[(&str, &str)]) = match i % 5 {
+            0 => (streamed.clone(), &[]),
+            1 => (
+                chat("gpt-4o", "Rate limited?"),
+                &[("x-upstream-status", "429")],
+            ),
+            2 => (streamed.clone(), &[("x-upstream-usage", "none")]),
+            _ => (chat("gpt-4o", &format!("Question {i}")), &[]),
+        };
+        let mut headers = vec![("x-team", team)];
+        headers.extend_from_slice(extra);
+        let r = client::post(
+            &s.envoy.url("/v1/chat/completions"),
+            &headers,
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert!(r.status == 200 || r.status == 429, "{}", r.status);
+    }
+    let counters = |m: &tokenmeter_testkit::prom::Exposition, team: &str| -> [f64; 6] {
+        let t = [("team", team)];
+        [
+            m.sum(
+                "llm_requests_total",
+                &[("team", team), ("status_class", "2xx")],
+            ),
+            m.sum(
+                "llm_requests_total",
+                &[("team", team), ("status_class", "4xx")],
+            ),
+            m.sum("llm_prompt_tokens_total", &t),
+            m.sum("llm_completion_tokens_total", &t),
+            m.sum("llm_tokens_total", &t),
+            m.sum("llm_request_duration_ms_count", &t),
+        ]
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (m, stored) = loop {
+        let m = s.envoy.prometheus().unwrap();
+        let stored: Vec<[f64; 6]> = ["red", "blue", "green"]
+            .iter()
+            .map(|t| rollup_totals(&s.db, t))
+            .collect();
+        let want: Vec<[f64; 6]> = ["red", "blue", "green"]
+            .iter()
+            .map(|t| counters(&m, t))
+            .collect();
+        if (stored == want && m.sum("llm_requests_total", &[]) == 30.0) || Instant::now() > deadline
+        {
+            break (m, stored);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (team, got) in ["red", "blue", "green"].iter().zip(&stored) {
+        assert_eq!(
+            *got,
+            counters(&m, team),
+            "{team}: the store's rollups (2xx, 4xx, prompt, completion, total, durations) against Envoy's counters\n{}",
+            m.lines_with_prefix("llm_").join("\n")
+        );
+        assert!(got[2] > 0.0 && got[1] > 0.0, "{team}: {got:?}");
+    }
+    assert_eq!(stored.iter().map(|t| t[0] + t[1]).sum::<f64>(), 30.0);
+    assert!(m.sum("llm_rollup_batches_sent_total", &[]) >= 2.0);
+    assert!(m.find("llm_rollup_requests_dropped_total", &[]).is_empty());
+}

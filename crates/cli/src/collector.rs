@@ -1,4 +1,5 @@
-//! The collector's HTTP API: `POST /v1/records`, `GET /healthz`, `GET /metrics`.
+//! The collector's HTTP API: `POST /v1/records`, `POST /v1/rollups`, `GET /healthz`,
+//! `GET /metrics`.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,8 +13,8 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::ingest;
 use crate::quality::exposition::{self, MonitorState};
+use crate::{ingest, rollups};
 
 use crate::store::Store;
 
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v1/records", post(post_records))
+        .route("/v1/rollups", post(post_rollups))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -84,6 +86,48 @@ async fn post_records(
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("storing the records failed: {e}"),
+        ),
+    }
+}
+
+/// A rollup batch: added once (a retried batch answers 200 with `"duplicate": true`).
+async fn post_rollups(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let store = state.store.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let batch = match rollups::parse(&body) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let mut store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        store
+            .insert_rollups(&batch, Utc::now().timestamp_micros())
+            .map(|added| Ok((added, batch.rows.len())))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok((added, rows)))) => {
+            Json(json!({"rows": rows, "duplicate": !added})).into_response()
+        }
+        Ok(Ok(Err(reason))) => error(StatusCode::BAD_REQUEST, reason),
+        Ok(Err(e)) => {
+            eprintln!("error: storing rollups failed: {e:#}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing the rollups failed: {e:#}"),
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the rollups failed: {e}"),
         ),
     }
 }

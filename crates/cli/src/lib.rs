@@ -19,6 +19,7 @@ mod eval;
 mod evaluate;
 mod judge;
 mod records;
+mod rollups;
 mod scheduler;
 mod serve;
 mod store;

@@ -12,9 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::ingest::Incoming;
 use crate::quality::report::{Report, Row};
+use tokenmeter_core::series::rollup::{Batch, Histogram};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATION_1: &str = "
 CREATE TABLE records (
@@ -51,6 +52,45 @@ CREATE TABLE monitor_scores (
     judge_model    TEXT NOT NULL,
     prompt_version TEXT NOT NULL,
     PRIMARY KEY (run_id, record_id, metric)
+);
+";
+
+/// Usage rollups (`POST /v1/rollups`, see `tokenmeter_core::series::rollup`): one row per
+/// minute and series, summed over every batch that named it; each batch is added once.
+/// `series` is the row's labels as a JSON object; histograms are JSON `{buckets, sum,
+/// count}` with the core's fixed bounds.
+const MIGRATION_2: &str = "
+CREATE TABLE rollup_batches (
+    id          TEXT PRIMARY KEY,
+    received_us INTEGER NOT NULL,
+    rows        INTEGER NOT NULL
+);
+CREATE TABLE rollups (
+    minute            INTEGER NOT NULL,
+    series            TEXT NOT NULL,
+    requests_1xx      INTEGER NOT NULL,
+    requests_2xx      INTEGER NOT NULL,
+    requests_3xx      INTEGER NOT NULL,
+    requests_4xx      INTEGER NOT NULL,
+    requests_5xx      INTEGER NOT NULL,
+    requests_none     INTEGER NOT NULL,
+    errors_timeout          INTEGER NOT NULL,
+    errors_upstream_reset   INTEGER NOT NULL,
+    errors_client_cancelled INTEGER NOT NULL,
+    errors_rate_limited     INTEGER NOT NULL,
+    errors_client_error     INTEGER NOT NULL,
+    errors_upstream_error   INTEGER NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens      INTEGER NOT NULL,
+    cached_tokens     INTEGER NOT NULL,
+    reasoning_tokens  INTEGER NOT NULL,
+    estimated         INTEGER NOT NULL,
+    invalid_usage     INTEGER NOT NULL,
+    duration_ms       TEXT NOT NULL,
+    ttft_ms           TEXT NOT NULL,
+    tpot_ms           TEXT NOT NULL,
+    PRIMARY KEY (minute, series)
 );
 ";
 
@@ -112,6 +152,9 @@ impl Store {
         if version < 1 {
             tx.execute_batch(MIGRATION_1)?;
         }
+        if version < 2 {
+            tx.execute_batch(MIGRATION_2)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -136,6 +179,106 @@ impl Store {
         }
         tx.commit().context("cannot commit the batch")?;
         Ok(counts)
+    }
+
+    /// Adds a rollup batch in one transaction; `false` when a batch with its id was added
+    /// before (a retried delivery), which changes nothing.
+    pub fn insert_rollups(&mut self, batch: &Batch, received_us: i64) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO rollup_batches (id, received_us, rows) VALUES (?1, ?2, ?3)",
+            params![batch.id, received_us, batch.rows.len() as i64],
+        )?;
+        if added == 0 {
+            return Ok(false);
+        }
+        {
+            let mut get = tx.prepare_cached(
+                "SELECT duration_ms, ttft_ms, tpot_ms FROM rollups WHERE minute = ?1 AND series = ?2",
+            )?;
+            let mut put = tx.prepare_cached(
+                "INSERT INTO rollups VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+                 ON CONFLICT (minute, series) DO UPDATE SET
+                    requests_1xx = requests_1xx + excluded.requests_1xx,
+                    requests_2xx = requests_2xx + excluded.requests_2xx,
+                    requests_3xx = requests_3xx + excluded.requests_3xx,
+                    requests_4xx = requests_4xx + excluded.requests_4xx,
+                    requests_5xx = requests_5xx + excluded.requests_5xx,
+                    requests_none = requests_none + excluded.requests_none,
+                    errors_timeout = errors_timeout + excluded.errors_timeout,
+                    errors_upstream_reset = errors_upstream_reset + excluded.errors_upstream_reset,
+                    errors_client_cancelled = errors_client_cancelled + excluded.errors_client_cancelled,
+                    errors_rate_limited = errors_rate_limited + excluded.errors_rate_limited,
+                    errors_client_error = errors_client_error + excluded.errors_client_error,
+                    errors_upstream_error = errors_upstream_error + excluded.errors_upstream_error,
+                    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                    completion_tokens = completion_tokens + excluded.completion_tokens,
+                    total_tokens = total_tokens + excluded.total_tokens,
+                    cached_tokens = cached_tokens + excluded.cached_tokens,
+                    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+                    estimated = estimated + excluded.estimated,
+                    invalid_usage = invalid_usage + excluded.invalid_usage,
+                    duration_ms = excluded.duration_ms,
+                    ttft_ms = excluded.ttft_ms,
+                    tpot_ms = excluded.tpot_ms",
+            )?;
+            for row in &batch.rows {
+                let series = series_json(&batch.labels, &row.values);
+                let before: Option<(String, String, String)> = get
+                    .query_row(params![row.minute, series], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                let merged = |old: Option<&String>, new: &Histogram| -> Result<String> {
+                    let mut sum = new.clone();
+                    if let Some(old) = old {
+                        let old: Histogram = serde_json::from_str(old)?;
+                        for (a, b) in sum.buckets.iter_mut().zip(&old.buckets) {
+                            *a = a.saturating_add(*b);
+                        }
+                        sum.sum = sum.sum.saturating_add(old.sum);
+                        sum.count = sum.count.saturating_add(old.count);
+                    }
+                    Ok(serde_json::to_string(&sum)?)
+                };
+                let (d, t, p) = match &before {
+                    Some((d, t, p)) => (Some(d), Some(t), Some(p)),
+                    None => (None, None, None),
+                };
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                let [r1, r2, r3, r4, r5, r0] = row.requests.map(n);
+                let [e1, e2, e3, e4, e5, e6] = row.errors.map(n);
+                put.execute(params![
+                    row.minute,
+                    series,
+                    r1,
+                    r2,
+                    r3,
+                    r4,
+                    r5,
+                    r0,
+                    e1,
+                    e2,
+                    e3,
+                    e4,
+                    e5,
+                    e6,
+                    n(row.prompt_tokens),
+                    n(row.completion_tokens),
+                    n(row.total_tokens),
+                    n(row.cached_tokens),
+                    n(row.reasoning_tokens),
+                    n(row.estimated),
+                    n(row.invalid_usage),
+                    merged(d, &row.duration_ms)?,
+                    merged(t, &row.ttft_ms)?,
+                    merged(p, &row.tpot_ms)?,
+                ])?;
+            }
+        }
+        tx.commit().context("cannot commit the rollups")?;
+        Ok(true)
     }
 
     /// Records with `from_us <= time < to_us`, by time then id, as stored JSON text.
@@ -258,6 +401,16 @@ impl Store {
     }
 }
 
+/// A row's labels as a JSON object with sorted keys: the same series always reads the same.
+fn series_json(labels: &[String], values: &[String]) -> String {
+    let map: std::collections::BTreeMap<&str, &str> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(String::as_str))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +418,66 @@ mod tests {
 
     fn now() -> chrono::DateTime<chrono::Utc> {
         crate::quality::duration::parse_rfc3339("2026-11-26T10:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn rollup_batches_add_up_once_each() {
+        use tokenmeter_core::exchange::settlement::Settlement;
+        use tokenmeter_core::openai::usage::{Usage, UsageSource};
+        use tokenmeter_core::series::rollup::Rollups;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+        let settled = |team: &str, prompt: u64| Settlement {
+            labels: vec![team.to_string()],
+            status: Some(200),
+            usage: Some(Usage {
+                prompt,
+                completion: 2,
+                total: prompt + 2,
+                cached: None,
+                reasoning: None,
+                audio_prompt: None,
+                audio_completion: None,
+                source: UsageSource::Reported,
+            }),
+            duration_ms: 300,
+            ..Settlement::default()
+        };
+        let mut r = Rollups::new("vm".into(), vec!["team".into()], 10, 10);
+        r.record(60_000, &settled("red", 5));
+        r.record(60_000, &settled("blue", 1));
+        r.seal();
+        let first = r.next().unwrap().clone();
+        r.delivered(&first.id);
+        // The same minute again, in a later batch from the same VM.
+        r.record(61_000, &settled("red", 7));
+        r.seal();
+        let second = r.next().unwrap().clone();
+        assert!(store.insert_rollups(&first, 1).unwrap());
+        assert!(
+            !store.insert_rollups(&first, 2).unwrap(),
+            "a retry adds nothing"
+        );
+        assert!(store.insert_rollups(&second, 3).unwrap());
+        let rows: Vec<(i64, String, i64, i64, String)> = store
+            .conn
+            .prepare("SELECT minute, series, requests_2xx, prompt_tokens, duration_ms FROM rollups ORDER BY series")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].0, rows[0].1.as_str(), rows[0].2, rows[0].3),
+            (60, r#"{"team":"blue"}"#, 1, 1)
+        );
+        assert_eq!(
+            (rows[1].1.as_str(), rows[1].2, rows[1].3),
+            (r#"{"team":"red"}"#, 2, 12)
+        );
+        let h: Histogram = serde_json::from_str(&rows[1].4).unwrap();
+        assert_eq!((h.count, h.sum), (2, 600));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod host;
 mod outbox;
+mod rollups;
 mod shared;
 mod store;
 
@@ -38,6 +39,7 @@ struct Vm {
     plugin: Plugin,
     metrics: RefCell<MetricStore>,
     outbox: RefCell<outbox::Outbox>,
+    rollups: RefCell<rollups::Sender>,
 }
 
 impl Vm {
@@ -50,6 +52,29 @@ impl Vm {
             )]);
         }
     }
+
+    /// Counts what became of rollup batches.
+    fn rollup_outcome(&self, outcome: &rollups::Outcome) {
+        use tokenmeter_core::series::metrics::{
+            rollup_point, ROLLUPS_DROPPED, ROLLUPS_FAILED, ROLLUPS_SENT,
+        };
+        let config = &self.plugin.config;
+        let points: Vec<Point> = [
+            (&ROLLUPS_SENT, outcome.sent),
+            (&ROLLUPS_FAILED, outcome.failed),
+            (&ROLLUPS_DROPPED, outcome.dropped),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(f, n)| rollup_point(config, f, n))
+        .collect();
+        if points.is_empty() {
+            return;
+        }
+        if let Ok(mut metrics) = self.metrics.try_borrow_mut() {
+            metrics.record(&points);
+        }
+    }
 }
 
 struct Root {
@@ -59,12 +84,24 @@ struct Root {
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         num_headers: usize,
         _body: usize,
         _trailers: usize,
     ) {
         let Some(vm) = &self.vm else { return };
+        if let (Some(collect), Some(rollups)) = (&vm.plugin.config.collect, &vm.plugin.rollups) {
+            if let Some(config) = &collect.rollups {
+                let answer = match vm.rollups.try_borrow_mut() {
+                    Ok(mut sender) => sender.answered(token, num_headers, rollups, collect, config),
+                    Err(_) => None,
+                };
+                if let Some(outcome) = answer {
+                    vm.rollup_outcome(&outcome);
+                    return;
+                }
+            }
+        }
         let outcome = match vm.outbox.try_borrow_mut() {
             Ok(mut outbox) => outbox.answered(num_headers),
             Err(_) => return,
@@ -95,10 +132,13 @@ impl RootContext for Root {
                 if config.collect.is_some() {
                     host::set_tick_period_ms(outbox::FLUSH_MS);
                 }
+                let plugin = Plugin::new(config, Box::new(registry));
+                plugin.name_vm(&rollups::vm_id());
                 self.vm = Some(Rc::new(Vm {
-                    plugin: Plugin::new(config, Box::new(registry)),
+                    plugin,
                     metrics: RefCell::new(MetricStore::default()),
                     outbox: RefCell::new(outbox::Outbox::default()),
+                    rollups: RefCell::new(rollups::Sender::default()),
                 }));
                 true
             }
@@ -127,6 +167,13 @@ impl RootContext for Root {
         };
         for reason in dropped {
             vm.record_outcome(Some(reason));
+        }
+        if let (Some(rollups), Some(config)) = (&vm.plugin.rollups, &collect.rollups) {
+            let outcome = match vm.rollups.try_borrow_mut() {
+                Ok(mut sender) => sender.tick(rollups, collect, config, outbox::FLUSH_MS),
+                Err(_) => return,
+            };
+            vm.rollup_outcome(&outcome);
         }
     }
 

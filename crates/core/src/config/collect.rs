@@ -37,7 +37,23 @@ pub struct CollectConfig {
     pub context_column: String,
     pub context: ContextSource,
     pub redact: Vec<(Regex, String)>,
+    /// Usage rollups of all traffic, `None` when turned off (`rollup_interval_ms: 0`).
+    pub rollups: Option<RollupConfig>,
 }
+
+/// Where and how often rollups are sent (see [`crate::series::rollup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupConfig {
+    pub path: String,
+    pub interval_ms: u32,
+    /// Rows kept between sends, and batches kept for retry.
+    pub max_rows: usize,
+    pub max_batches: usize,
+}
+
+pub const DEFAULT_ROLLUP_INTERVAL_MS: u32 = 10_000;
+pub const DEFAULT_MAX_ROLLUP_ROWS: usize = 2000;
+pub const DEFAULT_MAX_ROLLUP_BATCHES: usize = 30;
 
 impl PartialEq for CollectConfig {
     fn eq(&self, other: &Self) -> bool {
@@ -59,6 +75,7 @@ impl PartialEq for CollectConfig {
             && self.answer == other.answer
             && self.context_column == other.context_column
             && self.context == other.context
+            && self.rollups == other.rollups
             && patterns(self) == patterns(other)
     }
 }
@@ -80,6 +97,10 @@ pub(crate) struct RawCollect {
     columns: RawColumns,
     context: Option<String>,
     redact: Option<Vec<String>>,
+    rollup_path: Option<String>,
+    rollup_interval_ms: Option<u32>,
+    max_rollup_rows: Option<usize>,
+    max_rollup_batches: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,6 +163,47 @@ impl RawCollect {
                 format!("{max_record_bytes} is too small; use at least 1024"),
             ));
         }
+        let interval_ms = self
+            .rollup_interval_ms
+            .unwrap_or(DEFAULT_ROLLUP_INTERVAL_MS);
+        let rollups = if interval_ms == 0 {
+            None
+        } else {
+            if !(1000..=300_000).contains(&interval_ms) {
+                return Err(err(
+                    "rollup_interval_ms",
+                    format!(
+                        "{interval_ms} is not between 1000 and 300000 (or 0 to send no rollups)"
+                    ),
+                ));
+            }
+            let path = self.rollup_path.unwrap_or_else(|| "/v1/rollups".into());
+            if !path.starts_with('/') {
+                return Err(err("rollup_path", format!("{path:?} must start with /")));
+            }
+            let max_rows = self.max_rollup_rows.unwrap_or(DEFAULT_MAX_ROLLUP_ROWS);
+            if !(1..=100_000).contains(&max_rows) {
+                return Err(err(
+                    "max_rollup_rows",
+                    format!("{max_rows} is not between 1 and 100000"),
+                ));
+            }
+            let max_batches = self
+                .max_rollup_batches
+                .unwrap_or(DEFAULT_MAX_ROLLUP_BATCHES);
+            if !(1..=1000).contains(&max_batches) {
+                return Err(err(
+                    "max_rollup_batches",
+                    format!("{max_batches} is not between 1 and 1000"),
+                ));
+            }
+            Some(RollupConfig {
+                path,
+                interval_ms,
+                max_rows,
+                max_batches,
+            })
+        };
         let max_in_flight = self.max_in_flight.unwrap_or(16);
         if max_in_flight == 0 {
             return Err(err("max_in_flight", "must be at least 1".into()));
@@ -224,6 +286,7 @@ impl RawCollect {
             context_column,
             context,
             redact,
+            rollups,
         })
     }
 }
@@ -243,6 +306,16 @@ mod tests {
             (r#", "columns": {"answer": "question"}"#, "collect.columns"),
             (r#", "max_in_flight": 0"#, "collect.max_in_flight"),
             (r#", "max_record_bytes": 10"#, "collect.max_record_bytes"),
+            (
+                r#", "rollup_interval_ms": 10"#,
+                "collect.rollup_interval_ms",
+            ),
+            (r#", "rollup_path": "x""#, "collect.rollup_path"),
+            (r#", "max_rollup_rows": 0"#, "collect.max_rollup_rows"),
+            (
+                r#", "max_rollup_batches": 5000"#,
+                "collect.max_rollup_batches",
+            ),
         ] {
             let raw: RawCollect =
                 serde_json::from_str(&format!(r#"{{"cluster": "c"{extra}}}"#)).unwrap();

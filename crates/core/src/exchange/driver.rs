@@ -21,6 +21,7 @@ use crate::body::budget::Budget;
 use crate::config::Config;
 use crate::series::cardinality::{Cardinality, Registry};
 use crate::series::metrics;
+use crate::series::rollup::Rollups;
 
 /// What a callback tells the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,16 +38,41 @@ pub struct Plugin {
     cardinality: RefCell<Cardinality>,
     /// The memory all of this VM's requests may keep (`max_vm_bytes`).
     pub budget: Rc<Budget>,
+    /// Usage rollups of every settled request, when the collector takes them.
+    pub rollups: Option<RefCell<Rollups>>,
 }
 
 impl Plugin {
     pub fn new(config: Config, registry: Box<dyn Registry>) -> Plugin {
         let cardinality = RefCell::new(Cardinality::new(&config, registry));
         let budget = Budget::new(config.max_vm_bytes);
+        let rollups = config
+            .collect
+            .as_ref()
+            .and_then(|c| c.rollups.as_ref())
+            .map(|r| {
+                let labels = config.label_names().map(str::to_string).collect();
+                RefCell::new(Rollups::new(
+                    String::new(),
+                    labels,
+                    r.max_rows,
+                    r.max_batches,
+                ))
+            });
         Plugin {
             config,
             cardinality,
             budget,
+            rollups,
+        }
+    }
+
+    /// Names the VM in rollup batch ids: unique per VM start (the glue knows how).
+    pub fn name_vm(&self, vm: &str) {
+        if let Some(r) = &self.rollups {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                r.name_vm(vm);
+            }
         }
     }
 }
@@ -253,6 +279,11 @@ impl Driver {
             return;
         };
         host.count(&metrics::points(config, &settlement));
+        if let Some(rollups) = &plugin.rollups {
+            if let Ok(mut rollups) = rollups.try_borrow_mut() {
+                rollups.record(host.now_ms(), &settlement);
+            }
+        }
         if let Some(record) = settlement.record.take() {
             host.collect(record);
         }
@@ -465,6 +496,46 @@ mod tests {
             .filter(|p| p.name.starts_with("llm_over_budget_total"))
             .map(|p| p.value)
             .sum()
+    }
+
+    #[test]
+    fn settled_requests_are_rolled_up_for_the_collector() {
+        let p = plugin(
+            r#"{"dimensions":[{"name":"team","value":"{request.header.x-team}"}],
+                "collect":{"cluster":"c","sample_rate":0}}"#,
+        );
+        p.name_vm("vm-a");
+        for team in ["red", "red", "blue"] {
+            let mut h = chat(r#"{"model":"gpt-4o","messages":[]}"#);
+            h.request_headers.push(("x-team", team.into()));
+            let mut d = Driver::new();
+            d.on_request_headers(&p, &mut h, false);
+            h.request_body = br#"{"model":"gpt-4o","messages":[]}"#.to_vec();
+            let size = h.request_body.len();
+            d.on_request_body(&p, &mut h, size, true);
+            h.response_headers = vec![(":status", "200".into())];
+            d.on_response_headers(&p, &mut h, false);
+            h.response_body = REPLY.as_bytes().to_vec();
+            d.on_response_body(&p, &mut h, REPLY.len(), true);
+        }
+        let mut rollups = p.rollups.as_ref().unwrap().borrow_mut();
+        rollups.seal();
+        let batch = rollups.next().unwrap();
+        assert_eq!(batch.id, "vm-a-1");
+        assert_eq!(batch.labels, ["team"]);
+        let by_team: Vec<(&str, u64, u64)> = batch
+            .rows
+            .iter()
+            .map(|r| (r.values[0].as_str(), r.requests[1], r.total_tokens))
+            .collect();
+        assert_eq!(by_team, [("blue", 1, 10), ("red", 2, 20)]);
+        // No collect block, or rollups turned off: none kept.
+        assert!(plugin("{}").rollups.is_none());
+        assert!(
+            plugin(r#"{"collect":{"cluster":"c","rollup_interval_ms":0}}"#)
+                .rollups
+                .is_none()
+        );
     }
 
     #[test]

@@ -162,6 +162,27 @@ pub const RECORDS_DROPPED: Family = family(
     Some("reason"),
     "Inference records not delivered: queue_full, dispatch_failed, callout_failed, collector_error.",
 );
+pub const ROLLUPS_SENT: Family = family(
+    "rollup_batches_sent_total",
+    Counter,
+    true,
+    None,
+    "Usage rollup batches the collector accepted.",
+);
+pub const ROLLUPS_FAILED: Family = family(
+    "rollup_batches_failed_total",
+    Counter,
+    true,
+    None,
+    "Usage rollup deliveries that failed; the batch is sent again with the same id.",
+);
+pub const ROLLUPS_DROPPED: Family = family(
+    "rollup_requests_dropped_total",
+    Counter,
+    true,
+    None,
+    "Settled requests left out of the usage rollups: no row was free, or their batch waited past max_rollup_batches.",
+);
 pub const SKIPPED_EVENTS: Family = family(
     "skipped_events_total",
     Counter,
@@ -217,6 +238,9 @@ pub fn families(config: &Config) -> Vec<&'static Family> {
         &OVER_BUDGET,
         &RECORDS_SENT,
         &RECORDS_DROPPED,
+        &ROLLUPS_SENT,
+        &ROLLUPS_FAILED,
+        &ROLLUPS_DROPPED,
     ];
     common.iter().chain(named).copied().collect()
 }
@@ -245,6 +269,15 @@ pub fn record_point(config: &Config, dropped: Option<&str>) -> Point {
         name,
         kind: Counter,
         value: 1,
+    }
+}
+
+/// A point of one of the rollup families (counted by the glue, outside any request).
+pub fn rollup_point(config: &Config, family: &Family, value: u64) -> Point {
+    Point {
+        name: family_name(config, family),
+        kind: Counter,
+        value,
     }
 }
 

@@ -1,0 +1,104 @@
+//! Reading rollup batches sent to the collector (`POST /v1/rollups`): the core's
+//! [`Batch`], checked whole before any of it is stored.
+
+use tokenmeter_core::series::rollup::{Batch, Histogram, LATENCY_BOUNDS_MS, TPOT_BOUNDS_MS};
+
+use crate::ingest::MAX_ID_BYTES;
+
+/// Most rows one batch may carry (a VM keeps at most 100,000).
+pub const MAX_ROWS: usize = 100_000;
+
+/// A refused batch; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RollupError(String);
+
+/// Parses and checks a batch.
+pub fn parse(body: &[u8]) -> Result<Batch, RollupError> {
+    let batch: Batch = serde_json::from_slice(body)
+        .map_err(|e| RollupError(format!("body: not a rollup batch: {e}")))?;
+    if batch.id.is_empty() || batch.id.len() > MAX_ID_BYTES {
+        return Err(RollupError(format!(
+            "id: must be 1 to {MAX_ID_BYTES} bytes"
+        )));
+    }
+    if batch.rows.len() > MAX_ROWS {
+        return Err(RollupError(format!(
+            "rows: {} rows; at most {MAX_ROWS} per batch",
+            batch.rows.len()
+        )));
+    }
+    let histogram = |h: &Histogram, bounds: &[u64], field: &str, i: usize| {
+        if h.buckets.len() != bounds.len() + 1 || h.buckets.iter().sum::<u64>() != h.count {
+            return Err(RollupError(format!(
+                "rows[{i}].{field}: {} buckets adding up to the count expected",
+                bounds.len() + 1
+            )));
+        }
+        Ok(())
+    };
+    for (i, row) in batch.rows.iter().enumerate() {
+        if row.values.len() != batch.labels.len() {
+            return Err(RollupError(format!(
+                "rows[{i}].values: {} values for {} labels",
+                row.values.len(),
+                batch.labels.len()
+            )));
+        }
+        if row.minute % 60 != 0 {
+            return Err(RollupError(format!(
+                "rows[{i}].minute: {} is not the start of a minute",
+                row.minute
+            )));
+        }
+        histogram(&row.duration_ms, &LATENCY_BOUNDS_MS, "duration_ms", i)?;
+        histogram(&row.ttft_ms, &LATENCY_BOUNDS_MS, "ttft_ms", i)?;
+        histogram(&row.tpot_ms, &TPOT_BOUNDS_MS, "tpot_ms", i)?;
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenmeter_core::exchange::settlement::Settlement;
+    use tokenmeter_core::series::rollup::Rollups;
+
+    fn batch() -> Batch {
+        let mut r = Rollups::new("vm".into(), vec!["team".into()], 10, 10);
+        let s = Settlement {
+            labels: vec!["red".into()],
+            status: Some(200),
+            duration_ms: 10,
+            ..Settlement::default()
+        };
+        r.record(120_000, &s);
+        r.seal();
+        r.next().cloned().unwrap()
+    }
+
+    #[test]
+    fn batches_round_trip_and_bad_ones_name_their_field() {
+        let good = batch();
+        assert_eq!(parse(good.to_json().as_bytes()).unwrap(), good);
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["values"] = serde_json::json!([]);
+        let e = parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("rows[0].values"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["minute"] = 61.into();
+        let e = parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("rows[0].minute"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["duration_ms"]["count"] = 5.into();
+        let e = parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("rows[0].duration_ms"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["id"] = "".into();
+        assert!(parse(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+            .starts_with("id"));
+        assert!(parse(b"[]").unwrap_err().to_string().starts_with("body"));
+    }
+}
