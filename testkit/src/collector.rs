@@ -16,11 +16,17 @@ pub struct Collector {
 impl Collector {
     /// Starts `BIN serve --db DB --listen 127.0.0.1:0 EXTRA...` and waits for its address.
     pub fn start(bin: &Path, db: &Path, extra: &[&str]) -> Result<Collector> {
+        Collector::start_on(bin, db, "127.0.0.1:0", extra)
+    }
+
+    /// [`Collector::start`] on a given address (a collector that comes back where the
+    /// gateway expects it).
+    pub fn start_on(bin: &Path, db: &Path, listen: &str, extra: &[&str]) -> Result<Collector> {
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--db")
             .arg(db)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -245,3 +245,55 @@ fn serve_refuses_a_bad_namespace_and_monitor() {
         "{stderr}"
     );
 }
+
+#[test]
+fn rollup_batches_are_added_once_and_bad_ones_refused() {
+    use tokenmeter_core::exchange::settlement::Settlement;
+    use tokenmeter_core::series::rollup::Rollups;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &[]);
+    let url = format!("{}/v1/rollups", c.url());
+    let mut r = Rollups::new("vm-1".into(), vec!["team".into()], 10, 10);
+    let s = Settlement {
+        labels: vec!["blue".into()],
+        status: Some(200),
+        duration_ms: 120,
+        ..Settlement::default()
+    };
+    r.record(1_767_225_600_000, &s);
+    r.record(1_767_225_601_000, &s);
+    r.seal();
+    let batch = r.next().unwrap().to_json();
+    let (status, body) = post(&url, "application/json", &batch).unwrap();
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"rows": 1, "duplicate": false}))
+    );
+    // A retry of a delivery whose answer was lost: accepted, added nothing.
+    let (status, body) = post(&url, "application/json", &batch).unwrap();
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"rows": 1, "duplicate": true}))
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (requests, series): (i64, String) = conn
+        .query_row("SELECT requests_2xx, series FROM rollups", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((requests, series.as_str()), (2, r#"{"team":"blue"}"#));
+    // Refused whole, naming the field.
+    let bad = batch.replace("\"minute\":1767225600", "\"minute\":1767225601");
+    let (status, body) = post(&url, "application/json", &bad).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("rows[0].minute"),
+        "{body}"
+    );
+    let (status, _) = post(&url, "application/json", "not json").unwrap();
+    assert_eq!(status, 400);
+}

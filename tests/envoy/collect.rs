@@ -23,7 +23,15 @@ struct Setup {
     upstream: Upstream,
     _collector: Option<Collector>,
     db: std::path::PathBuf,
+    collector_addr: String,
     _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Where the gateway sends records and rollups.
+    fn envoy_collector_addr(&self) -> String {
+        self.collector_addr.clone()
+    }
 }
 
 /// Envoy with `collect` (merged into `config`) pointed at a fresh collector, or at a port
@@ -56,6 +64,7 @@ fn setup(config: &str, collector_up: bool) -> Setup {
         upstream,
         _collector: collector,
         db,
+        collector_addr: addr.clone(),
         _dir: dir,
     }
 }
@@ -413,5 +422,69 @@ fn rollups_in_the_store_equal_the_counters() {
     }
     assert_eq!(stored.iter().map(|t| t[0] + t[1]).sum::<f64>(), 30.0);
     assert!(m.sum("llm_rollup_batches_sent_total", &[]) >= 2.0);
+    assert!(m.find("llm_rollup_requests_dropped_total", &[]).is_empty());
+}
+
+#[test]
+fn rollups_wait_for_a_collector_that_is_down_and_arrive_once() {
+    let config = r#"{
+      "dimensions": [{"name": "team", "value": "{request.header.x-team|none}"}],
+      "collect": {"cluster": "tokenmeter_collector", "sample_rate": 0, "rollup_interval_ms": 1000,
+                  "timeout_ms": 500}
+    }"#;
+    let s = setup(config, false);
+    for i in 0..12 {
+        let team = ["red", "blue"][i % 2];
+        let body = chat("gpt-4o", &format!("request {i}")).to_string();
+        let r = client::post(
+            &s.envoy.url("/v1/chat/completions"),
+            &[("x-team", team)],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // Deliveries fail (Envoy answers 503 for the unreachable cluster) and are kept.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s
+        .envoy
+        .prometheus()
+        .unwrap()
+        .sum("llm_rollup_batches_failed_total", &[])
+        < 3.0
+    {
+        assert!(Instant::now() < deadline, "no failed delivery counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The collector comes back where the gateway expects it: every request arrives once.
+    let addr = s.envoy_collector_addr();
+    let _collector = Collector::start_on(Path::new(BIN), &s.db, &addr, &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = s.envoy.prometheus().unwrap();
+        let done = ["red", "blue"].iter().all(|t| {
+            let c = rollup_totals(&s.db, t);
+            c[0] == m.sum("llm_requests_total", &[("team", t)])
+                && c[2] == m.sum("llm_prompt_tokens_total", &[("team", t)])
+        });
+        if done || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for team in ["red", "blue"] {
+        let c = rollup_totals(&s.db, team);
+        assert_eq!(
+            (c[0], c[2], c[4]),
+            (
+                m.sum("llm_requests_total", &[("team", team)]),
+                m.sum("llm_prompt_tokens_total", &[("team", team)]),
+                m.sum("llm_tokens_total", &[("team", team)]),
+            ),
+            "{team}: stored rollups against the counters"
+        );
+        assert_eq!(c[0], 6.0, "{team}");
+    }
+    assert!(m.sum("llm_rollup_batches_sent_total", &[]) >= 1.0);
     assert!(m.find("llm_rollup_requests_dropped_total", &[]).is_empty());
 }
