@@ -422,6 +422,38 @@ fn rollups_in_the_store_equal_the_counters() {
     }
     assert_eq!(stored.iter().map(|t| t[0] + t[1]).sum::<f64>(), 30.0);
     assert!(m.sum("llm_rollup_batches_sent_total", &[]) >= 2.0);
+    // The read API gives the same totals, per team and in all.
+    let collector = s._collector.as_ref().unwrap();
+    let (status, body) = tokenmeter_testkit::collector::get(&format!(
+        "{}/api/v1/usage?window=PT1H&step=PT5M&group_by=team",
+        collector.url()
+    ))
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(usage["totals"]["requests"], 30, "{usage}");
+    assert_eq!(
+        usage["totals"]["total_tokens"].as_f64().unwrap(),
+        m.sum("llm_tokens_total", &[])
+    );
+    for g in usage["groups"].as_array().unwrap() {
+        let team = g["group"].as_str().unwrap();
+        assert_eq!(
+            g["totals"]["prompt_tokens"].as_f64().unwrap(),
+            m.sum("llm_prompt_tokens_total", &[("team", team)]),
+            "{team}"
+        );
+        assert_eq!(
+            g["totals"]["errors"].as_f64().unwrap(),
+            m.sum("llm_errors_total", &[("team", team)]),
+            "{team}"
+        );
+    }
+    let (status, body) =
+        tokenmeter_testkit::collector::get(&format!("{}/api/v1/usage?step=PT10S", collector.url()))
+            .unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("step:"), "{body}");
     assert!(m.find("llm_rollup_requests_dropped_total", &[]).is_empty());
 }
 

@@ -1,11 +1,11 @@
-//! The collector's HTTP API: `POST /v1/records`, `POST /v1/rollups`, `GET /healthz`,
-//! `GET /metrics`.
+//! The collector's HTTP API: `POST /v1/records`, `POST /v1/rollups`, `GET /api/v1/usage`,
+//! `GET /healthz`, `GET /metrics`.
 
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::quality::exposition::{self, MonitorState};
-use crate::{ingest, rollups};
+use crate::{ingest, rollups, usage};
 
 use crate::store::Store;
 
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/records", post(post_records))
         .route("/v1/rollups", post(post_rollups))
+        .route("/api/v1/usage", get(get_usage))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -129,6 +130,30 @@ async fn post_rollups(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("storing the rollups failed: {e}"),
         ),
+    }
+}
+
+/// Usage over time from the rollups (docs/api.md).
+async fn get_usage(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let query = match usage::parse_query(&params, Utc::now()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let store = state.store.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        store.usage(&query).map(|rows| usage::answer(&query, rows))
+    })
+    .await;
+    match rows {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

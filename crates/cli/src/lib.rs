@@ -23,6 +23,7 @@ mod rollups;
 mod scheduler;
 mod serve;
 mod store;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

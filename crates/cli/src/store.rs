@@ -281,6 +281,45 @@ impl Store {
         Ok(true)
     }
 
+    /// The rollups of a usage query, summed per step and group: `(step index, group, sums)`.
+    pub fn usage(
+        &self,
+        q: &crate::usage::Query,
+    ) -> Result<Vec<(i64, Option<String>, crate::usage::Sums)>> {
+        // The label is a checked name ([a-z_][a-z0-9_]*), quoted as a JSON path member.
+        let group = match &q.group_by {
+            Some(label) => format!("json_extract(series, '$.\"{label}\"')"),
+            None => "NULL".to_string(),
+        };
+        let sql = format!(
+            "SELECT (minute - ?1) / ?3 AS step, {group} AS grp,
+                sum(requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none),
+                sum(errors_timeout + errors_upstream_reset + errors_client_cancelled + errors_rate_limited
+                    + errors_client_error + errors_upstream_error),
+                sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cached_tokens),
+                sum(reasoning_tokens)
+             FROM rollups WHERE minute >= ?1 AND minute < ?2
+             GROUP BY step, grp ORDER BY grp, step"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![q.from, q.to, q.step], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                crate::usage::Sums {
+                    requests: r.get(2)?,
+                    errors: r.get(3)?,
+                    prompt_tokens: r.get(4)?,
+                    completion_tokens: r.get(5)?,
+                    total_tokens: r.get(6)?,
+                    cached_tokens: r.get(7)?,
+                    reasoning_tokens: r.get(8)?,
+                },
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
     /// Records with `from_us <= time < to_us`, by time then id, as stored JSON text.
     pub fn records_between(&self, from_us: i64, to_us: i64) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(

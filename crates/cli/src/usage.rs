@@ -1,0 +1,285 @@
+//! `GET /api/v1/usage`: token usage and requests over time from the stored rollups, for a
+//! window, in steps, optionally grouped by one label (see docs/api.md).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::quality::duration::{format_rfc3339, parse_rfc3339, IsoDuration};
+
+/// Most steps one answer holds.
+pub const MAX_STEPS: i64 = 10_000;
+
+/// A parameter the caller got wrong: 400, naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct BadParam {
+    pub param: &'static str,
+    pub message: String,
+}
+
+fn bad(param: &'static str, message: impl Into<String>) -> BadParam {
+    BadParam {
+        param,
+        message: message.into(),
+    }
+}
+
+/// A checked query: `[from, to)` in Unix seconds, `from` on a step boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub from: i64,
+    pub to: i64,
+    pub step: i64,
+    pub group_by: Option<String>,
+}
+
+/// Reads `from`, `to` (RFC 3339; `to` defaults to now), `window` (ISO 8601 duration, instead
+/// of `from`; default PT1H), `step` (ISO 8601, whole minutes; default the window / 60 in
+/// whole minutes) and `group_by` (a label name).
+pub fn parse_query(
+    params: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+) -> Result<Query, BadParam> {
+    for key in params.keys() {
+        if !["from", "to", "window", "step", "group_by"].contains(&key.as_str()) {
+            return Err(bad(
+                "query",
+                format!("unknown parameter {key:?}; use from, to, window, step, group_by"),
+            ));
+        }
+    }
+    let time = |param: &'static str| -> Result<Option<i64>, BadParam> {
+        params
+            .get(param)
+            .map(|t| {
+                parse_rfc3339(t).map(|t| t.timestamp()).ok_or_else(|| {
+                    bad(
+                        param,
+                        format!("{t:?} is not an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let duration = |param: &'static str| -> Result<Option<i64>, BadParam> {
+        params
+            .get(param)
+            .map(|d| {
+                IsoDuration::parse(d)
+                    .map(|d| d.seconds())
+                    .map_err(|e| bad(param, e.to_string()))
+            })
+            .transpose()
+    };
+    let to = time("to")?.unwrap_or_else(|| now.timestamp());
+    let from = match (time("from")?, duration("window")?) {
+        (Some(_), Some(_)) => return Err(bad("window", "give from or window, not both")),
+        (Some(from), None) => from,
+        (None, window) => to - window.unwrap_or(3600),
+    };
+    if from >= to {
+        return Err(bad("from", "must be before to"));
+    }
+    let step = match duration("step")? {
+        Some(s) if s < 60 || s % 60 != 0 => {
+            return Err(bad("step", "must be a whole number of minutes, e.g. PT5M"))
+        }
+        Some(s) => s,
+        None => ceil_div((to - from) / 60, 60).max(1) * 60,
+    };
+    let from = from - from.rem_euclid(step);
+    if ceil_div(to - from, step) > MAX_STEPS {
+        return Err(bad(
+            "step",
+            format!("gives more than {MAX_STEPS} steps for the window; use a longer step"),
+        ));
+    }
+    let group_by = match params.get("group_by") {
+        None => None,
+        Some(g) if label_name(g) => Some(g.clone()),
+        Some(g) => {
+            return Err(bad(
+                "group_by",
+                format!("{g:?} is not a label name (letters, digits and _)"),
+            ))
+        }
+    };
+    Ok(Query {
+        from,
+        to,
+        step,
+        group_by,
+    })
+}
+
+/// `a / b` rounded up, for positive `b`.
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1).div_euclid(b)
+}
+
+fn label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Sums over a step, a group or the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Sums {
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+}
+
+impl Sums {
+    pub fn add(&mut self, o: &Sums) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.total_tokens += o.total_tokens;
+        self.cached_tokens += o.cached_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Point {
+    pub time: String,
+    #[serde(flatten)]
+    pub sums: Sums,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Group {
+    /// The label's value; `null` without `group_by`, or for rows without the label.
+    pub group: Option<String>,
+    pub totals: Sums,
+    /// Steps with traffic only, in time order.
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Answer {
+    pub from: String,
+    pub to: String,
+    pub step_seconds: i64,
+    pub group_by: Option<String>,
+    pub totals: Sums,
+    pub groups: Vec<Group>,
+}
+
+/// Builds the answer from `(step index, group, sums)` rows, as the store's query gives them.
+pub fn answer(q: &Query, rows: Vec<(i64, Option<String>, Sums)>) -> Answer {
+    let time = |s: i64| format_rfc3339(Utc.timestamp_opt(s, 0).single().unwrap_or_default());
+    let mut groups: BTreeMap<Option<String>, Group> = BTreeMap::new();
+    let mut totals = Sums::default();
+    for (step, group, sums) in rows {
+        totals.add(&sums);
+        let g = groups.entry(group.clone()).or_insert_with(|| Group {
+            group,
+            totals: Sums::default(),
+            points: Vec::new(),
+        });
+        g.totals.add(&sums);
+        g.points.push(Point {
+            time: time(q.from + step * q.step),
+            sums,
+        });
+    }
+    Answer {
+        from: time(q.from),
+        to: time(q.to),
+        step_seconds: q.step,
+        group_by: q.group_by.clone(),
+        totals,
+        groups: groups.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<Query, BadParam> {
+        let params = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_query(&params, parse_rfc3339("2026-12-01T12:34:56Z").unwrap())
+    }
+
+    #[test]
+    fn defaults_and_alignment() {
+        let now = parse_rfc3339("2026-12-01T12:34:56Z").unwrap().timestamp();
+        let d = q(&[]).unwrap();
+        assert_eq!((d.to, d.step), (now, 60));
+        assert_eq!(d.from, now - 3600 - (now - 3600) % 60);
+        let w = q(&[("window", "P7D"), ("step", "PT1H"), ("group_by", "model")]).unwrap();
+        assert_eq!(w.step, 3600);
+        assert_eq!(w.from % 3600, 0);
+        assert_eq!(w.group_by.as_deref(), Some("model"));
+        let r = q(&[
+            ("from", "2026-11-01T00:00:00Z"),
+            ("to", "2026-12-01T00:00:00Z"),
+        ])
+        .unwrap();
+        assert_eq!(r.step, 720 * 60, "30 days / 60 steps");
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (pairs, param) in [
+            (&[("from", "yesterday")][..], "from"),
+            (&[("to", "2026-13-01T00:00:00Z")][..], "to"),
+            (&[("window", "7 days")][..], "window"),
+            (&[("step", "PT30S")][..], "step"),
+            (&[("window", "P30D"), ("step", "PT1M")][..], "step"),
+            (&[("group_by", "Team-Name")][..], "group_by"),
+            (&[("from", "2026-12-02T00:00:00Z")][..], "from"),
+            (
+                &[("from", "2026-11-01T00:00:00Z"), ("window", "P1D")][..],
+                "window",
+            ),
+            (&[("limit", "3")][..], "query"),
+        ] {
+            assert_eq!(q(pairs).unwrap_err().param, param, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn rows_become_groups_with_totals() {
+        let query = q(&[("window", "PT2H"), ("step", "PT1H"), ("group_by", "team")]).unwrap();
+        let s = |requests, total| Sums {
+            requests,
+            total_tokens: total,
+            ..Sums::default()
+        };
+        let a = answer(
+            &query,
+            vec![
+                (0, Some("blue".into()), s(2, 20)),
+                (1, Some("blue".into()), s(1, 5)),
+                (1, Some("red".into()), s(4, 40)),
+            ],
+        );
+        assert_eq!(a.totals, s(7, 65));
+        assert_eq!(a.groups.len(), 2);
+        assert_eq!(a.groups[0].group.as_deref(), Some("blue"));
+        assert_eq!(a.groups[0].totals, s(3, 25));
+        assert_eq!(
+            a.groups[1].points[0].time,
+            format_rfc3339(Utc.timestamp_opt(query.from + 3600, 0).unwrap())
+        );
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["groups"][1]["points"][0]["total_tokens"], 40);
+    }
+}
