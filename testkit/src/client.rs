@@ -51,7 +51,16 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply> {
 
 /// GETs `url`.
 pub fn get(url: &str) -> Result<Reply> {
-    let mut resp = agent().get(url).call()?;
+    get_with(url, &[])
+}
+
+/// GETs `url` with the given headers.
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call()?;
     reply(&mut resp)
 }
 

@@ -297,3 +297,61 @@ fn rollup_batches_are_added_once_and_bad_ones_refused() {
     let (status, _) = post(&url, "application/json", "not json").unwrap();
     assert_eq!(status, 400);
 }
+
+#[test]
+fn reads_need_the_token_and_no_token_means_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    // Beyond loopback without a token: refused, naming the flag to change.
+    let out = Command::new(BIN)
+        .args(["serve", "--db"])
+        .arg(&db)
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen") && err.contains("--token-file"),
+        "{err}"
+    );
+    // A token too short is refused too.
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--db"])
+        .arg(&db)
+        .arg("--token-file")
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+    // With a token, on every interface: reads need it, ingestion and health do not.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    let c = Collector::start_on(
+        Path::new(BIN),
+        &db,
+        "0.0.0.0:0",
+        &["--token-file", token_file.to_str().unwrap()],
+    )
+    .unwrap();
+    let usage = format!("{}/api/v1/usage", c.url());
+    let (status, body) = get(&usage).unwrap();
+    assert_eq!(status, 401, "{body}");
+    let reply = tokenmeter_testkit::client::get_with(
+        &usage,
+        &[("authorization", "Bearer s3cret-token-0123456789")],
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    let wrong = tokenmeter_testkit::client::get_with(
+        &usage,
+        &[("authorization", "Bearer s3cret-token-0123456780")],
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    let (status, _) = post(&records_url(&c), "application/json", r#"{"id":"a"}"#).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(get(&format!("{}/healthz", c.url())).unwrap().0, 200);
+}

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,18 +25,48 @@ pub struct AppState {
     pub namespace: String,
     pub monitors: Arc<Vec<String>>,
     pub max_body_bytes: usize,
+    /// The token reads need, when one was given.
+    pub token: Option<Arc<String>>,
 }
 
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let reads = Router::new()
+        .route("/api/v1/usage", get(get_usage))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .merge(reads)
         .route("/v1/records", post(post_records))
         .route("/v1/rollups", post(post_rollups))
-        .route("/api/v1/usage", get(get_usage))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Reads of the store need `Authorization: Bearer TOKEN` when `serve` was given a token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "this collector needs a token: send Authorization: Bearer TOKEN (the --token-file's)",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so timing does not tell how much of
+/// a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

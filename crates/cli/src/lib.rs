@@ -109,6 +109,10 @@ enum Command {
         /// Also run every monitor once at start, besides its schedule.
         #[arg(long)]
         run_monitors_now: bool,
+        /// A file holding the token reads of the store need (`Authorization: Bearer`);
+        /// required to listen beyond loopback.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Import or export records.
     Records {
@@ -275,6 +279,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             namespace,
             max_body_bytes,
             run_monitors_now,
+            token_file,
         } => {
             runtime()?.block_on(serve::run(serve::ServeArgs {
                 db,
@@ -283,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 namespace,
                 max_body_bytes,
                 run_monitors_now,
+                token_file,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -22,6 +22,20 @@ pub struct ServeArgs {
     pub namespace: String,
     pub max_body_bytes: usize,
     pub run_monitors_now: bool,
+    pub token_file: Option<PathBuf>,
+}
+
+/// The shortest token accepted.
+const MIN_TOKEN_BYTES: usize = 16;
+
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file: cannot read {}", path.display()))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_BYTES || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("--token-file: {} must hold one token of at least {MIN_TOKEN_BYTES} characters without spaces (e.g. from `openssl rand -hex 24`)", path.display());
+    }
+    Ok(token.to_string())
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -46,16 +60,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Judge::new(&monitor.judge).with_context(|| format!("{}", path.display()))?;
         monitors.push(monitor);
     }
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
     let store = Store::open(&args.db)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        bail!("--listen: {addr} is reachable from other machines, and the store holds users' prompts and answers; give --token-file so that reads need a token, or listen on 127.0.0.1");
+    }
     let state = AppState {
         store: Arc::new(Mutex::new(store)),
         namespace: args.namespace.clone(),
         monitors: Arc::new(monitors.iter().map(|m| m.name.clone()).collect()),
         max_body_bytes: args.max_body_bytes,
+        token: token.map(Arc::new),
     };
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
