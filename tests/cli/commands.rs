@@ -184,3 +184,44 @@ fn envoy_config_adds_the_collector() {
     let (ok, log) = tokenmeter_testkit::envoy::validate(&yaml).unwrap();
     assert!(ok, "{log}");
 }
+
+#[test]
+fn envoy_config_completes_a_collect_block_that_names_no_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("filter.json");
+    std::fs::write(&config, r#"{"collect": {"sample_rate": 0.5}}"#).unwrap();
+    let wasm = tokenmeter_testkit::envoy::wasm_path();
+    let run = |extra: &[&str]| {
+        tokenmeter()
+            .args(["envoy-config", "--filter-config"])
+            .arg(&config)
+            .arg("--wasm")
+            .arg(&wasm)
+            .args([
+                "--listen",
+                "0",
+                "--admin",
+                "0",
+                "--upstream",
+                "127.0.0.1:8000",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--collector", "127.0.0.1:8787"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains(r#"\"collect\":{\"sample_rate\":0.5,\"cluster\":\"tokenmeter_collector\"}"#),
+        "{yaml}"
+    );
+    // Without --collector the block still needs its cluster, and the message names it.
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster"));
+}

@@ -232,18 +232,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             stats_flush_interval_ms,
             collector,
         } => {
-            let (mut text, mut config) = read_config(&filter_config)?;
-            let collector = match collector {
+            // With --collector, the collect block's cluster is the one rendered here, so a
+            // block that names none is completed before the configuration is checked.
+            let (text, config, collector) = match collector {
                 Some(addr) => {
                     let Some((host, port)) = addr.rsplit_once(':') else {
                         bail!("--collector must be HOST:PORT, got {addr:?}");
                     };
-                    text = with_collector(&text, bootstrap::COLLECTOR_CLUSTER)?;
-                    config = Config::parse(text.as_bytes())
-                        .context("the configuration with the collect block")?;
-                    Some((host.to_string(), parse_port(port, "--collector")?))
+                    let text =
+                        with_collector(&read_text(&filter_config)?, bootstrap::COLLECTOR_CLUSTER)?;
+                    let config = Config::parse(text.as_bytes()).with_context(|| {
+                        format!("{} with the collect block", filter_config.display())
+                    })?;
+                    (
+                        text,
+                        config,
+                        Some((host.to_string(), parse_port(port, "--collector")?)),
+                    )
                 }
-                None => None,
+                None => {
+                    let (text, config) = read_config(&filter_config)?;
+                    (text, config, None)
+                }
             };
             let (listen_host, listen_port) = match listen.rsplit_once(':') {
                 Some((h, p)) => (h.to_string(), parse_port(p, "--listen")?),
@@ -350,9 +360,13 @@ fn parse_port(text: &str, flag: &str) -> Result<u16> {
         .with_context(|| format!("{flag}: {text:?} is not a port number"))
 }
 
+fn read_text(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read filter configuration {}", path.display()))
+}
+
 fn read_config(path: &PathBuf) -> Result<(String, Config)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read filter configuration {}", path.display()))?;
+    let text = read_text(path)?;
     let config = Config::parse(text.as_bytes()).with_context(|| format!("{}", path.display()))?;
     Ok((text, config))
 }
