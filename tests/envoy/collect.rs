@@ -449,6 +449,34 @@ fn rollups_in_the_store_equal_the_counters() {
             "{team}"
         );
     }
+    // Operations: requests, errors by type and the duration histogram, against the counters.
+    let (status, body) = tokenmeter_testkit::collector::get(&format!(
+        "{}/api/v1/operations?window=PT1H&group_by=team",
+        collector.url()
+    ))
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ops: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ops["totals"]["requests"], 30, "{ops}");
+    assert_eq!(
+        ops["totals"]["errors"]["rate_limited"].as_f64().unwrap(),
+        m.sum("llm_errors_total", &[("error_type", "rate_limited")])
+    );
+    assert_eq!(
+        ops["totals"]["duration_ms"]["count"].as_f64().unwrap(),
+        m.sum("llm_request_duration_ms_count", &[])
+    );
+    let rate = ops["totals"]["error_rate"].as_f64().unwrap();
+    assert!((rate - 6.0 / 30.0).abs() < 1e-9, "{rate}");
+    for g in ops["groups"].as_array().unwrap() {
+        let team = g["group"].as_str().unwrap();
+        assert_eq!(
+            g["totals"]["requests"].as_f64().unwrap(),
+            m.sum("llm_requests_total", &[("team", team)]),
+            "{team}"
+        );
+        assert!(g["totals"]["duration_ms"]["p50"].as_f64().is_some(), "{g}");
+    }
     let (status, body) =
         tokenmeter_testkit::collector::get(&format!("{}/api/v1/usage?step=PT10S", collector.url()))
             .unwrap();

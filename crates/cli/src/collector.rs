@@ -1,5 +1,5 @@
 //! The collector's HTTP API: `POST /v1/records`, `POST /v1/rollups`, `GET /api/v1/usage`,
-//! `GET /healthz`, `GET /metrics`.
+//! `GET /api/v1/operations`, `GET /healthz`, `GET /metrics`.
 
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     let reads = Router::new()
         .route("/api/v1/usage", get(get_usage))
+        .route("/api/v1/operations", get(get_operations))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(reads)
@@ -182,6 +183,32 @@ async fn get_usage(
     })
     .await;
     match rows {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Requests, errors and latency over time from the rollups (docs/api.md).
+async fn get_operations(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let query = match usage::parse_query(&params, Utc::now()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let store = state.store.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        store
+            .operations(&query)
+            .map(|rows| usage::operations(&query, rows))
+    })
+    .await;
+    match answer {
         Ok(Ok(answer)) => Json(answer).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

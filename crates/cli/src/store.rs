@@ -320,6 +320,52 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
     }
 
+    /// The rollup rows of an operations query, one per stored row.
+    pub fn operations(&self, q: &crate::usage::Query) -> Result<Vec<crate::usage::OperationsRow>> {
+        let group = match &q.group_by {
+            Some(label) => format!("json_extract(series, '$.\"{label}\"')"),
+            None => "NULL".to_string(),
+        };
+        let sql = format!(
+            "SELECT (minute - ?1) / ?3, {group},
+                requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none,
+                errors_timeout, errors_upstream_reset, errors_client_cancelled, errors_rate_limited,
+                errors_client_error, errors_upstream_error, duration_ms, ttft_ms
+             FROM rollups WHERE minute >= ?1 AND minute < ?2"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![q.from, q.to, q.step], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                [
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ],
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (step, group, requests, errors, duration, ttft) = row?;
+            out.push(crate::usage::OperationsRow {
+                step,
+                group,
+                requests,
+                errors,
+                duration: serde_json::from_str(&duration)?,
+                ttft: serde_json::from_str(&ttft)?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Records with `from_us <= time < to_us`, by time then id, as stored JSON text.
     pub fn records_between(&self, from_us: i64, to_us: i64) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(

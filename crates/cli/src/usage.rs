@@ -1,5 +1,6 @@
-//! `GET /api/v1/usage`: token usage and requests over time from the stored rollups, for a
-//! window, in steps, optionally grouped by one label (see docs/api.md).
+//! `GET /api/v1/usage` and `GET /api/v1/operations`: token usage, requests, errors and
+//! latency over time from the stored rollups, for a window, in steps, optionally grouped by
+//! one label (see docs/api.md).
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::quality::duration::{format_rfc3339, parse_rfc3339, IsoDuration};
+use tokenmeter_core::series::rollup::{ERROR_TYPES, LATENCY_BOUNDS_MS};
 
 /// Most steps one answer holds.
 pub const MAX_STEPS: i64 = 10_000;
@@ -281,5 +283,228 @@ mod tests {
         );
         let json = serde_json::to_value(&a).unwrap();
         assert_eq!(json["groups"][1]["points"][0]["total_tokens"], 40);
+    }
+}
+
+/// Operational figures of a step, a group or the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Operations {
+    pub requests: i64,
+    /// Failed requests by type, in the order of `ERROR_TYPES`, as an object.
+    pub errors: BTreeMap<&'static str, i64>,
+    pub error_rate: f64,
+    pub duration_ms: Quantiles,
+    pub ttft_ms: Quantiles,
+}
+
+/// Percentiles estimated from a fixed-bucket histogram, as Prometheus'
+/// `histogram_quantile` does (linear within a bucket; the open last bucket reads as its
+/// lower bound); `None` without observations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+impl Quantiles {
+    pub fn of(h: &tokenmeter_core::series::rollup::Histogram, bounds: &[u64]) -> Quantiles {
+        let q = |q: f64| quantile(&h.buckets, bounds, h.count, q);
+        Quantiles {
+            count: h.count,
+            mean: (h.count > 0).then(|| h.sum as f64 / h.count as f64),
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+        }
+    }
+}
+
+fn quantile(buckets: &[u64], bounds: &[u64], count: u64, q: f64) -> Option<f64> {
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut below = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let lower = if i == 0 {
+                0
+            } else {
+                bounds.get(i - 1).copied().unwrap_or(0)
+            };
+            let Some(&upper) = bounds.get(i) else {
+                return Some(lower as f64);
+            };
+            let within = (rank - below as f64) / n as f64;
+            return Some(lower as f64 + (upper - lower) as f64 * within);
+        }
+        below += n;
+    }
+    bounds.last().map(|&b| b as f64)
+}
+
+#[derive(Debug, Serialize)]
+pub struct OperationsPoint {
+    pub time: String,
+    #[serde(flatten)]
+    pub figures: Operations,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OperationsGroup {
+    pub group: Option<String>,
+    pub totals: Operations,
+    pub points: Vec<OperationsPoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OperationsAnswer {
+    pub from: String,
+    pub to: String,
+    pub step_seconds: i64,
+    pub group_by: Option<String>,
+    pub totals: Operations,
+    pub groups: Vec<OperationsGroup>,
+}
+
+/// One stored row as the operations query reads it.
+pub struct OperationsRow {
+    pub step: i64,
+    pub group: Option<String>,
+    pub requests: i64,
+    pub errors: [i64; 6],
+    pub duration: tokenmeter_core::series::rollup::Histogram,
+    pub ttft: tokenmeter_core::series::rollup::Histogram,
+}
+
+#[derive(Clone)]
+struct Acc {
+    requests: i64,
+    errors: [i64; 6],
+    duration: tokenmeter_core::series::rollup::Histogram,
+    ttft: tokenmeter_core::series::rollup::Histogram,
+}
+
+impl Acc {
+    fn new() -> Acc {
+        let empty = |n: usize| tokenmeter_core::series::rollup::Histogram {
+            buckets: vec![0; n + 1],
+            sum: 0,
+            count: 0,
+        };
+        Acc {
+            requests: 0,
+            errors: [0; 6],
+            duration: empty(LATENCY_BOUNDS_MS.len()),
+            ttft: empty(LATENCY_BOUNDS_MS.len()),
+        }
+    }
+
+    fn add(&mut self, r: &OperationsRow) {
+        self.requests += r.requests;
+        for (a, b) in self.errors.iter_mut().zip(r.errors) {
+            *a += b;
+        }
+        for (mine, theirs) in [(&mut self.duration, &r.duration), (&mut self.ttft, &r.ttft)] {
+            for (a, b) in mine.buckets.iter_mut().zip(&theirs.buckets) {
+                *a = a.saturating_add(*b);
+            }
+            mine.sum = mine.sum.saturating_add(theirs.sum);
+            mine.count = mine.count.saturating_add(theirs.count);
+        }
+    }
+
+    fn figures(&self) -> Operations {
+        let failed: i64 = self.errors.iter().sum();
+        Operations {
+            requests: self.requests,
+            errors: ERROR_TYPES.iter().copied().zip(self.errors).collect(),
+            error_rate: if self.requests > 0 {
+                failed as f64 / self.requests as f64
+            } else {
+                0.0
+            },
+            duration_ms: Quantiles::of(&self.duration, &LATENCY_BOUNDS_MS),
+            ttft_ms: Quantiles::of(&self.ttft, &LATENCY_BOUNDS_MS),
+        }
+    }
+}
+
+/// Builds the operations answer from the stored rows of the window.
+pub fn operations(q: &Query, rows: Vec<OperationsRow>) -> OperationsAnswer {
+    let time = |s: i64| format_rfc3339(Utc.timestamp_opt(s, 0).single().unwrap_or_default());
+    let mut total = Acc::new();
+    let mut groups: BTreeMap<Option<String>, (Acc, BTreeMap<i64, Acc>)> = BTreeMap::new();
+    for r in &rows {
+        total.add(r);
+        let (g, steps) = groups
+            .entry(r.group.clone())
+            .or_insert_with(|| (Acc::new(), BTreeMap::new()));
+        g.add(r);
+        steps.entry(r.step).or_insert_with(Acc::new).add(r);
+    }
+    OperationsAnswer {
+        from: time(q.from),
+        to: time(q.to),
+        step_seconds: q.step,
+        group_by: q.group_by.clone(),
+        totals: total.figures(),
+        groups: groups
+            .into_iter()
+            .map(|(group, (acc, steps))| OperationsGroup {
+                group,
+                totals: acc.figures(),
+                points: steps
+                    .into_iter()
+                    .map(|(step, a)| OperationsPoint {
+                        time: time(q.from + step * q.step),
+                        figures: a.figures(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod operations_tests {
+    use super::*;
+    use tokenmeter_core::series::rollup::Histogram;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let bounds = [100, 200, 400];
+        // 10 in (0,100], 10 in (100,200], nothing above.
+        let h = Histogram {
+            buckets: vec![10, 10, 0, 0],
+            sum: 2000,
+            count: 20,
+        };
+        let q = Quantiles::of(&h, &bounds);
+        assert_eq!(q.p50, Some(100.0));
+        assert_eq!(q.p95, Some(190.0));
+        assert_eq!(q.mean, Some(100.0));
+        // Everything past the last bound reads as that bound.
+        let over = Histogram {
+            buckets: vec![0, 0, 0, 3],
+            sum: 9000,
+            count: 3,
+        };
+        assert_eq!(Quantiles::of(&over, &bounds).p99, Some(400.0));
+        assert_eq!(
+            Quantiles::of(
+                &Histogram {
+                    buckets: vec![0; 4],
+                    sum: 0,
+                    count: 0
+                },
+                &bounds
+            )
+            .p50,
+            None
+        );
     }
 }
