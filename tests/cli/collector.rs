@@ -355,3 +355,63 @@ fn reads_need_the_token_and_no_token_means_loopback_only() {
     assert_eq!(status, 200);
     assert_eq!(get(&format!("{}/healthz", c.url())).unwrap().0, 200);
 }
+
+#[test]
+fn records_are_browsed_by_window_filter_and_page_and_one_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let c = start(&db, &[]);
+    let mut batch = String::new();
+    for i in 0..7 {
+        let model = if i % 2 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
+        batch.push_str(&format!(
+            "{{\"id\":\"r{i}\",\"time\":\"2026-12-01T10:0{i}:00Z\",\"model\":\"{model}\",\"question\":\"<script>alert({i})</script>\",\"answer\":\"<img src=x onerror=alert(1)>\"}}\n"
+        ));
+    }
+    let (status, body) = post(&records_url(&c), "application/x-ndjson", &batch).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let api = |q: &str| {
+        let (status, body) = get(&format!("{}/api/v1/records{q}", c.url())).unwrap();
+        (status, json(&body))
+    };
+    let window = "from=2026-12-01T10:00:00Z&to=2026-12-01T11:00:00Z";
+    let (status, page) = api(&format!("?{window}&model=gpt-4o&limit=2"));
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        (page["total"].as_i64(), page["limit"].as_i64()),
+        (Some(4), Some(2))
+    );
+    let ids: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["record"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r6", "r4"], "newest first");
+    let (_, next) = api(&format!("?{window}&model=gpt-4o&limit=2&offset=2"));
+    let ids: Vec<&str> = next["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["record"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r2", "r0"]);
+    // One record: its text exactly as stored (the console escapes it), no scores yet.
+    let reply = tokenmeter_testkit::client::get(&format!("{}/api/v1/records/r3", c.url())).unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("application/json")));
+    let one = json(&String::from_utf8(reply.body).unwrap());
+    assert_eq!(one["record"]["question"], "<script>alert(3)</script>");
+    assert_eq!(one["scores"], serde_json::json!([]));
+    let (status, body) = get(&format!("{}/api/v1/records/nope", c.url())).unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api("?limit=1000");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("limit:"),
+        "{body}"
+    );
+}

@@ -1,11 +1,11 @@
 //! The collector's HTTP API: `POST /v1/records`, `POST /v1/rollups`, `GET /api/v1/usage`,
-//! `GET /api/v1/operations`, `GET /healthz`, `GET /metrics`.
+//! `GET /api/v1/operations`, `GET /api/v1/records[/{id}]`, `GET /healthz`, `GET /metrics`.
 
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::quality::exposition::{self, MonitorState};
-use crate::{ingest, rollups, usage};
+use crate::{browse, ingest, rollups, usage};
 
 use crate::store::Store;
 
@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
     let reads = Router::new()
         .route("/api/v1/usage", get(get_usage))
         .route("/api/v1/operations", get(get_operations))
+        .route("/api/v1/records", get(get_records))
+        .route("/api/v1/records/{id}", get(get_record))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(reads)
@@ -210,6 +212,79 @@ async fn get_operations(
     .await;
     match answer {
         Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The sampled records of a window with their scores, newest first (docs/api.md).
+async fn get_records(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let query = match browse::parse_query(&params, Utc::now()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let store = state.store.clone();
+    let page = tokio::task::spawn_blocking(move || -> anyhow::Result<browse::Page> {
+        let store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        let (total, records) = store.records_page(&query)?;
+        let records = records
+            .iter()
+            .map(|text| {
+                let record: serde_json::Value = serde_json::from_str(text)?;
+                let id = record
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                Ok(browse::Entry {
+                    scores: store.scores(&id)?,
+                    record,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(browse::Page {
+            total,
+            limit: query.limit,
+            offset: query.offset,
+            records,
+        })
+    })
+    .await;
+    match page {
+        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// One record with everything known about it; 404 for an unknown id.
+async fn get_record(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let entry = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<browse::Entry>> {
+        let store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        let Some(text) = store.record(&lookup)? else {
+            return Ok(None);
+        };
+        Ok(Some(browse::Entry {
+            record: serde_json::from_str(&text)?,
+            scores: store.scores(&lookup)?,
+        }))
+    })
+    .await;
+    match entry {
+        Ok(Ok(Some(entry))) => Json(entry).into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no record has the id {id:?}"),
+        ),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

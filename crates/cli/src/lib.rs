@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod quality;
 
 mod alerts;
+mod browse;
 mod collector;
 mod eval;
 mod evaluate;

@@ -366,6 +366,74 @@ impl Store {
         Ok(out)
     }
 
+    /// A page of records (newest first) and how many match in all.
+    pub fn records_page(&self, q: &crate::browse::RecordsQuery) -> Result<(i64, Vec<String>)> {
+        // Field names are fixed (`model`, `route`, `operation`); values are bound.
+        let mut filter = String::new();
+        for (i, (field, _)) in q.filters.iter().enumerate() {
+            filter.push_str(&format!(
+                " AND json_extract(record, '$.{field}') = ?{}",
+                i + 3
+            ));
+        }
+        let mut values: Vec<rusqlite::types::Value> = vec![q.from_us.into(), q.to_us.into()];
+        values.extend(q.filters.iter().map(|(_, v)| v.clone().into()));
+        let total: i64 = self.conn.query_row(
+            &format!("SELECT count(*) FROM records WHERE time_us >= ?1 AND time_us < ?2{filter}"),
+            rusqlite::params_from_iter(values.iter()),
+            |r| r.get(0),
+        )?;
+        let n = values.len();
+        values.push(q.limit.into());
+        values.push(q.offset.into());
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT record FROM records WHERE time_us >= ?1 AND time_us < ?2{filter}
+             ORDER BY time_us DESC, id LIMIT ?{} OFFSET ?{}",
+            n + 1,
+            n + 2
+        ))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| r.get(0))?;
+        Ok((total, rows.collect::<Result<Vec<String>, _>>()?))
+    }
+
+    /// One record by id, as stored.
+    pub fn record(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT record FROM records WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// The scores of a record: per monitor and metric, the latest successful run's.
+    pub fn scores(&self, record_id: &str) -> Result<Vec<crate::browse::Score>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.metric, s.status, s.score, s.reason, s.judge_model, s.prompt_version,
+                    r.monitor, s.run_id
+             FROM monitor_scores s JOIN monitor_runs r ON r.id = s.run_id
+             WHERE s.record_id = ?1
+               AND s.run_id = (SELECT max(s2.run_id) FROM monitor_scores s2
+                               JOIN monitor_runs r2 ON r2.id = s2.run_id
+                               WHERE s2.record_id = s.record_id AND s2.metric = s.metric
+                                 AND r2.monitor = r.monitor)
+             ORDER BY r.monitor, s.metric",
+        )?;
+        let rows = stmt.query_map([record_id], |r| {
+            Ok(crate::browse::Score {
+                metric: r.get(0)?,
+                status: r.get(1)?,
+                score: r.get(2)?,
+                reason: r.get(3)?,
+                judge_model: r.get(4)?,
+                prompt_version: r.get(5)?,
+                monitor: r.get(6)?,
+                run_id: r.get(7)?,
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
     /// Records with `from_us <= time < to_us`, by time then id, as stored JSON text.
     pub fn records_between(&self, from_us: i64, to_us: i64) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(
@@ -563,6 +631,54 @@ mod tests {
         );
         let h: Histogram = serde_json::from_str(&rows[1].4).unwrap();
         assert_eq!((h.count, h.sum), (2, 600));
+    }
+
+    #[test]
+    fn a_records_scores_are_its_latest_runs_per_monitor_and_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let run = |monitor: &str| {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO monitor_runs (monitor, started_us, finished_us) VALUES (?1, 0, 0)",
+                    [monitor],
+                )
+                .unwrap();
+            store.conn.last_insert_rowid()
+        };
+        let score = |run: i64, record: &str, metric: &str, score: i64| {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO monitor_scores VALUES (?1, ?2, ?3, 'scored', ?4, 'why', 'judge-1', 'v1')",
+                    params![run, record, metric, score],
+                )
+                .unwrap();
+        };
+        let a1 = run("app");
+        score(a1, "r1", "groundedness", 2);
+        score(a1, "r1", "fluency", 5);
+        let b1 = run("other");
+        score(b1, "r1", "groundedness", 4);
+        let a2 = run("app");
+        score(a2, "r1", "groundedness", 3);
+        score(a2, "r2", "groundedness", 1);
+        let got: Vec<(String, String, Option<i64>, i64)> = store
+            .scores("r1")
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.monitor, s.metric, s.score, s.run_id))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("app".into(), "fluency".into(), Some(5), a1),
+                ("app".into(), "groundedness".into(), Some(3), a2),
+                ("other".into(), "groundedness".into(), Some(4), b1),
+            ]
+        );
+        assert!(store.scores("none").unwrap().is_empty());
     }
 
     #[test]
