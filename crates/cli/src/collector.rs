@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::quality::exposition::{self, MonitorState};
@@ -76,6 +77,46 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// What a handler's work on the store came to when it is the caller's fault: its status
+/// and message.
+type Refusal = (StatusCode, String);
+
+/// Runs `work` on the store off the async threads and answers with its JSON; a refusal
+/// with its status, and a failure of the store with 500 (logged, naming `what`).
+async fn on_store<T: Serialize + Send + 'static>(
+    state: &AppState,
+    what: &'static str,
+    work: impl FnOnce(&mut Store) -> anyhow::Result<Result<T, Refusal>> + Send + 'static,
+) -> Response {
+    let store = state.store.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+        work(&mut store)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok(answer))) => Json(answer).into_response(),
+        Ok(Ok(Err((status, message)))) => error(status, message),
+        Ok(Err(e)) => {
+            eprintln!("error: {what} failed: {e:#}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{what} failed: {e:#}"),
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} failed: {e}"),
+        ),
+    }
+}
+
+fn bad_request(message: impl ToString) -> Refusal {
+    (StatusCode::BAD_REQUEST, message.to_string())
+}
+
 async fn post_records(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -93,36 +134,18 @@ async fn post_records(
         }
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let store = state.store.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
+    on_store(&state, "storing the records", move |store| {
         let received = Utc::now();
         let batch = match ingest::parse_batch(&body, received) {
             Ok(b) => b,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(bad_request(e))),
         };
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        store.insert(&batch, received.timestamp_micros()).map(Ok)
+        let stored = store.insert(&batch, received.timestamp_micros())?;
+        Ok(Ok(
+            json!({"stored": stored.stored, "duplicates": stored.duplicates}),
+        ))
     })
-    .await;
-    match outcome {
-        Ok(Ok(Ok(stored))) => {
-            Json(json!({"stored": stored.stored, "duplicates": stored.duplicates})).into_response()
-        }
-        Ok(Ok(Err(reason))) => error(StatusCode::BAD_REQUEST, reason),
-        Ok(Err(e)) => {
-            eprintln!("error: storing records failed: {e:#}");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("storing the records failed: {e:#}"),
-            )
-        }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("storing the records failed: {e}"),
-        ),
-    }
+    .await
 }
 
 /// A rollup batch: added once (a retried batch answers 200 with `"duplicate": true`).
@@ -134,160 +157,91 @@ async fn post_rollups(
         Ok(b) => b,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let store = state.store.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
+    on_store(&state, "storing the rollups", move |store| {
         let batch = match rollups::parse(&body) {
             Ok(b) => b,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(bad_request(e))),
         };
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        store
-            .insert_rollups(&batch, Utc::now().timestamp_micros())
-            .map(|added| Ok((added, batch.rows.len())))
+        let added = store.insert_rollups(&batch, Utc::now().timestamp_micros())?;
+        Ok(Ok(json!({"rows": batch.rows.len(), "duplicate": !added})))
     })
-    .await;
-    match outcome {
-        Ok(Ok(Ok((added, rows)))) => {
-            Json(json!({"rows": rows, "duplicate": !added})).into_response()
-        }
-        Ok(Ok(Err(reason))) => error(StatusCode::BAD_REQUEST, reason),
-        Ok(Err(e)) => {
-            eprintln!("error: storing rollups failed: {e:#}");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("storing the rollups failed: {e:#}"),
-            )
-        }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("storing the rollups failed: {e}"),
-        ),
-    }
+    .await
 }
 
+type Params = Query<std::collections::BTreeMap<String, String>>;
+
 /// Usage over time from the rollups (docs/api.md).
-async fn get_usage(
-    State(state): State<AppState>,
-    Query(params): Query<std::collections::BTreeMap<String, String>>,
-) -> Response {
+async fn get_usage(State(state): State<AppState>, Query(params): Params) -> Response {
     let query = match usage::parse_query(&params, Utc::now()) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let store = state.store.clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        let store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        store.usage(&query).map(|rows| usage::answer(&query, rows))
+    on_store(&state, "reading usage", move |store| {
+        Ok(Ok(usage::answer(&query, store.usage(&query)?)))
     })
-    .await;
-    match rows {
-        Ok(Ok(answer)) => Json(answer).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
 }
 
 /// Requests, errors and latency over time from the rollups (docs/api.md).
-async fn get_operations(
-    State(state): State<AppState>,
-    Query(params): Query<std::collections::BTreeMap<String, String>>,
-) -> Response {
+async fn get_operations(State(state): State<AppState>, Query(params): Params) -> Response {
     let query = match usage::parse_query(&params, Utc::now()) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let store = state.store.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        let store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        store
-            .operations(&query)
-            .map(|rows| usage::operations(&query, rows))
+    on_store(&state, "reading operations", move |store| {
+        Ok(Ok(usage::operations(&query, store.operations(&query)?)))
     })
-    .await;
-    match answer {
-        Ok(Ok(answer)) => Json(answer).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
+}
+
+/// A stored record and its scores.
+fn entry(store: &Store, text: &str) -> anyhow::Result<browse::Entry> {
+    let record: serde_json::Value = serde_json::from_str(text)?;
+    let id = record
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Ok(browse::Entry {
+        scores: store.scores(&id)?,
+        record,
+    })
 }
 
 /// The sampled records of a window with their scores, newest first (docs/api.md).
-async fn get_records(
-    State(state): State<AppState>,
-    Query(params): Query<std::collections::BTreeMap<String, String>>,
-) -> Response {
+async fn get_records(State(state): State<AppState>, Query(params): Params) -> Response {
     let query = match browse::parse_query(&params, Utc::now()) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let store = state.store.clone();
-    let page = tokio::task::spawn_blocking(move || -> anyhow::Result<browse::Page> {
-        let store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
+    on_store(&state, "reading records", move |store| {
         let (total, records) = store.records_page(&query)?;
         let records = records
             .iter()
-            .map(|text| {
-                let record: serde_json::Value = serde_json::from_str(text)?;
-                let id = record
-                    .get("id")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                Ok(browse::Entry {
-                    scores: store.scores(&id)?,
-                    record,
-                })
-            })
+            .map(|text| entry(store, text))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(browse::Page {
+        Ok(Ok(browse::Page {
             total,
             limit: query.limit,
             offset: query.offset,
             records,
-        })
+        }))
     })
-    .await;
-    match page {
-        Ok(Ok(page)) => Json(page).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
 }
 
 /// One record with everything known about it; 404 for an unknown id.
 async fn get_record(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let store = state.store.clone();
-    let lookup = id.clone();
-    let entry = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<browse::Entry>> {
-        let store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        let Some(text) = store.record(&lookup)? else {
-            return Ok(None);
-        };
-        Ok(Some(browse::Entry {
-            record: serde_json::from_str(&text)?,
-            scores: store.scores(&lookup)?,
-        }))
+    on_store(&state, "reading a record", move |store| {
+        Ok(match store.record(&id)? {
+            Some(text) => Ok(entry(store, &text)?),
+            None => Err((
+                StatusCode::NOT_FOUND,
+                format!("no record has the id {id:?}"),
+            )),
+        })
     })
-    .await;
-    match entry {
-        Ok(Ok(Some(entry))) => Json(entry).into_response(),
-        Ok(Ok(None)) => error(
-            StatusCode::NOT_FOUND,
-            format!("no record has the id {id:?}"),
-        ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
