@@ -42,22 +42,9 @@ impl Outbox {
             let Some(record) = self.queue.pop_front() else {
                 break;
             };
-            let headers = vec![
-                (":method", "POST"),
-                (":path", config.path.as_str()),
-                (":authority", config.authority.as_str()),
-                ("content-type", "application/json"),
-            ];
-            // The SDK's call registers the callout so its answer reaches the root context.
-            match proxy_wasm::hostcalls::dispatch_http_call(
-                &config.cluster,
-                headers,
-                Some(record.as_bytes()),
-                vec![],
-                Duration::from_millis(u64::from(config.timeout_ms)),
-            ) {
-                Ok(_) => self.in_flight += 1,
-                Err(_) => dropped.push("dispatch_failed"),
+            match post(config, &config.path, record.as_bytes()) {
+                Some(_) => self.in_flight += 1,
+                None => dropped.push("dispatch_failed"),
             }
         }
         dropped
@@ -71,11 +58,35 @@ impl Outbox {
             return Some("callout_failed");
         }
         // Non-2xx, including Envoy's own 503/504 for an unreachable or slow collector.
-        let status = host::header(MapType::HttpCallResponseHeaders, ":status")
-            .and_then(|s| s.trim().parse::<u16>().ok());
-        match status {
+        match callout_status() {
             Some(200..=299) => None,
             _ => Some("collector_error"),
         }
     }
+}
+
+/// POSTs JSON `body` to the collector's `path` from the root context: the callout's token,
+/// or `None` when the host refused it (no such cluster).
+pub fn post(config: &CollectConfig, path: &str, body: &[u8]) -> Option<u32> {
+    let headers = vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", config.authority.as_str()),
+        ("content-type", "application/json"),
+    ];
+    // The SDK's call registers the callout so its answer reaches the root context.
+    proxy_wasm::hostcalls::dispatch_http_call(
+        &config.cluster,
+        headers,
+        Some(body),
+        vec![],
+        Duration::from_millis(u64::from(config.timeout_ms)),
+    )
+    .ok()
+}
+
+/// The status of the callout whose answer is being delivered, when it has one.
+pub fn callout_status() -> Option<u16> {
+    host::header(MapType::HttpCallResponseHeaders, ":status")
+        .and_then(|s| s.trim().parse::<u16>().ok())
 }

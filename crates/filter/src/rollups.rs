@@ -5,10 +5,8 @@
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, RandomState};
-use std::time::Duration;
 
-use super::host;
-use proxy_wasm::types::MapType;
+use super::{host, outbox};
 use tokenmeter_core::config::collect::{CollectConfig, RollupConfig};
 use tokenmeter_core::series::rollup::Rollups;
 
@@ -68,25 +66,12 @@ impl Sender {
         let Some(batch) = r.next() else {
             return true;
         };
-        let body = batch.to_json();
-        let headers = vec![
-            (":method", "POST"),
-            (":path", config.path.as_str()),
-            (":authority", collect.authority.as_str()),
-            ("content-type", "application/json"),
-        ];
-        match proxy_wasm::hostcalls::dispatch_http_call(
-            &collect.cluster,
-            headers,
-            Some(body.as_bytes()),
-            vec![],
-            Duration::from_millis(u64::from(collect.timeout_ms)),
-        ) {
-            Ok(token) => {
+        match outbox::post(collect, &config.path, batch.to_json().as_bytes()) {
+            Some(token) => {
                 self.in_flight = Some((token, batch.id.clone()));
                 true
             }
-            Err(_) => false,
+            None => false,
         }
     }
 
@@ -104,10 +89,7 @@ impl Sender {
             return None;
         }
         let (_, id) = self.in_flight.take()?;
-        let status = (num_headers > 0)
-            .then(|| host::header(MapType::HttpCallResponseHeaders, ":status"))
-            .flatten()
-            .and_then(|s| s.trim().parse::<u16>().ok());
+        let status = (num_headers > 0).then(outbox::callout_status).flatten();
         let mut out = Outcome::default();
         let Ok(mut r) = rollups.try_borrow_mut() else {
             return Some(out);
