@@ -144,12 +144,9 @@ impl Lease {
 
     /// A sibling for a request body: it also counts against the budget's request share.
     pub fn for_request(&self) -> Lease {
-        Lease {
-            budget: self.budget.clone(),
-            refused: self.refused.clone(),
-            bytes: 0,
-            request: true,
-        }
+        let mut lease = self.sibling();
+        lease.request = true;
+        lease
     }
 
     /// Whether this lease or a sibling was ever refused.

@@ -395,10 +395,11 @@ mod tests {
 
     const REPLY: &str = r#"{"model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2,"total_tokens":10}}"#;
 
-    fn requests_total(h: &TestHost) -> u64 {
+    /// The sum of a metric family's points, over all its series.
+    fn total(h: &TestHost, family: &str) -> u64 {
         h.points
             .iter()
-            .filter(|p| p.name.starts_with("llm_requests_total"))
+            .filter(|p| p.name.starts_with(family))
             .map(|p| p.value)
             .sum()
     }
@@ -490,14 +491,6 @@ mod tests {
         assert!(h.replaced.is_empty());
     }
 
-    fn over_budget(h: &TestHost) -> u64 {
-        h.points
-            .iter()
-            .filter(|p| p.name.starts_with("llm_over_budget_total"))
-            .map(|p| p.value)
-            .sum()
-    }
-
     #[test]
     fn settled_requests_are_rolled_up_for_the_collector() {
         let p = plugin(
@@ -557,7 +550,10 @@ mod tests {
         h.response_body = REPLY.as_bytes().to_vec();
         d.on_response_body(&p, &mut h, REPLY.len(), true);
         assert_eq!(
-            (requests_total(&h), over_budget(&h)),
+            (
+                total(&h, "llm_requests_total"),
+                total(&h, "llm_over_budget_total")
+            ),
             (1, 1),
             "{:?}",
             h.points
@@ -591,18 +587,23 @@ mod tests {
         d.on_response_body(&p, &mut h, gz.len(), true);
         assert!(h.replaced.is_empty());
         assert_eq!(
-            (requests_total(&h), over_budget(&h)),
+            (
+                total(&h, "llm_requests_total"),
+                total(&h, "llm_over_budget_total")
+            ),
             (1, 1),
             "{:?}",
             h.points
         );
-        let tokens: u64 = h
-            .points
-            .iter()
-            .filter(|p| p.name.starts_with("llm_total_tokens_total"))
-            .map(|p| p.value)
-            .sum();
-        assert_eq!(tokens, 0, "not read, so not counted: {:?}", h.points);
+        assert_eq!(
+            (
+                total(&h, "llm_prompt_tokens_total"),
+                total(&h, "llm_tokens_total")
+            ),
+            (0, 0),
+            "not read, so not counted: {:?}",
+            h.points
+        );
     }
 
     #[test]
@@ -624,14 +625,8 @@ mod tests {
         h.response_body = REPLY.as_bytes().to_vec();
         d.on_response_body(&p, &mut h, REPLY.len(), true);
         assert!(h.replaced.is_empty());
-        assert_eq!(requests_total(&h), 1);
-        let over: u64 = h
-            .points
-            .iter()
-            .filter(|p| p.name.starts_with("llm_over_budget_total"))
-            .map(|p| p.value)
-            .sum();
-        assert_eq!(over, 1, "{:?}", h.points);
+        assert_eq!(total(&h, "llm_requests_total"), 1);
+        assert_eq!(total(&h, "llm_over_budget_total"), 1, "{:?}", h.points);
         // The budget back in full once the request is done: the next one is held.
         drop(d);
         lease.free(&mut hog);
@@ -671,7 +666,7 @@ mod tests {
             d.on_log(&p, &mut h);
             d.on_log(&p, &mut h);
             assert_eq!(h.settlements, 1, "{ending}");
-            assert_eq!(requests_total(&h), 1, "{ending}");
+            assert_eq!(total(&h, "llm_requests_total"), 1, "{ending}");
             let summary: serde_json::Value =
                 serde_json::from_slice(h.summary.as_deref().unwrap()).unwrap();
             let want = if matches!(ending, "body" | "trailers") {
