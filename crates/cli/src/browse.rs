@@ -8,8 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::quality::duration::{parse_rfc3339, IsoDuration};
-use crate::usage::BadParam;
+use crate::params::{bad, only_known, window_us, BadParam};
 
 /// Records per page by default, and at most.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -26,61 +25,26 @@ pub struct RecordsQuery {
     pub offset: i64,
 }
 
-fn bad(param: &'static str, message: impl Into<String>) -> BadParam {
-    BadParam {
-        param,
-        message: message.into(),
-    }
-}
-
 /// Reads `from`/`to`/`window` as the usage query does (default: the last day), `model`,
 /// `route`, `operation`, `limit` (1 to 500, default 50) and `offset`.
 pub fn parse_query(
     params: &BTreeMap<String, String>,
     now: DateTime<Utc>,
 ) -> Result<RecordsQuery, BadParam> {
-    const KNOWN: [&str; 8] = [
-        "from",
-        "to",
-        "window",
-        "model",
-        "route",
-        "operation",
-        "limit",
-        "offset",
-    ];
-    for key in params.keys() {
-        if !KNOWN.contains(&key.as_str()) {
-            return Err(bad(
-                "query",
-                format!("unknown parameter {key:?}; use {}", KNOWN.join(", ")),
-            ));
-        }
-    }
-    let time = |param: &'static str| -> Result<Option<i64>, BadParam> {
-        params
-            .get(param)
-            .map(|t| {
-                parse_rfc3339(t)
-                    .map(|t| t.timestamp_micros())
-                    .ok_or_else(|| bad(param, format!("{t:?} is not an RFC 3339 time")))
-            })
-            .transpose()
-    };
-    let to_us = time("to")?.unwrap_or_else(|| now.timestamp_micros());
-    let window = params
-        .get("window")
-        .map(|w| IsoDuration::parse(w).map_err(|e| bad("window", e.to_string())))
-        .transpose()?;
-    let from_us = match (time("from")?, window) {
-        (Some(_), Some(_)) => return Err(bad("window", "give from or window, not both")),
-        (Some(from), None) => from,
-        (None, Some(w)) => to_us - w.seconds() * 1_000_000,
-        (None, None) => to_us - 86_400 * 1_000_000,
-    };
-    if from_us >= to_us {
-        return Err(bad("from", "must be before to"));
-    }
+    only_known(
+        params,
+        &[
+            "from",
+            "to",
+            "window",
+            "model",
+            "route",
+            "operation",
+            "limit",
+            "offset",
+        ],
+    )?;
+    let (from_us, to_us) = window_us(params, now, 86_400)?;
     let number = |param: &'static str, default: i64, max: i64, min: i64| -> Result<i64, BadParam> {
         match params.get(param) {
             None => Ok(default),
@@ -141,6 +105,7 @@ pub struct Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quality::duration::parse_rfc3339;
 
     fn q(pairs: &[(&str, &str)]) -> Result<RecordsQuery, BadParam> {
         let params = pairs

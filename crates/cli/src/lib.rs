@@ -19,6 +19,7 @@ mod collector;
 mod eval;
 mod evaluate;
 mod judge;
+mod params;
 mod records;
 mod rollups;
 mod scheduler;

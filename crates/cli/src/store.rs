@@ -286,11 +286,7 @@ impl Store {
         &self,
         q: &crate::usage::Query,
     ) -> Result<Vec<(i64, Option<String>, crate::usage::Sums)>> {
-        // The label is a checked name ([a-z_][a-z0-9_]*), quoted as a JSON path member.
-        let group = match &q.group_by {
-            Some(label) => format!("json_extract(series, '$.\"{label}\"')"),
-            None => "NULL".to_string(),
-        };
+        let group = group_column(q);
         let sql = format!(
             "SELECT (minute - ?1) / ?3 AS step, {group} AS grp,
                 sum(requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none),
@@ -322,10 +318,7 @@ impl Store {
 
     /// The rollup rows of an operations query, one per stored row.
     pub fn operations(&self, q: &crate::usage::Query) -> Result<Vec<crate::usage::OperationsRow>> {
-        let group = match &q.group_by {
-            Some(label) => format!("json_extract(series, '$.\"{label}\"')"),
-            None => "NULL".to_string(),
-        };
+        let group = group_column(q);
         let sql = format!(
             "SELECT (minute - ?1) / ?3, {group},
                 requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none,
@@ -551,6 +544,15 @@ impl Store {
     pub fn check(&self) -> Result<()> {
         self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
+    }
+}
+
+/// The SQL expression of a rollup row's group: its `group_by` label's value, or NULL. The
+/// label is a checked name (`[a-z_][a-z0-9_]*`), quoted as a JSON path member.
+fn group_column(q: &crate::usage::Query) -> String {
+    match &q.group_by {
+        Some(label) => format!("json_extract(series, '$.\"{label}\"')"),
+        None => "NULL".to_string(),
     }
 }
 

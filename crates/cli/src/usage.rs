@@ -7,26 +7,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::quality::duration::{format_rfc3339, parse_rfc3339, IsoDuration};
+use crate::params::{bad, duration, only_known, window_us, BadParam};
+use crate::quality::duration::format_rfc3339;
 use tokenmeter_core::series::rollup::{ERROR_TYPES, LATENCY_BOUNDS_MS};
 
 /// Most steps one answer holds.
 pub const MAX_STEPS: i64 = 10_000;
-
-/// A parameter the caller got wrong: 400, naming it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{param}: {message}")]
-pub struct BadParam {
-    pub param: &'static str,
-    pub message: String,
-}
-
-fn bad(param: &'static str, message: impl Into<String>) -> BadParam {
-    BadParam {
-        param,
-        message: message.into(),
-    }
-}
 
 /// A checked query: `[from, to)` in Unix seconds, `from` on a step boundary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,47 +30,10 @@ pub fn parse_query(
     params: &BTreeMap<String, String>,
     now: DateTime<Utc>,
 ) -> Result<Query, BadParam> {
-    for key in params.keys() {
-        if !["from", "to", "window", "step", "group_by"].contains(&key.as_str()) {
-            return Err(bad(
-                "query",
-                format!("unknown parameter {key:?}; use from, to, window, step, group_by"),
-            ));
-        }
-    }
-    let time = |param: &'static str| -> Result<Option<i64>, BadParam> {
-        params
-            .get(param)
-            .map(|t| {
-                parse_rfc3339(t).map(|t| t.timestamp()).ok_or_else(|| {
-                    bad(
-                        param,
-                        format!("{t:?} is not an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let duration = |param: &'static str| -> Result<Option<i64>, BadParam> {
-        params
-            .get(param)
-            .map(|d| {
-                IsoDuration::parse(d)
-                    .map(|d| d.seconds())
-                    .map_err(|e| bad(param, e.to_string()))
-            })
-            .transpose()
-    };
-    let to = time("to")?.unwrap_or_else(|| now.timestamp());
-    let from = match (time("from")?, duration("window")?) {
-        (Some(_), Some(_)) => return Err(bad("window", "give from or window, not both")),
-        (Some(from), None) => from,
-        (None, window) => to - window.unwrap_or(3600),
-    };
-    if from >= to {
-        return Err(bad("from", "must be before to"));
-    }
-    let step = match duration("step")? {
+    only_known(params, &["from", "to", "window", "step", "group_by"])?;
+    let (from_us, to_us) = window_us(params, now, 3600)?;
+    let (from, to) = (from_us.div_euclid(1_000_000), to_us.div_euclid(1_000_000));
+    let step = match duration(params, "step")? {
         Some(s) if s < 60 || s % 60 != 0 => {
             return Err(bad("step", "must be a whole number of minutes, e.g. PT5M"))
         }
@@ -210,6 +159,7 @@ pub fn answer(q: &Query, rows: Vec<(i64, Option<String>, Sums)>) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quality::duration::parse_rfc3339;
 
     fn q(pairs: &[(&str, &str)]) -> Result<Query, BadParam> {
         let params = pairs
