@@ -64,10 +64,9 @@ pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
     reply(&mut resp)
 }
 
-fn reply(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Reply> {
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
+/// A response's headers as (name, value) pairs.
+fn header_pairs(resp: &ureq::http::Response<ureq::Body>) -> Vec<(String, String)> {
+    resp.headers()
         .iter()
         .map(|(k, v)| {
             (
@@ -75,7 +74,12 @@ fn reply(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Reply> {
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+fn reply(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Reply> {
+    let status = resp.status().as_u16();
+    let headers = header_pairs(resp);
     let mut body = Vec::new();
     resp.body_mut()
         .with_config()
@@ -115,16 +119,7 @@ pub fn post_timed(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(R
     let start = std::time::Instant::now();
     let mut resp = req.send(body)?;
     let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(&resp);
     let mut out = Vec::new();
     let mut arrivals = Vec::new();
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();

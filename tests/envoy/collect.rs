@@ -23,15 +23,9 @@ struct Setup {
     upstream: Upstream,
     _collector: Option<Collector>,
     db: std::path::PathBuf,
+    /// Where the gateway sends records and rollups.
     collector_addr: String,
     _dir: tempfile::TempDir,
-}
-
-impl Setup {
-    /// Where the gateway sends records and rollups.
-    fn envoy_collector_addr(&self) -> String {
-        self.collector_addr.clone()
-    }
 }
 
 /// Envoy with `collect` (merged into `config`) pointed at a fresh collector, or at a port
@@ -517,8 +511,7 @@ fn rollups_wait_for_a_collector_that_is_down_and_arrive_once() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // The collector comes back where the gateway expects it: every request arrives once.
-    let addr = s.envoy_collector_addr();
-    let _collector = Collector::start_on(Path::new(BIN), &s.db, &addr, &[]).unwrap();
+    let _collector = Collector::start_on(Path::new(BIN), &s.db, &s.collector_addr, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let m = loop {
         let m = s.envoy.prometheus().unwrap();
