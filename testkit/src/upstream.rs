@@ -264,6 +264,17 @@ impl Framing {
 /// spaces and tabs around every token.
 struct Spaced(u8);
 
+impl Spaced {
+    /// The comma before every element and member but the first.
+    fn separator<W: ?Sized + std::io::Write>(&self, w: &mut W, first: bool) -> std::io::Result<()> {
+        match (first, self.0 >= 2) {
+            (true, _) => Ok(()),
+            (false, true) => w.write_all(b" ,\t"),
+            (false, false) => w.write_all(b", "),
+        }
+    }
+}
+
 impl serde_json::ser::Formatter for Spaced {
     fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         w.write_all(if self.0 >= 2 { b"[ " } else { b"[" })
@@ -276,11 +287,7 @@ impl serde_json::ser::Formatter for Spaced {
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        match (first, self.0 >= 2) {
-            (true, _) => Ok(()),
-            (false, true) => w.write_all(b" ,\t"),
-            (false, false) => w.write_all(b", "),
-        }
+        self.separator(w, first)
     }
     fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         w.write_all(if self.0 >= 2 { b"{\t" } else { b"{" })
@@ -293,11 +300,7 @@ impl serde_json::ser::Formatter for Spaced {
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        match (first, self.0 >= 2) {
-            (true, _) => Ok(()),
-            (false, true) => w.write_all(b" ,\t"),
-            (false, false) => w.write_all(b", "),
-        }
+        self.separator(w, first)
     }
     fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         w.write_all(if self.0 >= 2 { b" :\t" } else { b": " })
