@@ -354,6 +354,49 @@ fn reads_need_the_token_and_no_token_means_loopback_only() {
     let (status, _) = post(&records_url(&c), "application/json", r#"{"id":"a"}"#).unwrap();
     assert_eq!(status, 200);
     assert_eq!(get(&format!("{}/healthz", c.url())).unwrap().0, 200);
+    c.kill().unwrap();
+
+    // An ingestion token: record and rollup posts need it, and the read token is not it.
+    let ingest_file = dir.path().join("ingest");
+    std::fs::write(&ingest_file, "ingest-token-0123456789\n").unwrap();
+    let c = start(
+        &db,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--ingest-token-file",
+            ingest_file.to_str().unwrap(),
+        ],
+    );
+    let post_with = |path: &str, token: &str| {
+        tokenmeter_testkit::client::post(
+            &format!("{}{path}", c.url()),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+            br#"{"id":"b"}"#,
+        )
+        .unwrap()
+    };
+    let refused = post_with("/v1/records", "s3cret-token-0123456789");
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.text().contains("collect.token"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(post_with("/v1/rollups", "nope").status, 401);
+    assert_eq!(
+        post_with("/v1/records", "ingest-token-0123456789").status,
+        200
+    );
+    let read = tokenmeter_testkit::client::get_with(
+        &format!("{}/api/v1/records/b", c.url()),
+        &[("authorization", "Bearer ingest-token-0123456789")],
+    )
+    .unwrap();
+    assert_eq!(read.status, 401, "the ingestion token does not read");
 }
 
 #[test]

@@ -148,6 +148,81 @@ fn runs_monitors_at_start_exposes_metrics_and_alerts() {
         "{again}"
     );
     assert_eq!(judge.calls(), 8);
+
+    // The read API shows the same run, its histograms and the records behind them.
+    let api = |q: &str| {
+        let reply = tokenmeter_testkit::client::get(&format!("{}/api/v1/{q}", c.url())).unwrap();
+        assert_eq!(reply.status, 200, "{q}: {}", reply.text());
+        reply.json()
+    };
+    let quality = api("quality?window=P1D");
+    let bot = &quality["monitors"][0];
+    assert_eq!(bot["monitor"], "support-bot");
+    assert_eq!(
+        (&bot["runs"], &bot["breached_runs"], &bot["failed_runs"]),
+        (&1.into(), &1.into(), &0.into())
+    );
+    let metric = |name: &str| {
+        bot["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {bot}"))
+            .clone()
+    };
+    let coherence = metric("coherence");
+    assert_eq!(coherence["violation_rate"], 0.0);
+    assert_eq!(coherence["violations"], 1);
+    assert_eq!(
+        coherence["histogram"],
+        serde_json::json!({"1": 0, "2": 1, "3": 0, "4": 0, "5": 3})
+    );
+    assert_eq!(coherence["points"][0]["average_score"], 4.25);
+    assert_eq!(coherence["points"][0]["pass_rate"], 0.75);
+    let fluency = metric("fluency");
+    assert_eq!(fluency["violation_rate"], 1.0);
+    assert_eq!(fluency["points"][0]["breached"], true);
+    assert_eq!(
+        fluency["histogram"],
+        serde_json::json!({"1": 0, "2": 3, "3": 0, "4": 0, "5": 1})
+    );
+    let monitors = api("monitors");
+    let m = &monitors["monitors"][0];
+    assert_eq!(
+        (&m["name"], &m["status"]),
+        (&"support-bot".into(), &"breached".into())
+    );
+    assert_eq!(m["schedule"], "0 0 1 1 *");
+    assert!(
+        m["next_run"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01-01T00:00:00Z"),
+        "{m}"
+    );
+    assert_eq!(m["metrics"], serde_json::json!(["coherence", "fluency"]));
+    let ids = |q: &str| -> Vec<String> {
+        let mut ids: Vec<String> = api(&format!("records?window=P1D&{q}"))["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["record"]["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids("metric=fluency&verdict=fail"), ["r0", "r1", "r2"]);
+    assert_eq!(ids("metric=fluency&verdict=pass"), ["r3"]);
+    assert_eq!(ids("metric=coherence&verdict=fail"), ["r0"]);
+    assert_eq!(ids("metric=groundedness").len(), 0, "not scored on it");
+    let one = api("records/r0");
+    let scores = one["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2, "{one}");
+    assert_eq!(
+        (&scores[0]["metric"], &scores[0]["score"]),
+        (&"coherence".into(), &2.into())
+    );
 }
 
 #[test]
@@ -236,4 +311,28 @@ fn a_failing_run_is_reported_and_alerted() {
         })
         .unwrap();
     assert!(!metrics.contains("llm_quality_average_score{"), "{metrics}");
+    let api = |q: &str| {
+        tokenmeter_testkit::client::get(&format!("{}/api/v1/{q}", c.url()))
+            .unwrap()
+            .json()
+    };
+    let quality = api("quality");
+    let m = &quality["monitors"][0];
+    assert_eq!(
+        (&m["runs"], &m["failed_runs"]),
+        (&1.into(), &1.into()),
+        "{m}"
+    );
+    assert!(m["failures"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("circuit breaker"));
+    assert_eq!(m["metrics"], serde_json::json!([]));
+    let monitors = api("monitors");
+    assert_eq!(monitors["monitors"][0]["status"], "failed");
+    let (status, body) =
+        tokenmeter_testkit::collector::get(&format!("{}/api/v1/quality?window=soon", c.url()))
+            .unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("window:"), "{body}");
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::params::{bad, only_known, window_us, BadParam};
+use crate::quality::metric::Metric;
 
 /// Records per page by default, and at most.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -21,12 +22,17 @@ pub struct RecordsQuery {
     pub to_us: i64,
     /// `(field, value)`: `model`, `route`, `operation`.
     pub filters: Vec<(&'static str, String)>,
+    /// Only records a monitor scored on this metric; with `pass`, only those whose latest
+    /// score passed (`true`) or failed (`false`) the run's acceptable score.
+    pub metric: Option<String>,
+    pub pass: Option<bool>,
     pub limit: i64,
     pub offset: i64,
 }
 
 /// Reads `from`/`to`/`window` as the usage query does (default: the last day), `model`,
-/// `route`, `operation`, `limit` (1 to 500, default 50) and `offset`.
+/// `route`, `operation`, `metric`, `verdict` (`pass` or `fail`, with `metric`), `limit`
+/// (1 to 500, default 50) and `offset`.
 pub fn parse_query(
     params: &BTreeMap<String, String>,
     now: DateTime<Utc>,
@@ -40,6 +46,8 @@ pub fn parse_query(
             "model",
             "route",
             "operation",
+            "metric",
+            "verdict",
             "limit",
             "offset",
         ],
@@ -64,10 +72,34 @@ pub fn parse_query(
         .into_iter()
         .filter_map(|f| params.get(f).map(|v| (f, v.clone())))
         .collect();
+    let metric = match params.get("metric") {
+        None => None,
+        Some(m) => match Metric::from_name(m) {
+            Some(m) => Some(m.name().to_string()),
+            None => {
+                let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+                return Err(bad(
+                    "metric",
+                    format!("{m:?} is not one of {}", names.join(", ")),
+                ));
+            }
+        },
+    };
+    let pass = match params.get("verdict").map(String::as_str) {
+        None => None,
+        Some(_) if metric.is_none() => {
+            return Err(bad("verdict", "name the metric it is about with metric=…"))
+        }
+        Some("pass") => Some(true),
+        Some("fail") => Some(false),
+        Some(v) => return Err(bad("verdict", format!("{v:?} is not pass or fail"))),
+    };
     Ok(RecordsQuery {
         from_us,
         to_us,
         filters,
+        metric,
+        pass,
         limit: number("limit", DEFAULT_LIMIT, MAX_LIMIT, 1)?,
         offset: number("offset", 0, i64::MAX, 0)?,
     })
@@ -122,12 +154,23 @@ mod tests {
         assert_eq!((d.limit, d.offset), (50, 0));
         let f = q(&[("model", "gpt-4o"), ("limit", "10"), ("offset", "20")]).unwrap();
         assert_eq!(f.filters, [("model", "gpt-4o".to_string())]);
+        let v = q(&[("metric", "groundedness"), ("verdict", "fail")]).unwrap();
+        assert_eq!(
+            (v.metric.as_deref(), v.pass),
+            (Some("groundedness"), Some(false))
+        );
         for (pairs, param) in [
             (&[("limit", "0")][..], "limit"),
             (&[("limit", "501")][..], "limit"),
             (&[("offset", "-1")][..], "offset"),
             (&[("window", "soon")][..], "window"),
             (&[("sort", "x")][..], "query"),
+            (&[("metric", "tone")][..], "metric"),
+            (&[("verdict", "pass")][..], "verdict"),
+            (
+                &[("metric", "fluency"), ("verdict", "maybe")][..],
+                "verdict",
+            ),
         ] {
             assert_eq!(q(pairs).unwrap_err().param, param, "{pairs:?}");
         }

@@ -1,5 +1,6 @@
 //! The collector's HTTP API: `POST /v1/records`, `POST /v1/rollups`, `GET /api/v1/usage`,
-//! `GET /api/v1/operations`, `GET /api/v1/records[/{id}]`, `GET /healthz`, `GET /metrics`.
+//! `GET /api/v1/operations`, `GET /api/v1/records[/{id}]`, `GET /api/v1/quality`,
+//! `GET /api/v1/monitors`, `GET /healthz`, `GET /metrics`.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::quality::exposition::{self, MonitorState};
-use crate::{browse, ingest, rollups, usage};
+use crate::{browse, ingest, rollups, runs, usage};
 
 use crate::store::Store;
 
@@ -24,10 +25,12 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<Mutex<Store>>,
     pub namespace: String,
-    pub monitors: Arc<Vec<String>>,
+    pub monitors: Arc<Vec<runs::MonitorInfo>>,
     pub max_body_bytes: usize,
     /// The token reads need, when one was given.
     pub token: Option<Arc<String>>,
+    /// The token record and rollup posts need, when one was given.
+    pub ingest_token: Option<Arc<String>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,11 +40,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/operations", get(get_operations))
         .route("/api/v1/records", get(get_records))
         .route("/api/v1/records/{id}", get(get_record))
+        .route("/api/v1/quality", get(get_quality))
+        .route("/api/v1/monitors", get(get_monitors))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .merge(reads)
+    let ingestion = Router::new()
         .route("/v1/records", post(post_records))
         .route("/v1/rollups", post(post_rollups))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_ingest_token,
+        ));
+    Router::new()
+        .merge(reads)
+        .merge(ingestion)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -50,21 +61,43 @@ pub fn router(state: AppState) -> Router {
 
 /// Reads of the store need `Authorization: Bearer TOKEN` when `serve` was given a token.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "this collector needs a token: send Authorization: Bearer TOKEN (the --token-file's)",
-            );
-        }
+    match refused(
+        state.token.as_deref(),
+        &request,
+        "reads need a token: send Authorization: Bearer TOKEN (the --token-file's)",
+    ) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
     }
-    next.run(request).await
+}
+
+/// Record and rollup posts need the ingestion token when `serve` was given one.
+async fn require_ingest_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match refused(
+        state.ingest_token.as_deref(),
+        &request,
+        "ingestion needs a token: set the filter's collect.token to the --ingest-token-file's",
+    ) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
+}
+
+/// A 401 when a token is needed and the request does not carry it.
+fn refused(token: Option<&String>, request: &Request, message: &str) -> Option<Response> {
+    let token = token?;
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    (!same(given.as_bytes(), token.as_bytes()))
+        .then(|| error(StatusCode::UNAUTHORIZED, message.to_string()))
 }
 
 /// Compares without stopping at the first difference, so timing does not tell how much of
@@ -244,6 +277,36 @@ async fn get_record(State(state): State<AppState>, Path(id): Path<String>) -> Re
     .await
 }
 
+/// The monitors' runs of a window per metric (docs/api.md).
+async fn get_quality(State(state): State<AppState>, Query(params): Params) -> Response {
+    let query = match runs::parse_query(&params, Utc::now()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    on_store(&state, "reading quality runs", move |store| {
+        let histograms = store.score_histograms(&query)?;
+        Ok(Ok(runs::answer(&query, store.runs(&query)?, &histograms)))
+    })
+    .await
+}
+
+/// The configured monitors with their last and next run (docs/api.md).
+async fn get_monitors(State(state): State<AppState>, Query(params): Params) -> Response {
+    if let Err(e) = crate::params::only_known(&params, &[]) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let monitors = state.monitors.clone();
+    on_store(&state, "reading monitors", move |store| {
+        let now = Utc::now();
+        let list = monitors
+            .iter()
+            .map(|m| Ok(runs::status(m, store.last_run(&m.name)?, now)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Ok(json!({ "monitors": list })))
+    })
+    .await
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
     let ok = tokio::task::spawn_blocking(move || {
@@ -270,10 +333,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
         monitors
             .iter()
-            .map(|name| {
-                let runs = store.monitor_runs(name)?;
+            .map(|m| {
+                let runs = store.monitor_runs(&m.name)?;
                 Ok(MonitorState {
-                    monitor: name.clone(),
+                    monitor: m.name.clone(),
                     last_report: runs.last_report,
                     last_run_failed: runs.last_failed,
                 })

@@ -22,6 +22,7 @@ mod judge;
 mod params;
 mod records;
 mod rollups;
+mod runs;
 mod scheduler;
 mod serve;
 mod store;
@@ -115,6 +116,10 @@ enum Command {
         /// required to listen beyond loopback.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// A file holding the token record and rollup posts need (`Authorization: Bearer`,
+        /// the filter's `collect.token`); without it ingestion is open.
+        #[arg(long)]
+        ingest_token_file: Option<PathBuf>,
     },
     /// Import or export records.
     Records {
@@ -292,6 +297,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_body_bytes,
             run_monitors_now,
             token_file,
+            ingest_token_file,
         } => {
             runtime()?.block_on(serve::run(serve::ServeArgs {
                 db,
@@ -301,6 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_body_bytes,
                 run_monitors_now,
                 token_file,
+                ingest_token_file,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -12,6 +12,7 @@ use crate::quality::exposition;
 use crate::collector::{self, AppState};
 use crate::eval::load_monitor;
 use crate::judge::Judge;
+use crate::runs;
 use crate::scheduler;
 use crate::store::Store;
 
@@ -23,17 +24,18 @@ pub struct ServeArgs {
     pub max_body_bytes: usize,
     pub run_monitors_now: bool,
     pub token_file: Option<PathBuf>,
+    pub ingest_token_file: Option<PathBuf>,
 }
 
 /// The shortest token accepted.
 const MIN_TOKEN_BYTES: usize = 16;
 
-fn read_token(path: &std::path::Path) -> Result<String> {
+fn read_token(flag: &str, path: &std::path::Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--token-file: cannot read {}", path.display()))?;
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
     let token = text.trim();
-    if token.len() < MIN_TOKEN_BYTES || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("--token-file: {} must hold one token of at least {MIN_TOKEN_BYTES} characters without spaces (e.g. from `openssl rand -hex 24`)", path.display());
+    if token.len() < MIN_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("{flag}: {} must hold one token of at least {MIN_TOKEN_BYTES} printable ASCII characters without spaces (e.g. from `openssl rand -hex 24`)", path.display());
     }
     Ok(token.to_string())
 }
@@ -60,7 +62,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Judge::new(&monitor.judge).with_context(|| format!("{}", path.display()))?;
         monitors.push(monitor);
     }
-    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let token = args
+        .token_file
+        .as_deref()
+        .map(|p| read_token("--token-file", p))
+        .transpose()?;
+    let ingest_token = args
+        .ingest_token_file
+        .as_deref()
+        .map(|p| read_token("--ingest-token-file", p))
+        .transpose()?;
     let store = Store::open(&args.db)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -72,9 +83,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let state = AppState {
         store: Arc::new(Mutex::new(store)),
         namespace: args.namespace.clone(),
-        monitors: Arc::new(monitors.iter().map(|m| m.name.clone()).collect()),
+        monitors: Arc::new(
+            monitors
+                .iter()
+                .map(|m| runs::MonitorInfo {
+                    name: m.name.clone(),
+                    schedule: m.schedule.clone(),
+                    window: m.window.size.as_str().to_string(),
+                    metrics: m
+                        .metrics
+                        .iter()
+                        .map(|(x, _)| x.name().to_string())
+                        .collect(),
+                })
+                .collect(),
+        ),
         max_body_bytes: args.max_body_bytes,
         token: token.map(Arc::new),
+        ingest_token: ingest_token.map(Arc::new),
     };
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;

@@ -371,6 +371,29 @@ impl Store {
         }
         let mut values: Vec<rusqlite::types::Value> = vec![q.from_us.into(), q.to_us.into()];
         values.extend(q.filters.iter().map(|(_, v)| v.clone().into()));
+        if let Some(metric) = &q.metric {
+            // The latest score of the metric from any monitor's latest run that scored the
+            // record; pass is against that run's acceptable score.
+            let verdict = match q.pass {
+                None => "",
+                Some(true) => {
+                    " AND s.score >= json_extract(r.report, '$.metrics.' || s.metric || '.acceptable_score')"
+                }
+                Some(false) => {
+                    " AND s.score < json_extract(r.report, '$.metrics.' || s.metric || '.acceptable_score')"
+                }
+            };
+            filter.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM monitor_scores s JOIN monitor_runs r ON r.id = s.run_id
+                   WHERE s.record_id = records.id AND s.metric = ?{} AND s.status = 'scored'{verdict}
+                     AND s.run_id = (SELECT max(s2.run_id) FROM monitor_scores s2
+                                     JOIN monitor_runs r2 ON r2.id = s2.run_id
+                                     WHERE s2.record_id = s.record_id AND s2.metric = s.metric
+                                       AND r2.monitor = r.monitor))",
+                values.len() + 1
+            ));
+            values.push(metric.clone().into());
+        }
         let total: i64 = self.conn.query_row(
             &format!("SELECT count(*) FROM records WHERE time_us >= ?1 AND time_us < ?2{filter}"),
             rusqlite::params_from_iter(values.iter()),
@@ -509,6 +532,73 @@ impl Store {
         Ok(())
     }
 
+    /// Runs that finished in the quality query's window, in time order.
+    pub fn runs(&self, q: &crate::runs::QualityQuery) -> Result<Vec<crate::runs::StoredRun>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, monitor, finished_us, error, report FROM monitor_runs
+             WHERE finished_us >= ?1 AND finished_us < ?2 AND (?3 IS NULL OR monitor = ?3)
+             ORDER BY finished_us, id",
+        )?;
+        let rows = stmt.query_map(params![q.from_us, q.to_us, q.monitor], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(stored_run(row?)?);
+        }
+        Ok(out)
+    }
+
+    /// The latest run of a monitor, if it ever ran.
+    pub fn last_run(&self, monitor: &str) -> Result<Option<crate::runs::StoredRun>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, monitor, finished_us, error, report FROM monitor_runs
+                 WHERE monitor = ?1 ORDER BY id DESC LIMIT 1",
+                [monitor],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        row.map(stored_run).transpose()
+    }
+
+    /// `(monitor, metric, score, count)` over the runs of the window, each record's latest
+    /// score per monitor and metric counted once (overlapping windows score a record often).
+    pub fn score_histograms(
+        &self,
+        q: &crate::runs::QualityQuery,
+    ) -> Result<Vec<(String, String, i64, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH latest AS (
+                 SELECT r.monitor, s.record_id, s.metric, max(s.run_id) AS run_id
+                 FROM monitor_scores s JOIN monitor_runs r ON r.id = s.run_id
+                 WHERE r.finished_us >= ?1 AND r.finished_us < ?2
+                   AND (?3 IS NULL OR r.monitor = ?3)
+                 GROUP BY r.monitor, s.record_id, s.metric)
+             SELECT l.monitor, l.metric, s.score, count(*)
+             FROM latest l JOIN monitor_scores s
+               ON s.run_id = l.run_id AND s.record_id = l.record_id AND s.metric = l.metric
+             WHERE s.status = 'scored' AND s.score IS NOT NULL
+             GROUP BY l.monitor, l.metric, s.score ORDER BY l.monitor, l.metric, s.score",
+        )?;
+        let rows = stmt.query_map(params![q.from_us, q.to_us, q.monitor], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?.max(0) as u64,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
     /// The latest run of a monitor, and its latest successful report.
     pub fn monitor_runs(&self, monitor: &str) -> Result<MonitorRuns> {
         let last_failed = self
@@ -564,6 +654,22 @@ fn series_json(labels: &[String], values: &[String]) -> String {
         .zip(values.iter().map(String::as_str))
         .collect();
     serde_json::to_string(&map).unwrap_or_default()
+}
+
+type RunRow = (i64, String, i64, Option<String>, Option<String>);
+
+fn stored_run((id, monitor, finished_us, error, report): RunRow) -> Result<crate::runs::StoredRun> {
+    let report = report
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .context("a stored monitor report is unreadable")?;
+    Ok(crate::runs::StoredRun {
+        id,
+        monitor,
+        finished_us,
+        error,
+        report,
+    })
 }
 
 #[cfg(test)]

@@ -68,12 +68,15 @@ impl Outbox {
 /// POSTs JSON `body` to the collector's `path` from the root context: the callout's token,
 /// or `None` when the host refused it (no such cluster).
 pub fn post(config: &CollectConfig, path: &str, body: &[u8]) -> Option<u32> {
-    let headers = vec![
+    let mut headers = vec![
         (":method", "POST"),
         (":path", path),
         (":authority", config.authority.as_str()),
         ("content-type", "application/json"),
     ];
+    if let Some(authorization) = &config.authorization {
+        headers.push(("authorization", authorization.as_str()));
+    }
     // The SDK's call registers the callout so its answer reaches the root context.
     proxy_wasm::hostcalls::dispatch_http_call(
         &config.cluster,

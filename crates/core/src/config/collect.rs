@@ -39,6 +39,9 @@ pub struct CollectConfig {
     pub redact: Vec<(Regex, String)>,
     /// Usage rollups of all traffic, `None` when turned off (`rollup_interval_ms: 0`).
     pub rollups: Option<RollupConfig>,
+    /// `Bearer TOKEN`, sent as `authorization` on every post when `token` is set (the
+    /// collector's `--ingest-token-file`).
+    pub authorization: Option<String>,
 }
 
 /// Where and how often rollups are sent (see [`crate::series::rollup`]).
@@ -76,6 +79,7 @@ impl PartialEq for CollectConfig {
             && self.context_column == other.context_column
             && self.context == other.context
             && self.rollups == other.rollups
+            && self.authorization == other.authorization
             && patterns(self) == patterns(other)
     }
 }
@@ -101,6 +105,7 @@ pub(crate) struct RawCollect {
     rollup_interval_ms: Option<u32>,
     max_rollup_rows: Option<usize>,
     max_rollup_batches: Option<usize>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,6 +209,18 @@ impl RawCollect {
                 max_batches,
             })
         };
+        let authorization = match self.token {
+            None => None,
+            Some(t) if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(format!("Bearer {t}"))
+            }
+            Some(_) => {
+                return Err(err(
+                    "token",
+                    "must be at least 16 printable ASCII characters without spaces, the same as the collector's --ingest-token-file".into(),
+                ))
+            }
+        };
         let max_in_flight = self.max_in_flight.unwrap_or(16);
         if max_in_flight == 0 {
             return Err(err("max_in_flight", "must be at least 1".into()));
@@ -287,6 +304,7 @@ impl RawCollect {
             context,
             redact,
             rollups,
+            authorization,
         })
     }
 }
@@ -311,6 +329,8 @@ mod tests {
                 "collect.rollup_interval_ms",
             ),
             (r#", "rollup_path": "x""#, "collect.rollup_path"),
+            (r#", "token": "short""#, "collect.token"),
+            (r#", "token": "a token with spaces in it""#, "collect.token"),
             (r#", "max_rollup_rows": 0"#, "collect.max_rollup_rows"),
             (
                 r#", "max_rollup_batches": 5000"#,
