@@ -31,11 +31,22 @@ struct Setup {
 /// Envoy with `collect` (merged into `config`) pointed at a fresh collector, or at a port
 /// where nothing listens when `collector_up` is false.
 fn setup(config: &str, collector_up: bool) -> Setup {
+    setup_with(config, collector_up, None)
+}
+
+/// As [`setup`], the collector needing `ingest_token` on its posts when one is given.
+fn setup_with(config: &str, collector_up: bool, ingest_token: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("records.db");
     let upstream = Upstream::start().unwrap();
+    let token_file = dir.path().join("ingest-token");
+    let mut extra = Vec::new();
+    if let Some(token) = ingest_token {
+        std::fs::write(&token_file, token).unwrap();
+        extra = vec!["--ingest-token-file", token_file.to_str().unwrap()];
+    }
     let (collector, addr) = if collector_up {
-        let c = Collector::start(Path::new(BIN), &db, &[]).unwrap();
+        let c = Collector::start(Path::new(BIN), &db, &extra).unwrap();
         let addr = c.url().trim_start_matches("http://").to_string();
         (Some(c), addr)
     } else {
@@ -343,9 +354,11 @@ fn rollup_totals(db: &Path, team: &str) -> [f64; 6] {
 fn rollups_in_the_store_equal_the_counters() {
     let config = r#"{
       "dimensions": [{"name": "team", "value": "{request.header.x-team|none}"}],
-      "collect": {"cluster": "tokenmeter_collector", "sample_rate": 0, "rollup_interval_ms": 1000}
+      "collect": {"cluster": "tokenmeter_collector", "sample_rate": 0, "rollup_interval_ms": 1000,
+                  "token": "ingest-token-0123456789"}
     }"#;
-    let s = setup(config, true);
+    // The collector needs the ingestion token, which the filter sends.
+    let s = setup_with(config, true, Some("ingest-token-0123456789"));
     let mut streamed = chat("gpt-4o-mini", "Stream me an answer.");
     streamed["stream"] = json!(true);
     // Two workers, so two VMs each sending their own batches; JSON, injected streams,
@@ -471,6 +484,22 @@ fn rollups_in_the_store_equal_the_counters() {
         );
         assert!(g["totals"]["duration_ms"]["p50"].as_f64().is_some(), "{g}");
     }
+    // One team's scope: the same as its counters.
+    let (status, body) = tokenmeter_testkit::collector::get(&format!(
+        "{}/api/v1/usage?window=PT1H&scope=team:blue",
+        collector.url()
+    ))
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let blue: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        blue["totals"]["total_tokens"].as_f64().unwrap(),
+        m.sum("llm_tokens_total", &[("team", "blue")])
+    );
+    assert_eq!(
+        blue["totals"]["requests"].as_f64().unwrap(),
+        m.sum("llm_requests_total", &[("team", "blue")])
+    );
     let (status, body) =
         tokenmeter_testkit::collector::get(&format!("{}/api/v1/usage?step=PT10S", collector.url()))
             .unwrap();

@@ -287,6 +287,7 @@ impl Store {
         q: &crate::usage::Query,
     ) -> Result<Vec<(i64, Option<String>, crate::usage::Sums)>> {
         let group = group_column(q);
+        let scope = scope_condition(q);
         let sql = format!(
             "SELECT (minute - ?1) / ?3 AS step, {group} AS grp,
                 sum(requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none),
@@ -294,11 +295,12 @@ impl Store {
                     + errors_client_error + errors_upstream_error),
                 sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cached_tokens),
                 sum(reasoning_tokens)
-             FROM rollups WHERE minute >= ?1 AND minute < ?2
+             FROM rollups WHERE minute >= ?1 AND minute < ?2 {scope}
              GROUP BY step, grp ORDER BY grp, step"
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![q.from, q.to, q.step], |r| {
+        let value = q.scope.as_ref().map(|(_, v)| v);
+        let rows = stmt.query_map(params![q.from, q.to, q.step, value], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Option<String>>(1)?,
@@ -319,15 +321,17 @@ impl Store {
     /// The rollup rows of an operations query, one per stored row.
     pub fn operations(&self, q: &crate::usage::Query) -> Result<Vec<crate::usage::OperationsRow>> {
         let group = group_column(q);
+        let scope = scope_condition(q);
         let sql = format!(
             "SELECT (minute - ?1) / ?3, {group},
                 requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none,
                 errors_timeout, errors_upstream_reset, errors_client_cancelled, errors_rate_limited,
                 errors_client_error, errors_upstream_error, duration_ms, ttft_ms
-             FROM rollups WHERE minute >= ?1 AND minute < ?2"
+             FROM rollups WHERE minute >= ?1 AND minute < ?2 {scope}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![q.from, q.to, q.step], |r| {
+        let value = q.scope.as_ref().map(|(_, v)| v);
+        let rows = stmt.query_map(params![q.from, q.to, q.step, value], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Option<String>>(1)?,
@@ -639,6 +643,15 @@ impl Store {
 
 /// The SQL expression of a rollup row's group: its `group_by` label's value, or NULL. The
 /// label is a checked name (`[a-z_][a-z0-9_]*`), quoted as a JSON path member.
+/// The condition a query's `scope` puts on the rows; its value is bound as `?4`.
+fn scope_condition(q: &crate::usage::Query) -> String {
+    match &q.scope {
+        // Label names are checked to be letters, digits and `_`.
+        Some((label, _)) => format!("AND json_extract(series, '$.\"{label}\"') = ?4"),
+        None => "AND ?4 IS NULL".to_string(),
+    }
+}
+
 fn group_column(q: &crate::usage::Query) -> String {
     match &q.group_by {
         Some(label) => format!("json_extract(series, '$.\"{label}\"')"),

@@ -21,16 +21,22 @@ pub struct Query {
     pub to: i64,
     pub step: i64,
     pub group_by: Option<String>,
+    /// Only series whose label has this value: `(label, value)`.
+    pub scope: Option<(String, String)>,
 }
 
 /// Reads `from`, `to` (RFC 3339; `to` defaults to now), `window` (ISO 8601 duration, instead
 /// of `from`; default PT1H), `step` (ISO 8601, whole minutes; default the window / 60 in
-/// whole minutes) and `group_by` (a label name).
+/// whole minutes), `group_by` (a label name) and `scope` (`LABEL:VALUE`, only the series
+/// whose label has that value).
 pub fn parse_query(
     params: &BTreeMap<String, String>,
     now: DateTime<Utc>,
 ) -> Result<Query, BadParam> {
-    only_known(params, &["from", "to", "window", "step", "group_by"])?;
+    only_known(
+        params,
+        &["from", "to", "window", "step", "group_by", "scope"],
+    )?;
     let (from_us, to_us) = window_us(params, now, 3600)?;
     let (from, to) = (from_us.div_euclid(1_000_000), to_us.div_euclid(1_000_000));
     let step = match duration(params, "step")? {
@@ -57,11 +63,26 @@ pub fn parse_query(
             ))
         }
     };
+    let scope = match params.get("scope") {
+        None => None,
+        Some(s) => match s.split_once(':') {
+            Some((label, value)) if label_name(label) => {
+                Some((label.to_string(), value.to_string()))
+            }
+            _ => {
+                return Err(bad(
+                    "scope",
+                    format!("{s:?} is not LABEL:VALUE, e.g. model:gpt-4o"),
+                ))
+            }
+        },
+    };
     Ok(Query {
         from,
         to,
         step,
         group_by,
+        scope,
     })
 }
 
@@ -176,6 +197,8 @@ mod tests {
         assert_eq!((d.to, d.step), (now, 60));
         assert_eq!(d.from, now - 3600 - (now - 3600) % 60);
         let w = q(&[("window", "P7D"), ("step", "PT1H"), ("group_by", "model")]).unwrap();
+        let s = q(&[("scope", "model:gpt-4o:2024")]).unwrap();
+        assert_eq!(s.scope, Some(("model".into(), "gpt-4o:2024".into())));
         assert_eq!(w.step, 3600);
         assert_eq!(w.from % 3600, 0);
         assert_eq!(w.group_by.as_deref(), Some("model"));
@@ -196,6 +219,8 @@ mod tests {
             (&[("step", "PT30S")][..], "step"),
             (&[("window", "P30D"), ("step", "PT1M")][..], "step"),
             (&[("group_by", "Team-Name")][..], "group_by"),
+            (&[("scope", "gpt-4o")][..], "scope"),
+            (&[("scope", "Model:gpt-4o")][..], "scope"),
             (&[("from", "2026-12-02T00:00:00Z")][..], "from"),
             (
                 &[("from", "2026-11-01T00:00:00Z"), ("window", "P1D")][..],
