@@ -20,12 +20,12 @@ WASI_RUNNER   := $(CURDIR)/testkit/run-wasi.mjs
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
+.PHONY: help tools browser wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
 	bench bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
 help:
-	@echo "make run    build the filter, start Envoy with it in front of the example upstream, send traffic, show metrics"
+	@echo "make run    build everything, start Envoy with the filter in front of the example upstream and the collector with its console, send traffic, run a demo monitor, show the metrics and the console's address (RUN_ARGS=--exit to stop after)"
 	@echo "make test   the lints, then every test layer (unit, CLI, test host, core under V8, real Envoy end to end)"
 	@echo "make test-wasm  the filter in the test host, and the core compiled to wasm under Node's V8"
 	@echo "make wasm   build $(WASM)"
@@ -36,6 +36,13 @@ help:
 	@echo "make fuzz-corpus  minimise what the campaign found into the committed corpus (fuzz/corpus)"
 
 tools: wasm-target envoy
+
+# Debian's Chromium and its WebDriver, for the console's browser tests (tests/console).
+browser:
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
+	  echo "installing Debian's chromium and chromium-driver (the console's browser tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -61,10 +68,10 @@ build: wasm
 
 run: tools build
 	cargo run --quiet --release -p tokenmeter-testkit --bin demo -- \
-	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG)
+	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG) --dir target/demo $(RUN_ARGS)
 
 # Lints first: a change that breaks the no-trap rules or the formatting fails here.
-test: tools node lint wasm
+test: tools node browser lint wasm
 	cargo test --workspace --no-fail-fast
 	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
 	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets

@@ -7,6 +7,7 @@
 pub mod axum_thread;
 pub mod client;
 pub mod collector;
+pub mod demo;
 pub mod envoy;
 pub mod judge;
 pub mod prom;

@@ -16,6 +16,7 @@ pub mod quality;
 mod alerts;
 mod browse;
 mod collector;
+mod console;
 mod eval;
 mod evaluate;
 mod judge;

@@ -1,20 +1,26 @@
-//! The `make run` demo: Envoy with tokenmeter in front of the example upstream, a mix of
-//! traffic, and the metrics Envoy shows for it.
+//! The `make run` demo: Envoy with tokenmeter in front of the example upstream, the collector
+//! and its console, a mix of traffic, the metrics Envoy shows for it, one run of a quality
+//! monitor against a demo judge, and the console's address.
 //!
-//! `demo --envoy PATH --wasm PATH --tokenmeter PATH --config FILE [--keep-running]`
+//! `demo --envoy PATH --wasm PATH --tokenmeter PATH --config FILE --dir DIR [--keep-running | --exit]`
+//!
+//! It keeps running for the console when started from a terminal (`--exit` stops it after
+//! the summary), and stops after it otherwise (`--keep-running` keeps it).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::json;
-use tokenmeter_testkit::{client, envoy::Envoy, upstream::Upstream};
+use tokenmeter_testkit::client;
+use tokenmeter_testkit::demo::{self, Demo};
 
 struct Args {
     envoy: PathBuf,
     wasm: PathBuf,
     tokenmeter: PathBuf,
     config: PathBuf,
+    dir: PathBuf,
     keep_running: bool,
 }
 
@@ -24,7 +30,8 @@ fn args() -> Result<Args> {
         wasm: PathBuf::new(),
         tokenmeter: PathBuf::new(),
         config: PathBuf::new(),
-        keep_running: false,
+        dir: PathBuf::from("target/demo"),
+        keep_running: std::io::stdin().is_terminal(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -34,7 +41,9 @@ fn args() -> Result<Args> {
             "--wasm" => a.wasm = val()?,
             "--tokenmeter" => a.tokenmeter = val()?,
             "--config" => a.config = val()?,
+            "--dir" => a.dir = val()?,
             "--keep-running" => a.keep_running = true,
+            "--exit" => a.keep_running = false,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -53,112 +62,26 @@ fn args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let a = args()?;
-    std::env::set_var("ENVOY_BIN", &a.envoy);
-    let upstream = Upstream::start()?;
+    let d = Demo::start(&a.dir, &a.envoy, &a.wasm, &a.tokenmeter, &a.config)?;
+    let ns = d.namespace.clone();
     println!(
         "example upstream (OpenAI-compatible) on http://{}",
-        upstream.addr
+        d.upstream.addr
     );
-
-    let wasm = std::fs::canonicalize(&a.wasm)?;
-    let out = Command::new(&a.tokenmeter)
-        .arg("envoy-config")
-        .arg("--filter-config")
-        .arg(&a.config)
-        .arg("--wasm")
-        .arg(&wasm)
-        .args(["--listen", "0", "--admin", "0"])
-        .arg("--upstream")
-        .arg(upstream.addr.to_string())
-        .args(["--node-id", "gateway-demo", "--region", "westeurope"])
-        .args(["--stats-flush-interval-ms", "500"])
-        .output()
-        .context("running tokenmeter envoy-config")?;
-    if !out.status.success() {
-        bail!(
-            "tokenmeter envoy-config failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let bootstrap = String::from_utf8(out.stdout)?;
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&a.config)?)?;
-    let ns = config["namespace"].as_str().unwrap_or("llm").to_string();
-
-    let envoy = Envoy::start(&bootstrap, 2)?;
     println!(
-        "envoy with tokenmeter on {} (admin {})\n",
-        envoy.url(""),
-        envoy.admin
+        "collector and console (tokenmeter serve) on {}, store {}",
+        d.collector.url(),
+        d.db.display()
+    );
+    println!(
+        "envoy with tokenmeter on {} (admin {}), filter configuration {}\n",
+        d.envoy.url(""),
+        d.envoy.admin,
+        d.filter_config.display()
     );
 
-    let chat = |model: &str, text: &str| {
-        json!({"model": model, "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": text}]})
-    };
-    type Call<'a> = (&'a str, Vec<(&'a str, &'a str)>, serde_json::Value);
-    let traffic: Vec<Call> = vec![
-        (
-            "/v1/chat/completions",
-            vec![("x-team", "blue")],
-            chat("gpt-4o", "How many tokens does this question use?"),
-        ),
-        (
-            "/v1/chat/completions",
-            vec![("x-team", "blue")],
-            chat("gpt-4o", "Summarise the plot of Hamlet in one line."),
-        ),
-        (
-            "/v1/chat/completions",
-            vec![("x-team", "green")],
-            chat("gpt-4o-mini", "Write a haiku about gateways."),
-        ),
-        (
-            "/chat/completions",
-            vec![("x-team", "green")],
-            chat("gpt-4o-mini", "Same API without the /v1 prefix."),
-        ),
-        (
-            "/v1/completions",
-            vec![("x-team", "blue")],
-            json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Once upon a time"}),
-        ),
-        (
-            "/v1/embeddings",
-            vec![("x-team", "green")],
-            json!({"model": "text-embedding-3-small", "input": ["first document", "second document"]}),
-        ),
-        (
-            "/v1/responses",
-            vec![("x-team", "blue")],
-            json!({"model": "gpt-4.1", "input": "Tell me a fact about Envoy."}),
-        ),
-        (
-            "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
-            vec![("x-team", "azure")],
-            json!({"messages": [{"role": "user", "content": "Hello from Azure"}]}),
-        ),
-        ("/v1/chat/completions", vec![("x-team", "green")], {
-            let mut b = chat(
-                "gpt-4o-mini",
-                "Stream it: the gateway asks for usage and hides it again.",
-            );
-            b["stream"] = json!(true);
-            b
-        }),
-        (
-            "/v1/chat/completions",
-            vec![("x-team", "blue"), ("x-upstream-status", "429")],
-            chat("gpt-4o", "This one is rate limited."),
-        ),
-        (
-            "/v1/chat/completions",
-            vec![("x-team", "blue"), ("x-upstream-body", "truncated")],
-            chat("gpt-4o", "This answer arrives cut in half."),
-        ),
-    ];
-    for (path, headers, body) in &traffic {
-        let r = client::post(&envoy.url(path), headers, body.to_string().as_bytes())?;
+    for (path, headers, body) in &demo::traffic() {
+        let r = client::post(&d.envoy.url(path), headers, body.to_string().as_bytes())?;
         if r.header("content-type")
             .is_some_and(|t| t.starts_with("text/event-stream"))
         {
@@ -185,28 +108,52 @@ fn main() -> Result<()> {
         };
         println!("POST {path:<75} {} {shown}", r.status);
     }
-    let r = client::get(&envoy.url("/v1/models"))?;
+    let r = client::get(&d.envoy.url("/v1/models"))?;
     println!(
         "GET  {:<75} {} (not an LLM call: not counted)",
         "/v1/models", r.status
     );
 
-    // Counters show at once; histograms after Envoy's next stats flush.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    let expo = envoy.prometheus()?;
+    // Counters show at once, histograms after Envoy's next stats flush; the store has the
+    // rollups after the filter's next send (every second here).
+    std::thread::sleep(Duration::from_millis(1200));
+    let expo = d.wait_for_store(Duration::from_secs(30))?;
     println!(
         "\n{}/stats/prometheus (tokenmeter metrics; histogram buckets left out):",
-        format_args!("http://{}", envoy.admin)
+        format_args!("http://{}", d.envoy.admin)
     );
     for line in expo.lines_with_prefix(&format!("{ns}_")) {
         if !line.contains("_bucket{") {
             println!("  {line}");
         }
     }
+
+    println!(
+        "\nquality monitor {} over the collected records, judged by the DEMO JUDGE (a local server giving fixed scores, not a language model):",
+        demo::MONITOR
+    );
+    for line in d.run_monitor()?.lines() {
+        println!("  {line}");
+    }
+
+    let usage = client::get(&format!("{}/api/v1/usage?window=P1D", d.collector.url()))?.json();
+    let t = &usage["totals"];
+    let counted = expo.sum(&format!("{ns}_tokens_total"), &[]);
+    if t["total_tokens"].as_f64() != Some(counted) {
+        bail!(
+            "the store's total tokens {} differ from Envoy's {counted}",
+            t["total_tokens"]
+        );
+    }
+    println!(
+        "\nthe store holds what Envoy counted: {} requests, {} tokens ({} prompt, {} completion)",
+        t["requests"], t["total_tokens"], t["prompt_tokens"], t["completion_tokens"]
+    );
+    println!("\nconsole: {}/", d.collector.url());
     if a.keep_running {
-        println!("\nEnvoy keeps running: send traffic to {} and read http://{}/stats/prometheus; Ctrl-C stops it.", envoy.url("/v1/chat/completions"), envoy.admin);
+        println!("\nEverything keeps running: open the console, send traffic to {} (it shows within seconds); Ctrl-C stops it.", d.envoy.url("/v1/chat/completions"));
         loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
     Ok(())
