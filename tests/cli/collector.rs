@@ -277,12 +277,25 @@ fn rollup_batches_are_added_once_and_bad_ones_refused() {
         (200, serde_json::json!({"rows": 1, "duplicate": true}))
     );
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let (requests, series): (i64, String) = conn
-        .query_row("SELECT requests_2xx, series FROM rollups", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!((requests, series.as_str()), (2, r#"{"team":"blue"}"#));
+    // The same row in every tier, under its bucket: the minute, its hour, its day.
+    for (table, bucket) in [
+        ("rollups_minute", 1767225600),
+        ("rollups_hour", 1767225600),
+        ("rollups_day", 1767225600),
+    ] {
+        let (requests, at, series): (i64, i64, String) = conn
+            .query_row(
+                &format!("SELECT r.requests_2xx, r.bucket, s.labels FROM {table} r JOIN series s ON s.id = r.series_id"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (requests, at, series.as_str()),
+            (2, bucket, r#"{"team":"blue"}"#),
+            "{table}"
+        );
+    }
     // Refused whole, naming the field.
     let bad = batch.replace("\"minute\":1767225600", "\"minute\":1767225601");
     let (status, body) = post(&url, "application/json", &bad).unwrap();

@@ -326,15 +326,29 @@ fn a_collector_that_is_down_changes_nothing_for_clients() {
 
 /// Sums of the stored rollups for one team: requests by status class (2xx, 4xx), prompt,
 /// completion and total tokens, and the duration histogram's count.
+/// Each tier holds the same sums; all three are read and must agree.
 fn rollup_totals(db: &Path, team: &str) -> [f64; 6] {
+    let tiers: Vec<[f64; 6]> = ["rollups_minute", "rollups_hour", "rollups_day"]
+        .iter()
+        .map(|t| tier_totals(db, t, team))
+        .collect();
+    assert!(
+        tiers.iter().all(|t| *t == tiers[0]),
+        "the tiers differ: {tiers:?}"
+    );
+    tiers[0]
+}
+
+fn tier_totals(db: &Path, table: &str, team: &str) -> [f64; 6] {
     let conn = rusqlite::Connection::open(db).unwrap();
     let series = json!({ "team": team }).to_string();
     conn.query_row(
-        "SELECT coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
+        &format!(
+            "SELECT coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
                 coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                coalesce(sum(total_tokens), 0),
-                coalesce(sum(json_extract(duration_ms, '$.count')), 0)
-         FROM rollups WHERE series = ?1",
+                coalesce(sum(total_tokens), 0), coalesce(sum(duration_ms_count), 0)
+         FROM {table} r JOIN series s ON s.id = r.series_id WHERE s.labels = ?1"
+        ),
         [series],
         |r| {
             Ok([

@@ -27,6 +27,7 @@ mod runs;
 mod scheduler;
 mod serve;
 mod store;
+mod tiers;
 mod usage;
 
 use std::path::PathBuf;

@@ -12,10 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::ingest::Incoming;
 use crate::quality::report::{Report, Row};
-use tokenmeter_core::series::rollup::{Batch, Histogram};
+use tokenmeter_core::series::rollup::Batch;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATION_1: &str = "
 CREATE TABLE records (
@@ -155,6 +155,10 @@ impl Store {
         if version < 2 {
             tx.execute_batch(MIGRATION_2)?;
         }
+        if version < 3 {
+            tx.execute_batch(&crate::tiers::schema())?;
+            crate::tiers::migrate_from_v2(&tx)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -192,90 +196,9 @@ impl Store {
         if added == 0 {
             return Ok(false);
         }
-        {
-            let mut get = tx.prepare_cached(
-                "SELECT duration_ms, ttft_ms, tpot_ms FROM rollups WHERE minute = ?1 AND series = ?2",
-            )?;
-            let mut put = tx.prepare_cached(
-                "INSERT INTO rollups VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
-                 ON CONFLICT (minute, series) DO UPDATE SET
-                    requests_1xx = requests_1xx + excluded.requests_1xx,
-                    requests_2xx = requests_2xx + excluded.requests_2xx,
-                    requests_3xx = requests_3xx + excluded.requests_3xx,
-                    requests_4xx = requests_4xx + excluded.requests_4xx,
-                    requests_5xx = requests_5xx + excluded.requests_5xx,
-                    requests_none = requests_none + excluded.requests_none,
-                    errors_timeout = errors_timeout + excluded.errors_timeout,
-                    errors_upstream_reset = errors_upstream_reset + excluded.errors_upstream_reset,
-                    errors_client_cancelled = errors_client_cancelled + excluded.errors_client_cancelled,
-                    errors_rate_limited = errors_rate_limited + excluded.errors_rate_limited,
-                    errors_client_error = errors_client_error + excluded.errors_client_error,
-                    errors_upstream_error = errors_upstream_error + excluded.errors_upstream_error,
-                    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                    completion_tokens = completion_tokens + excluded.completion_tokens,
-                    total_tokens = total_tokens + excluded.total_tokens,
-                    cached_tokens = cached_tokens + excluded.cached_tokens,
-                    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-                    estimated = estimated + excluded.estimated,
-                    invalid_usage = invalid_usage + excluded.invalid_usage,
-                    duration_ms = excluded.duration_ms,
-                    ttft_ms = excluded.ttft_ms,
-                    tpot_ms = excluded.tpot_ms",
-            )?;
-            for row in &batch.rows {
-                let series = series_json(&batch.labels, &row.values);
-                let before: Option<(String, String, String)> = get
-                    .query_row(params![row.minute, series], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .optional()?;
-                let merged = |old: Option<&String>, new: &Histogram| -> Result<String> {
-                    let mut sum = new.clone();
-                    if let Some(old) = old {
-                        let old: Histogram = serde_json::from_str(old)?;
-                        for (a, b) in sum.buckets.iter_mut().zip(&old.buckets) {
-                            *a = a.saturating_add(*b);
-                        }
-                        sum.sum = sum.sum.saturating_add(old.sum);
-                        sum.count = sum.count.saturating_add(old.count);
-                    }
-                    Ok(serde_json::to_string(&sum)?)
-                };
-                let (d, t, p) = match &before {
-                    Some((d, t, p)) => (Some(d), Some(t), Some(p)),
-                    None => (None, None, None),
-                };
-                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                let [r1, r2, r3, r4, r5, r0] = row.requests.map(n);
-                let [e1, e2, e3, e4, e5, e6] = row.errors.map(n);
-                put.execute(params![
-                    row.minute,
-                    series,
-                    r1,
-                    r2,
-                    r3,
-                    r4,
-                    r5,
-                    r0,
-                    e1,
-                    e2,
-                    e3,
-                    e4,
-                    e5,
-                    e6,
-                    n(row.prompt_tokens),
-                    n(row.completion_tokens),
-                    n(row.total_tokens),
-                    n(row.cached_tokens),
-                    n(row.reasoning_tokens),
-                    n(row.estimated),
-                    n(row.invalid_usage),
-                    merged(d, &row.duration_ms)?,
-                    merged(t, &row.ttft_ms)?,
-                    merged(p, &row.tpot_ms)?,
-                ])?;
-            }
+        for row in &batch.rows {
+            let id = crate::tiers::series_id(&tx, &series_json(&batch.labels, &row.values))?;
+            crate::tiers::add(&tx, id, row)?;
         }
         tx.commit().context("cannot commit the rollups")?;
         Ok(true)
@@ -286,81 +209,12 @@ impl Store {
         &self,
         q: &crate::usage::Query,
     ) -> Result<Vec<(i64, Option<String>, crate::usage::Sums)>> {
-        let group = group_column(q);
-        let scope = scope_condition(q);
-        let sql = format!(
-            "SELECT (minute - ?1) / ?3 AS step, {group} AS grp,
-                sum(requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none),
-                sum(errors_timeout + errors_upstream_reset + errors_client_cancelled + errors_rate_limited
-                    + errors_client_error + errors_upstream_error),
-                sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cached_tokens),
-                sum(reasoning_tokens)
-             FROM rollups WHERE minute >= ?1 AND minute < ?2 {scope}
-             GROUP BY step, grp ORDER BY grp, step"
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let value = q.scope.as_ref().map(|(_, v)| v);
-        let rows = stmt.query_map(params![q.from, q.to, q.step, value], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                crate::usage::Sums {
-                    requests: r.get(2)?,
-                    errors: r.get(3)?,
-                    prompt_tokens: r.get(4)?,
-                    completion_tokens: r.get(5)?,
-                    total_tokens: r.get(6)?,
-                    cached_tokens: r.get(7)?,
-                    reasoning_tokens: r.get(8)?,
-                },
-            ))
-        })?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        crate::tiers::usage(&self.conn, q)
     }
 
-    /// The rollup rows of an operations query, one per stored row.
+    /// The rollups of an operations query, summed per step and group.
     pub fn operations(&self, q: &crate::usage::Query) -> Result<Vec<crate::usage::OperationsRow>> {
-        let group = group_column(q);
-        let scope = scope_condition(q);
-        let sql = format!(
-            "SELECT (minute - ?1) / ?3, {group},
-                requests_1xx + requests_2xx + requests_3xx + requests_4xx + requests_5xx + requests_none,
-                errors_timeout, errors_upstream_reset, errors_client_cancelled, errors_rate_limited,
-                errors_client_error, errors_upstream_error, duration_ms, ttft_ms
-             FROM rollups WHERE minute >= ?1 AND minute < ?2 {scope}"
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let value = q.scope.as_ref().map(|(_, v)| v);
-        let rows = stmt.query_map(params![q.from, q.to, q.step, value], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
-                [
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ],
-                r.get::<_, String>(9)?,
-                r.get::<_, String>(10)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (step, group, requests, errors, duration, ttft) = row?;
-            out.push(crate::usage::OperationsRow {
-                step,
-                group,
-                requests,
-                errors,
-                duration: serde_json::from_str(&duration)?,
-                ttft: serde_json::from_str(&ttft)?,
-            });
-        }
-        Ok(out)
+        crate::tiers::operations(&self.conn, q)
     }
 
     /// A page of records (newest first) and how many match in all.
@@ -643,22 +497,6 @@ impl Store {
 
 /// The SQL expression of a rollup row's group: its `group_by` label's value, or NULL. The
 /// label is a checked name (`[a-z_][a-z0-9_]*`), quoted as a JSON path member.
-/// The condition a query's `scope` puts on the rows; its value is bound as `?4`.
-fn scope_condition(q: &crate::usage::Query) -> String {
-    match &q.scope {
-        // Label names are checked to be letters, digits and `_`.
-        Some((label, _)) => format!("AND json_extract(series, '$.\"{label}\"') = ?4"),
-        None => "AND ?4 IS NULL".to_string(),
-    }
-}
-
-fn group_column(q: &crate::usage::Query) -> String {
-    match &q.group_by {
-        Some(label) => format!("json_extract(series, '$.\"{label}\"')"),
-        None => "NULL".to_string(),
-    }
-}
-
 /// A row's labels as a JSON object with sorted keys: the same series always reads the same.
 fn series_json(labels: &[String], values: &[String]) -> String {
     let map: std::collections::BTreeMap<&str, &str> = labels
@@ -733,11 +571,24 @@ mod tests {
             "a retry adds nothing"
         );
         assert!(store.insert_rollups(&second, 3).unwrap());
-        let rows: Vec<(i64, String, i64, i64, String)> = store
+        let rows: Vec<(i64, String, i64, i64, i64, i64)> = store
             .conn
-            .prepare("SELECT minute, series, requests_2xx, prompt_tokens, duration_ms FROM rollups ORDER BY series")
+            .prepare(
+                "SELECT r.bucket, s.labels, r.requests_2xx, r.prompt_tokens, r.duration_ms_count,
+                        r.duration_ms_sum
+                 FROM rollups_minute r JOIN series s ON s.id = r.series_id ORDER BY s.labels",
+            )
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -750,8 +601,152 @@ mod tests {
             (rows[1].1.as_str(), rows[1].2, rows[1].3),
             (r#"{"team":"red"}"#, 2, 12)
         );
-        let h: Histogram = serde_json::from_str(&rows[1].4).unwrap();
-        assert_eq!((h.count, h.sum), (2, 600));
+        assert_eq!((rows[1].4, rows[1].5), (2, 600), "the histograms add up");
+    }
+
+    /// Rows spread over three days, one per `step_min` minutes, `i` prompt tokens each.
+    fn spread(store: &mut Store, minutes: i64, step_min: i64) -> Vec<(i64, u64)> {
+        use tokenmeter_core::series::rollup::{Histogram, Row};
+        let h = |n: usize| Histogram {
+            buckets: vec![0; n],
+            sum: 0,
+            count: 0,
+        };
+        let mut rows = Vec::new();
+        let mut sent = Vec::new();
+        for i in 0..minutes / step_min {
+            let minute = 1_767_225_600 + i * step_min * 60;
+            let prompt = (i % 7 + 1) as u64;
+            sent.push((minute, prompt));
+            rows.push(Row {
+                minute,
+                values: vec![["a", "b"][(i % 2) as usize].to_string()],
+                requests: [0, 1, 0, 0, 0, 0],
+                errors: [0; 6],
+                prompt_tokens: prompt,
+                completion_tokens: 0,
+                total_tokens: prompt,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+                estimated: 0,
+                invalid_usage: 0,
+                duration_ms: h(13),
+                ttft_ms: h(13),
+                tpot_ms: h(10),
+            });
+        }
+        for (n, chunk) in rows.chunks(500).enumerate() {
+            let batch = Batch {
+                id: format!("vm-{n}"),
+                labels: vec!["model".into()],
+                rows: chunk.to_vec(),
+            };
+            assert!(store.insert_rollups(&batch, 0).unwrap());
+        }
+        sent
+    }
+
+    #[test]
+    fn queries_over_the_tiers_equal_the_minutes_they_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+        let start = 1_767_225_600;
+        let sent = spread(&mut store, 3 * 1440, 7);
+        for (step, from, to) in [
+            (86_400, start, start + 3 * 86_400),
+            (86_400, start, start + 2 * 86_400 + 5 * 3600 + 23 * 60 + 1),
+            (3_600, start + 3600, start + 30 * 3600 + 59),
+            (60, start + 120, start + 86_400),
+            (300, start, start + 3 * 86_400),
+        ] {
+            let q = crate::usage::Query {
+                from,
+                to,
+                step,
+                group_by: Some("model".into()),
+                scope: None,
+            };
+            let want: u64 = sent
+                .iter()
+                .filter(|(m, _)| *m >= from && *m < to)
+                .map(|(_, p)| p)
+                .sum();
+            let answer = crate::usage::answer(&q, store.usage(&q).unwrap());
+            assert_eq!(
+                answer.totals.prompt_tokens as u64, want,
+                "step {step}, {from}..{to}"
+            );
+            let per_step: Vec<i64> = answer.groups[0]
+                .points
+                .iter()
+                .map(|p| p.sums.prompt_tokens)
+                .collect();
+            let want_a: Vec<i64> = {
+                let mut m = std::collections::BTreeMap::new();
+                for (i, (minute, p)) in sent.iter().enumerate() {
+                    if i % 2 == 0 && *minute >= from && *minute < to {
+                        *m.entry((minute - from) / step).or_insert(0) += *p as i64;
+                    }
+                }
+                m.into_values().collect()
+            };
+            assert_eq!(per_step, want_a, "group a per step, step {step}");
+            let ops = crate::usage::operations(&q, store.operations(&q).unwrap());
+            assert_eq!(
+                ops.totals.requests as usize,
+                sent.iter().filter(|(m, _)| *m >= from && *m < to).count()
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_2_store_moves_its_rollups_into_the_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATION_1).unwrap();
+            conn.execute_batch(MIGRATION_2).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            let h = |n: usize| {
+                format!(r#"{{"buckets":[{}],"sum":40,"count":1}}"#, {
+                    let mut b = vec!["0"; n];
+                    b[1] = "1";
+                    b.join(",")
+                })
+            };
+            conn.execute(
+                "INSERT INTO rollups VALUES (7260, '{\"team\":\"red\"}', 0, 3, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0,
+                    10, 5, 15, 2, 1, 0, 0, ?1, ?2, ?3)",
+                params![h(13), h(13), h(10)],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let gone: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'rollups'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(gone, 0);
+        for (table, bucket) in [
+            ("rollups_minute", 7260),
+            ("rollups_hour", 7200),
+            ("rollups_day", 0),
+        ] {
+            let got: (i64, i64, i64, i64, i64) = store
+                .conn
+                .query_row(
+                    &format!("SELECT bucket, requests_2xx + requests_4xx, errors_rate_limited, total_tokens, duration_ms_b1 FROM {table}"),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .unwrap();
+            assert_eq!(got, (bucket, 4, 1, 15, 1), "{table}");
+        }
     }
 
     #[test]

@@ -149,23 +149,17 @@ pub struct Answer {
     pub groups: Vec<Group>,
 }
 
-/// Builds the answer from `(step index, group, sums)` rows, as the store's query gives them.
+/// Builds the answer from `(step index, group, sums)` rows, as the store's query gives them
+/// (a step may come in several rows, one per tier it was read from).
 pub fn answer(q: &Query, rows: Vec<(i64, Option<String>, Sums)>) -> Answer {
     let time = |s: i64| format_rfc3339(Utc.timestamp_opt(s, 0).single().unwrap_or_default());
-    let mut groups: BTreeMap<Option<String>, Group> = BTreeMap::new();
+    let mut groups: BTreeMap<Option<String>, (Sums, BTreeMap<i64, Sums>)> = BTreeMap::new();
     let mut totals = Sums::default();
     for (step, group, sums) in rows {
         totals.add(&sums);
-        let g = groups.entry(group.clone()).or_insert_with(|| Group {
-            group,
-            totals: Sums::default(),
-            points: Vec::new(),
-        });
-        g.totals.add(&sums);
-        g.points.push(Point {
-            time: time(q.from + step * q.step),
-            sums,
-        });
+        let (g, steps) = groups.entry(group).or_default();
+        g.add(&sums);
+        steps.entry(step).or_default().add(&sums);
     }
     Answer {
         from: time(q.from),
@@ -173,7 +167,20 @@ pub fn answer(q: &Query, rows: Vec<(i64, Option<String>, Sums)>) -> Answer {
         step_seconds: q.step,
         group_by: q.group_by.clone(),
         totals,
-        groups: groups.into_values().collect(),
+        groups: groups
+            .into_iter()
+            .map(|(group, (totals, steps))| Group {
+                group,
+                totals,
+                points: steps
+                    .into_iter()
+                    .map(|(step, sums)| Point {
+                        time: time(q.from + step * q.step),
+                        sums,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

@@ -9,8 +9,9 @@
     prompt: "#3867d6", completion: "#20bf6b", cached: "#8854d0", reasoning: "#fa8231",
     bad: "#c0392b", muted: "#5e6779", ok: "#20bf6b",
   };
-  // A step per window that gives 24 to 60 points.
-  const STEPS = { PT1H: "PT1M", P1D: "PT30M", P7D: "PT4H", P30D: "PT12H" };
+  // A step per window that gives 24 to 60 points and reads the coarsest rollup tier that
+  // fits (minutes for an hour, hours for a day and a week, days for 30 days).
+  const STEPS = { PT1H: "PT1M", P1D: "PT1H", P7D: "PT6H", P30D: "P1D" };
   const TABS = ["overview", "usage", "quality", "operations", "monitors", "trace"];
   const RECORD_FIELDS = new Set(["id", "time", "model", "operation", "route", "dimensions",
     "usage", "status", "duration_ms", "ttft_ms", "truncated"]);
