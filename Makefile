@@ -22,7 +22,7 @@ export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools browser wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
-	bench bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
+	bench bench-console bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
 help:
 	@echo "make run    build everything, start Envoy with the filter in front of the example upstream and the collector with its console, send traffic, run a demo monitor, show the metrics and the console's address (RUN_ARGS=--exit to stop after)"
@@ -32,6 +32,7 @@ help:
 	@echo "make build  build the filter and the tokenmeter binary"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
 	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
+	@echo "make bench-console  what the console and rollups cost: rollups' CPU, the 30-day query over 10,000 series, the first render (BENCH_CONSOLE_ARGS to change)"
 	@echo "make fuzz   the fuzz campaign over the core, about 10 minutes, resumable (FUZZ_SECONDS per target, FUZZ_SEED, FUZZ_TARGETS)"
 	@echo "make fuzz-corpus  minimise what the campaign found into the committed corpus (fuzz/corpus)"
 
@@ -122,6 +123,14 @@ clean:
 BENCH_WASM   := target/bench/wasm32-wasip1/release
 BENCH_NATIVE := target/bench-native/release
 BENCH_ARGS   ?=
+
+# The console's benchmarks: rollups' CPU in the filter, the 30-day query over a fleet-sized
+# store, the console's first render. About 5 minutes; a section of BENCHMARKS.md.
+bench-console: tools node bench-deps browser build bench-wasm
+	cargo build --release -p tokenmeter-bench --bin bench-console
+	target/release/bench-console --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) \
+	  --replay-wasm $(BENCH_WASM)/replay.wasm --wasi-runner $(WASI_RUNNER) \
+	  --config $(CONFIG) --out BENCHMARKS.md $(BENCH_CONSOLE_ARGS)
 
 bench-deps:
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \

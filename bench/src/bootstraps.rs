@@ -108,6 +108,8 @@ pub struct GatewaySpec<'a> {
     pub tokenmeter_wasm: &'a str,
     pub noop_wasm: &'a str,
     pub upstream_port: u16,
+    /// A `tokenmeter serve` for the filter's `collect` block (cluster `tokenmeter_collector`).
+    pub collector_port: Option<u16>,
 }
 
 /// One gateway's bootstrap.
@@ -196,6 +198,21 @@ pub fn gateway(kind: Gateway, spec: &GatewaySpec<'_>) -> String {
 "#,
         port = spec.upstream_port,
     );
+    if let Some(port) = spec.collector_port {
+        let _ = write!(
+            y,
+            r#"  - name: tokenmeter_collector
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: tokenmeter_collector
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+"#
+        );
+    }
     y
 }
 
@@ -210,6 +227,7 @@ mod tests {
             tokenmeter_wasm: "/x/tokenmeter.wasm",
             noop_wasm: "/x/noop.wasm",
             upstream_port: 8000,
+            collector_port: None,
         }
     }
 

@@ -207,6 +207,7 @@ fn run() -> Result<()> {
         tokenmeter_wasm: &wasm,
         noop_wasm: &noop,
         upstream_port: upstream.listener.port(),
+        collector_port: None,
     };
     let scripts = Scripts::write(work.path())?;
 

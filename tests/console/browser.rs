@@ -157,8 +157,16 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
+    }
+
+    /// Stops the browsers chromedriver started (its children: a browser's own helpers end
+    /// with it), then chromedriver, even after a failed assertion left the session open.
+    fn stop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.driver.id().to_string()])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -166,7 +174,6 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        self.stop();
     }
 }

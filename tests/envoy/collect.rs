@@ -336,6 +336,26 @@ fn rollup_totals(db: &Path, team: &str) -> [f64; 6] {
         tiers.iter().all(|t| *t == tiers[0]),
         "the tiers differ: {tiers:?}"
     );
+    // The marginals of the team label hold the same sums.
+    let conn = rusqlite::Connection::open(db).unwrap();
+    for table in ["marginals_hour", "marginals_day"] {
+        let marginal: [f64; 6] = conn
+            .query_row(
+                &format!(
+                    "SELECT coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
+                        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+                        coalesce(sum(total_tokens), 0), coalesce(sum(duration_ms_count), 0)
+                     FROM {table} WHERE label = 'team' AND value = ?1"
+                ),
+                [team],
+                |r| {
+                    let f = |i: usize| r.get::<_, i64>(i).map(|v| v as f64);
+                    Ok([f(0)?, f(1)?, f(2)?, f(3)?, f(4)?, f(5)?])
+                },
+            )
+            .unwrap();
+        assert_eq!(marginal, tiers[0], "{table} for team {team}");
+    }
     tiers[0]
 }
 

@@ -15,7 +15,7 @@ use crate::quality::report::{Report, Row};
 use tokenmeter_core::series::rollup::Batch;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATION_1: &str = "
 CREATE TABLE records (
@@ -159,6 +159,10 @@ impl Store {
             tx.execute_batch(&crate::tiers::schema())?;
             crate::tiers::migrate_from_v2(&tx)?;
         }
+        if version < 4 {
+            tx.execute_batch(&crate::tiers::marginal_schema())?;
+            crate::tiers::fill_marginals(&tx)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -197,8 +201,10 @@ impl Store {
             return Ok(false);
         }
         for row in &batch.rows {
-            let id = crate::tiers::series_id(&tx, &series_json(&batch.labels, &row.values))?;
-            crate::tiers::add(&tx, id, row)?;
+            let labels = series_labels(&batch.labels, &row.values);
+            let id = crate::tiers::series_id(&tx, &serde_json::to_string(&labels)?)?;
+            let pairs: Vec<(&str, &str)> = labels.into_iter().collect();
+            crate::tiers::add(&tx, id, &pairs, row)?;
         }
         tx.commit().context("cannot commit the rollups")?;
         Ok(true)
@@ -497,14 +503,16 @@ impl Store {
 
 /// The SQL expression of a rollup row's group: its `group_by` label's value, or NULL. The
 /// label is a checked name (`[a-z_][a-z0-9_]*`), quoted as a JSON path member.
-/// A row's labels as a JSON object with sorted keys: the same series always reads the same.
-fn series_json(labels: &[String], values: &[String]) -> String {
-    let map: std::collections::BTreeMap<&str, &str> = labels
+/// A row's labels by name, sorted: as JSON, the same series always reads the same.
+fn series_labels<'a>(
+    labels: &'a [String],
+    values: &'a [String],
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    labels
         .iter()
         .map(String::as_str)
         .zip(values.iter().map(String::as_str))
-        .collect();
-    serde_json::to_string(&map).unwrap_or_default()
+        .collect()
 }
 
 type RunRow = (i64, String, i64, Option<String>, Option<String>);
@@ -606,12 +614,7 @@ mod tests {
 
     /// Rows spread over three days, one per `step_min` minutes, `i` prompt tokens each.
     fn spread(store: &mut Store, minutes: i64, step_min: i64) -> Vec<(i64, u64)> {
-        use tokenmeter_core::series::rollup::{Histogram, Row};
-        let h = |n: usize| Histogram {
-            buckets: vec![0; n],
-            sum: 0,
-            count: 0,
-        };
+        use tokenmeter_core::series::rollup::Row;
         let mut rows = Vec::new();
         let mut sent = Vec::new();
         for i in 0..minutes / step_min {
@@ -619,20 +622,10 @@ mod tests {
             let prompt = (i % 7 + 1) as u64;
             sent.push((minute, prompt));
             rows.push(Row {
-                minute,
-                values: vec![["a", "b"][(i % 2) as usize].to_string()],
                 requests: [0, 1, 0, 0, 0, 0],
-                errors: [0; 6],
                 prompt_tokens: prompt,
-                completion_tokens: 0,
                 total_tokens: prompt,
-                cached_tokens: 0,
-                reasoning_tokens: 0,
-                estimated: 0,
-                invalid_usage: 0,
-                duration_ms: h(13),
-                ttft_ms: h(13),
-                tpot_ms: h(10),
+                ..Row::new(minute, vec![["a", "b"][(i % 2) as usize].to_string()])
             });
         }
         for (n, chunk) in rows.chunks(500).enumerate() {
@@ -696,6 +689,29 @@ mod tests {
                 ops.totals.requests as usize,
                 sent.iter().filter(|(m, _)| *m >= from && *m < to).count()
             );
+            // The same from the marginals: all series, and one label's value.
+            let total = crate::usage::Query {
+                group_by: None,
+                ..q.clone()
+            };
+            let all = crate::usage::answer(&total, store.usage(&total).unwrap());
+            assert_eq!(
+                all.totals.prompt_tokens as u64, want,
+                "ungrouped, step {step}"
+            );
+            assert_eq!(all.groups.len(), 1);
+            let scoped = crate::usage::Query {
+                group_by: None,
+                scope: Some(("model".into(), "a".into())),
+                ..q.clone()
+            };
+            let a = crate::usage::answer(&scoped, store.usage(&scoped).unwrap());
+            let a_steps: Vec<i64> = a.groups[0]
+                .points
+                .iter()
+                .map(|p| p.sums.prompt_tokens)
+                .collect();
+            assert_eq!(a_steps, want_a, "scoped to model a, step {step}");
         }
     }
 
@@ -746,6 +762,18 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(got, (bucket, 4, 1, 15, 1), "{table}");
+        }
+        for (table, label, value) in [("marginals_day", "", ""), ("marginals_hour", "team", "red")]
+        {
+            let total: i64 = store
+                .conn
+                .query_row(
+                    &format!("SELECT total_tokens FROM {table} WHERE label = ?1 AND value = ?2"),
+                    [label, value],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(total, 15, "{table} {label}={value}");
         }
     }
 

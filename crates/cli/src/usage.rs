@@ -26,8 +26,8 @@ pub struct Query {
 }
 
 /// Reads `from`, `to` (RFC 3339; `to` defaults to now), `window` (ISO 8601 duration, instead
-/// of `from`; default PT1H), `step` (ISO 8601, whole minutes; default the window / 60 in
-/// whole minutes), `group_by` (a label name) and `scope` (`LABEL:VALUE`, only the series
+/// of `from`; default PT1H), `step` (ISO 8601, whole minutes; default the shortest of 1 and
+/// 5 minutes, 15 minutes, 1 and 6 hours, 1 and 7 days that gives at most 60 steps), `group_by` (a label name) and `scope` (`LABEL:VALUE`, only the series
 /// whose label has that value).
 pub fn parse_query(
     params: &BTreeMap<String, String>,
@@ -44,7 +44,7 @@ pub fn parse_query(
             return Err(bad("step", "must be a whole number of minutes, e.g. PT5M"))
         }
         Some(s) => s,
-        None => ceil_div((to - from) / 60, 60).max(1) * 60,
+        None => default_step(to - from),
     };
     let from = from - from.rem_euclid(step);
     if ceil_div(to - from, step) > MAX_STEPS {
@@ -84,6 +84,19 @@ pub fn parse_query(
         group_by,
         scope,
     })
+}
+
+/// Steps a query gets when it names none, shortest first: each a whole number of the store's
+/// rollup buckets (minutes, hours, days), so that the coarsest tier that fits is read.
+const DEFAULT_STEPS: [i64; 7] = [60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400];
+
+/// The shortest of [`DEFAULT_STEPS`] that gives at most 60 steps over `seconds` (the
+/// longest for longer windows).
+fn default_step(seconds: i64) -> i64 {
+    DEFAULT_STEPS
+        .into_iter()
+        .find(|s| ceil_div(seconds, *s) <= 60)
+        .unwrap_or(7 * 86_400)
 }
 
 /// `a / b` rounded up, for positive `b`.
@@ -214,7 +227,20 @@ mod tests {
             ("to", "2026-12-01T00:00:00Z"),
         ])
         .unwrap();
-        assert_eq!(r.step, 720 * 60, "30 days / 60 steps");
+        assert_eq!(
+            r.step, 86_400,
+            "30 days: daily steps, read from the day tier"
+        );
+        for (window, step) in [
+            ("PT1H", 60),
+            ("PT3H", 300),
+            ("P1D", 3600),
+            ("P3D", 21_600),
+            ("P7D", 21_600),
+            ("P90D", 604_800),
+        ] {
+            assert_eq!(q(&[("window", window)]).unwrap().step, step, "{window}");
+        }
     }
 
     #[test]

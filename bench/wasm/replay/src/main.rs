@@ -5,7 +5,9 @@
 //! memory), so this is the filter's own work: natively under `valgrind --tool=callgrind` it shows where the
 //! instructions go, and its wasm32-wasip1 build under Node shows the time inside V8.
 //!
-//! Usage: replay [KIND] [EXCHANGES]   (KIND: json, sse-usage, sse-injected, sse-estimated, all)
+//! Usage: replay [KIND] [EXCHANGES] [rollups]   (KIND: json, sse-usage, sse-injected,
+//! sse-estimated, all; `rollups` adds a `collect` block that samples no record and keeps
+//! usage rollups, to measure what keeping them costs per exchange)
 
 use std::collections::HashMap;
 
@@ -156,7 +158,14 @@ fn main() {
     } else {
         Kind::parse(&which).into_iter().collect()
     };
-    let config = Config::parse(CONFIG.as_bytes()).expect("the example configuration is valid");
+    let mut text: serde_json::Value =
+        serde_json::from_str(CONFIG).expect("the example configuration is JSON");
+    if args.next().as_deref() == Some("rollups") {
+        text["collect"] = serde_json::json!({"cluster": "tokenmeter_collector",
+            "sample_rate": 0, "rollup_interval_ms": 1000});
+    }
+    let config =
+        Config::parse(text.to_string().as_bytes()).expect("the example configuration is valid");
     let mut vm = Vm {
         plugin: Plugin::new(config, Box::new(LocalRegistry::default())),
         ids: HashMap::new(),

@@ -91,7 +91,8 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(minute: i64, values: Vec<String>) -> Row {
+    /// A row with nothing counted yet, for the minute starting at `minute` (Unix seconds).
+    pub fn new(minute: i64, values: Vec<String>) -> Row {
         Row {
             minute,
             values,
