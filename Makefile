@@ -126,11 +126,11 @@ BENCH_ARGS   ?=
 
 # The console's benchmarks: rollups' CPU in the filter, the 30-day query over a fleet-sized
 # store, the console's first render. About 5 minutes; a section of BENCHMARKS.md.
-bench-console: tools node bench-deps browser build bench-wasm
+bench-console: tools node bench-deps browser build bench-wasm bench-native
 	cargo build --release -p tokenmeter-bench --bin bench-console
 	target/release/bench-console --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) \
-	  --replay-wasm $(BENCH_WASM)/replay.wasm --wasi-runner $(WASI_RUNNER) \
-	  --config $(CONFIG) --out BENCHMARKS.md $(BENCH_CONSOLE_ARGS)
+	  --replay-wasm $(BENCH_WASM)/replay.wasm --replay-native $(BENCH_NATIVE)/replay \
+	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md $(BENCH_CONSOLE_ARGS)
 
 bench-deps:
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
@@ -141,7 +141,7 @@ bench-wasm: wasm-target
 	  --target wasm32-wasip1 -p noop -p tokcount -p replay
 
 bench-native:
-	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount
+	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount -p replay
 
 bench: tools node bench-deps
 	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native

@@ -119,6 +119,12 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
         sum(&m, "errors_total", &[]) / requests,
         "error rate",
     );
+    let ops = api(&d, "operations?window=P1D");
+    shows(
+        &b.text("#ov-p95-latency").await,
+        ops["totals"]["duration_ms"]["p95"].as_f64().unwrap(),
+        "p95 latency",
+    );
     let monitors = api(&d, "monitors");
     let status = monitors["monitors"][0]["status"]
         .as_str()
@@ -201,12 +207,20 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
             .text(&format!("#usage-by-model tr[data-model='{name}']"))
             .await;
         let cells: Vec<&str> = cells.split_whitespace().collect();
-        shows(
-            cells[1],
-            sum(&m, "requests_total", &[("model", name)]),
-            name,
-        );
-        shows(cells[4], sum(&m, "tokens_total", &[("model", name)]), name);
+        for (cell, family) in [
+            (1, "requests_total"),
+            (2, "prompt_tokens_total"),
+            (3, "completion_tokens_total"),
+            (4, "tokens_total"),
+            (5, "cached_tokens_total"),
+            (6, "reasoning_tokens_total"),
+        ] {
+            shows(
+                cells[cell],
+                sum(&m, family, &[("model", name)]),
+                &format!("{name} {family}"),
+            );
+        }
     }
     b.screenshot("usage").await;
 
@@ -215,6 +229,17 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
     let quality = api(&d, "quality?window=PT1H");
     let mon = &quality["monitors"][0];
     assert_eq!(mon["monitor"], demo::MONITOR);
+    for (card, field) in [
+        ("runs", "runs"),
+        ("breached", "breached_runs"),
+        ("failed", "failed_runs"),
+    ] {
+        shows(
+            &b.text(&format!("#q-{}-{card}", demo::MONITOR)).await,
+            mon[field].as_f64().unwrap(),
+            field,
+        );
+    }
     for met in mon["metrics"].as_array().unwrap() {
         let id = |k: &str| {
             format!(
@@ -238,6 +263,16 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
             &b.text(&id("violations")).await,
             met["violations"].as_f64().unwrap(),
             "violations",
+        );
+        assert_eq!(
+            b.text(&id("thresholds")).await,
+            format!(
+                "≥ {} passes; rate ≥ {}, average ≥ {}",
+                last["acceptable_score"],
+                // As JavaScript writes numbers: 4 and 0.7 (Rust's Display does the same).
+                last["pass_rate_threshold"].as_f64().unwrap(),
+                last["average_threshold"].as_f64().unwrap()
+            )
         );
         let rate = b.text(&id("violation-rate")).await;
         shows(
@@ -333,10 +368,17 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
             p,
         );
     }
+    for p in ["p50", "p95", "p99"] {
+        shows(
+            &b.text(&format!("#op-ttft-{p}")).await,
+            ops["totals"]["ttft_ms"][p].as_f64().unwrap(),
+            p,
+        );
+    }
     shows(
-        &b.text("#op-ttft-p50").await,
-        ops["totals"]["ttft_ms"]["p50"].as_f64().unwrap(),
-        "ttft",
+        &b.text("#op-error-rate").await,
+        sum(&m, "errors_total", &[]) / requests,
+        "error rate",
     );
     assert_eq!(
         ops["totals"]["duration_ms"]["count"].as_f64().unwrap(),

@@ -51,7 +51,7 @@ const BEGIN: &str =
     "<!-- console: begin (written by `make bench-console`; replaced on every run) -->";
 const END: &str = "<!-- console: end -->";
 const USAGE: &str = "usage: bench-console --envoy PATH --wasm PATH --tokenmeter PATH --replay-wasm PATH \
---wasi-runner PATH [--config FILE] \
+--wasi-runner PATH --replay-native PATH [--config FILE] \
 [--out FILE] [--rounds N] [--seconds S] [--gateways N] [--series N] [--days N] [--chromedriver PATH]";
 
 struct Args {
@@ -67,6 +67,7 @@ struct Args {
     days: u32,
     chromedriver: PathBuf,
     replay_wasm: PathBuf,
+    replay_native: PathBuf,
     wasi_runner: PathBuf,
 }
 
@@ -84,6 +85,7 @@ fn args() -> Result<Args> {
         days: 30,
         chromedriver: PathBuf::from("/usr/bin/chromedriver"),
         replay_wasm: PathBuf::new(),
+        replay_native: PathBuf::new(),
         wasi_runner: PathBuf::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -110,6 +112,7 @@ fn args() -> Result<Args> {
             "--days" => a.days = num(&v)? as u32,
             "--chromedriver" => a.chromedriver = v.into(),
             "--replay-wasm" => a.replay_wasm = v.into(),
+            "--replay-native" => a.replay_native = v.into(),
             "--wasi-runner" => a.wasi_runner = v.into(),
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
@@ -119,6 +122,7 @@ fn args() -> Result<Args> {
         &mut a.wasm,
         &mut a.tokenmeter,
         &mut a.replay_wasm,
+        &mut a.replay_native,
         &mut a.wasi_runner,
     ] {
         ensure!(!p.as_os_str().is_empty(), "missing a path\n{USAGE}");
@@ -194,6 +198,8 @@ fn get_json(url: &str) -> Result<(u16, Value)> {
 }
 
 struct Figures {
+    /// Instructions per exchange natively (callgrind), with and without rollups.
+    instructions: (f64, f64),
     replay_on: Vec<f64>,
     replay_off: Vec<f64>,
     cpu_on: Vec<f64>,
@@ -217,6 +223,7 @@ fn run() -> Result<()> {
         std::mem::forget(work);
     }
     let mut f = Figures {
+        instructions: (0.0, 0.0),
         replay_on: vec![],
         replay_off: vec![],
         cpu_on: vec![],
@@ -262,8 +269,46 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// tokenmeter's own code per JSON exchange in V8, with and without rollups, alternating.
+/// Instructions of `exchanges` JSON exchanges (and the tenth more of warm-up) natively under
+/// callgrind: the same count on every run, however loaded the machine is.
+fn instructions(a: &Args, exchanges: u32, rollups: bool) -> Result<f64> {
+    let mut c = Command::new("valgrind");
+    c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(&a.replay_native)
+        .args(["json", &exchanges.to_string()]);
+    if rollups {
+        c.arg("rollups");
+    }
+    let out = c
+        .output()
+        .with_context(|| format!("running {c:?} (valgrind installed?)"))?;
+    ensure!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let collected = err
+        .lines()
+        .find_map(|l| l.split("Collected :").nth(1))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .with_context(|| format!("callgrind printed no count: {err}"))?;
+    Ok(collected)
+}
+
+/// tokenmeter's own code per JSON exchange in V8, with and without rollups, alternating;
+/// and natively in instructions, where the difference is exact.
 fn replay(a: &Args, f: &mut Figures) -> Result<()> {
+    // Two lengths: the difference is the cost of 2,000 exchanges (2,200 with warm-up less
+    // 220), the fixed start-up cancelled out.
+    let per_exchange = |rollups: bool| -> Result<f64> {
+        Ok((instructions(a, 2000, rollups)? - instructions(a, 200, rollups)?) / 1980.0)
+    };
+    f.instructions = (per_exchange(true)?, per_exchange(false)?);
+    say(format!(
+        "instructions per JSON exchange natively: {:.0} with rollups, {:.0} without",
+        f.instructions.0, f.instructions.1
+    ));
     for round in 0..a.rounds as usize {
         for i in 0..2 {
             let rollups = (i + round) % 2 == 0;
@@ -632,6 +677,9 @@ fn report(a: &Args, f: &Figures, seconds: f64) -> String {
         "{BEGIN}\n\n## Console and rollups\n\n\
 - **When:** {when} (the run took {seconds:.0} s); `make bench-console`\n\n\
 ### Rollups in the filter (JSON with usage, medians of {rounds} rounds)\n\n\
+tokenmeter's own code per exchange natively under callgrind (`bench/wasm/replay`, exact\n\
+and repeatable): {:.0} instructions with rollups kept, {:.0} without, so keeping them costs\n\
+{:.0} instructions ({:+.1} %) per exchange.\n\n\
 tokenmeter's own code per exchange inside V8, without a host (`bench/wasm/replay`, 20,000\n\
 exchanges a run, runs alternating): {:.2} µs with rollups kept, {:.2} µs without; the\n\
 difference per round {:+.2} µs (median; {rdlo:+.2} to {rdhi:+.2} µs).\n\n\
@@ -645,14 +693,19 @@ one worker, loaded in turn by wrk (16 connections, {secs} s each, the order alte
 the one with rollups sent {batches:.0} batches to a real `tokenmeter serve` meanwhile.\n\n\
 ### The console's biggest query\n\n\
 A store with {days} days of rollups from {gw} gateways × {series} series ({total} series,\n\
-each active every hour: {rows} hourly rows, added to the minute, hour and day tiers as the\n\
-collector adds them; {mb} MB, filled in {fill:.0} s). `tokenmeter serve` on it, over HTTP:\n\n\
+each active every hour: {rows} hourly rows written to the minute, hour and day tiers,\n\
+then migrated by the binary, which fills the marginals; {mb} MB, written and migrated in\n\
+{fill:.0} s). `tokenmeter serve` on it, over HTTP:\n\n\
 | query | median | range (5 runs after one to warm the cache) |\n|---|---|---|\n\
 | `GET /api/v1/usage?window=P30D&step=P1D&group_by=model` | {:.1} ms | {u_lo:.1}–{u_hi:.1} ms |\n\
 | `GET /api/v1/operations?window=P30D&step=P1D&group_by=model` | {:.1} ms | {o_lo:.1}–{o_hi:.1} ms |\n\
 | Console Overview, last 30 days: navigation to drawn view (Chromium) | {:.0} ms | {r_lo:.0}–{r_hi:.0} ms |\n\n\
 The usage answer counted {req} requests. Overview makes three reads (usage, operations,\n\
 monitors) and draws its chart.\n\n{END}\n",
+        f.instructions.0,
+        f.instructions.1,
+        f.instructions.0 - f.instructions.1,
+        100.0 * (f.instructions.0 - f.instructions.1) / f.instructions.1,
         med(&f.replay_on),
         med(&f.replay_off),
         med(&rdiffs),
