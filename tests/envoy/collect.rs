@@ -325,63 +325,42 @@ fn a_collector_that_is_down_changes_nothing_for_clients() {
 }
 
 /// Sums of the stored rollups for one team: requests by status class (2xx, 4xx), prompt,
-/// completion and total tokens, and the duration histogram's count.
-/// Each tier holds the same sums; all three are read and must agree.
+/// completion and total tokens, and the duration histogram's count. Each tier and the team's
+/// marginals hold the same sums: all are read in one transaction (one snapshot, while the
+/// collector may be adding a batch) and must agree.
 fn rollup_totals(db: &Path, team: &str) -> [f64; 6] {
-    let tiers: Vec<[f64; 6]> = ["rollups_minute", "rollups_hour", "rollups_day"]
-        .iter()
-        .map(|t| tier_totals(db, t, team))
-        .collect();
-    assert!(
-        tiers.iter().all(|t| *t == tiers[0]),
-        "the tiers differ: {tiers:?}"
-    );
-    // The marginals of the team label hold the same sums.
-    let conn = rusqlite::Connection::open(db).unwrap();
-    for table in ["marginals_hour", "marginals_day"] {
-        let marginal: [f64; 6] = conn
-            .query_row(
-                &format!(
-                    "SELECT coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
-                        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                        coalesce(sum(total_tokens), 0), coalesce(sum(duration_ms_count), 0)
-                     FROM {table} WHERE label = 'team' AND value = ?1"
-                ),
-                [team],
-                |r| {
-                    let f = |i: usize| r.get::<_, i64>(i).map(|v| v as f64);
-                    Ok([f(0)?, f(1)?, f(2)?, f(3)?, f(4)?, f(5)?])
-                },
-            )
-            .unwrap();
-        assert_eq!(marginal, tiers[0], "{table} for team {team}");
-    }
-    tiers[0]
-}
-
-fn tier_totals(db: &Path, table: &str, team: &str) -> [f64; 6] {
-    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let tx = conn.transaction().unwrap();
+    let sums = "coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
+        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+        coalesce(sum(total_tokens), 0), coalesce(sum(duration_ms_count), 0)";
+    let read = |sql: String, value: String| -> [f64; 6] {
+        tx.query_row(&sql, [value], |r| {
+            let f = |i: usize| r.get::<_, i64>(i).map(|v| v as f64);
+            Ok([f(0)?, f(1)?, f(2)?, f(3)?, f(4)?, f(5)?])
+        })
+        .unwrap()
+    };
     let series = json!({ "team": team }).to_string();
-    conn.query_row(
-        &format!(
-            "SELECT coalesce(sum(requests_2xx), 0), coalesce(sum(requests_4xx), 0),
-                coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                coalesce(sum(total_tokens), 0), coalesce(sum(duration_ms_count), 0)
-         FROM {table} r JOIN series s ON s.id = r.series_id WHERE s.labels = ?1"
-        ),
-        [series],
-        |r| {
-            Ok([
-                r.get::<_, i64>(0)? as f64,
-                r.get::<_, i64>(1)? as f64,
-                r.get::<_, i64>(2)? as f64,
-                r.get::<_, i64>(3)? as f64,
-                r.get::<_, i64>(4)? as f64,
-                r.get::<_, i64>(5)? as f64,
-            ])
-        },
-    )
-    .unwrap_or([0.0; 6])
+    let mut all: Vec<(&str, [f64; 6])> = ["rollups_minute", "rollups_hour", "rollups_day"]
+        .into_iter()
+        .map(|t| {
+            let sql = format!(
+                "SELECT {sums} FROM {t} r JOIN series s ON s.id = r.series_id WHERE s.labels = ?1"
+            );
+            (t, read(sql, series.clone()))
+        })
+        .collect();
+    for t in ["marginals_hour", "marginals_day"] {
+        let sql = format!("SELECT {sums} FROM {t} WHERE label = 'team' AND value = ?1");
+        all.push((t, read(sql, team.to_string())));
+    }
+    assert!(
+        all.iter().all(|(_, t)| *t == all[0].1),
+        "the tiers differ for team {team}: {all:?}"
+    );
+    all[0].1
 }
 
 #[test]
@@ -446,7 +425,10 @@ fn rollups_in_the_store_equal_the_counters() {
             .iter()
             .map(|t| counters(&m, t))
             .collect();
-        if (stored == want && m.sum("llm_requests_total", &[]) == 30.0) || Instant::now() > deadline
+        if (stored == want
+            && m.sum("llm_requests_total", &[]) == 30.0
+            && m.sum("llm_rollup_batches_sent_total", &[]) >= 2.0)
+            || Instant::now() > deadline
         {
             break (m, stored);
         }
@@ -578,11 +560,13 @@ fn rollups_wait_for_a_collector_that_is_down_and_arrive_once() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let m = loop {
         let m = s.envoy.prometheus().unwrap();
-        let done = ["red", "blue"].iter().all(|t| {
-            let c = rollup_totals(&s.db, t);
-            c[0] == m.sum("llm_requests_total", &[("team", t)])
-                && c[2] == m.sum("llm_prompt_tokens_total", &[("team", t)])
-        });
+        // Stored, and the answer back at the gateway (its sent counter follows the commit).
+        let done = m.sum("llm_rollup_batches_sent_total", &[]) >= 1.0
+            && ["red", "blue"].iter().all(|t| {
+                let c = rollup_totals(&s.db, t);
+                c[0] == m.sum("llm_requests_total", &[("team", t)])
+                    && c[2] == m.sum("llm_prompt_tokens_total", &[("team", t)])
+            });
         if done || Instant::now() > deadline {
             break m;
         }

@@ -189,21 +189,31 @@ pub fn add(conn: &Connection, series_id: i64, labels: &[(&str, &str)], row: &Row
     add_tiers(conn, series_id, row)
 }
 
+/// An insert of `keys` then `cols` (bound in that order) that adds `cols` to a row already
+/// there.
+fn upsert(table: &str, keys: &[&str], cols: &[String]) -> String {
+    let params: Vec<String> = (1..=keys.len() + cols.len())
+        .map(|i| format!("?{i}"))
+        .collect();
+    let updates: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}, {}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+        keys.join(", "),
+        cols.join(", "),
+        params.join(", "),
+        keys.join(", "),
+        updates.join(", ")
+    )
+}
+
 fn add_marginals(conn: &Connection, labels: &[(&str, &str)], row: &Row) -> Result<()> {
     let cols = columns();
     let vals = values(row);
     for (table, size) in MARGINALS {
-        let placeholders: String = (0..cols.len()).map(|i| format!(", ?{}", i + 4)).collect();
-        let updates: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO {table} (bucket, label, value, {}) VALUES (?1, ?2, ?3{placeholders})
-             ON CONFLICT (bucket, label, value) DO UPDATE SET {}",
-            cols.join(", "),
-            updates.join(", ")
-        );
+        let sql = upsert(table, &["bucket", "label", "value"], &cols);
         let bucket = row.minute - row.minute.rem_euclid(size);
         let mut stmt = conn.prepare_cached(&sql)?;
         for (label, value) in labels.iter().copied().chain([("", "")]) {
@@ -223,17 +233,7 @@ fn add_tiers(conn: &Connection, series_id: i64, row: &Row) -> Result<()> {
     let cols = columns();
     let vals = values(row);
     for (table, size) in TIERS {
-        let placeholders: String = (0..cols.len()).map(|i| format!(", ?{}", i + 3)).collect();
-        let updates: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO {table} (bucket, series_id, {}) VALUES (?1, ?2{placeholders})
-             ON CONFLICT (bucket, series_id) DO UPDATE SET {}",
-            cols.join(", "),
-            updates.join(", ")
-        );
+        let sql = upsert(table, &["bucket", "series_id"], &cols);
         let bucket = row.minute - row.minute.rem_euclid(size);
         let mut stmt = conn.prepare_cached(&sql)?;
         let args: Vec<i64> = [bucket, series_id]
