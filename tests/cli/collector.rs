@@ -471,3 +471,56 @@ fn records_are_browsed_by_window_filter_and_page_and_one_by_id() {
         "{body}"
     );
 }
+
+/// A GET written by hand, with the given `Host`.
+fn get_as_host(c: &Collector, path: &str, host: &str) -> tokenmeter_testkit::client::Reply {
+    use std::io::{Read, Write};
+    let addr = c.url().trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        sock,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).unwrap();
+    tokenmeter_testkit::client::parse_response(&raw).unwrap()
+}
+
+#[test]
+fn browsers_elsewhere_can_neither_read_nor_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("t.db"), &[]);
+    // A page that rebinds its own name to 127.0.0.1 reaches the port under that name.
+    let port = c.url().rsplit(':').next().unwrap().to_string();
+    let rebound = get_as_host(&c, "/api/v1/usage", &format!("evil.example:{port}"));
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    assert!(rebound.text().contains("--token-file"));
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "[::1]".into(),
+    ] {
+        assert_eq!(
+            get_as_host(&c, "/api/v1/usage", &host).status,
+            200,
+            "{host}"
+        );
+    }
+    // A cross-site form or text/plain post needs no permission from the browser: refused.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let (status, body) = post(&records_url(&c), content_type, r#"{"id":"x"}"#).unwrap();
+        assert_eq!(status, 415, "{content_type}: {body}");
+    }
+    let (status, _) = post(
+        &records_url(&c),
+        "application/json; charset=utf-8",
+        r#"{"id":"x"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    // A window too long to be a time is a bad parameter, not an overflow.
+    let (status, body) = get(&format!("{}/api/v1/usage?window=P999999999D", c.url())).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("window"), "{body}");
+}

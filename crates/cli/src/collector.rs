@@ -61,7 +61,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Reads of the store need `Authorization: Bearer TOKEN` when `serve` was given a token.
+/// Without one, `serve` listens on loopback only, and reads are answered only to requests
+/// addressed to a loopback name: a web page that rebinds its own name to 127.0.0.1 cannot
+/// read the store through the user's browser.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.token.is_none() && !loopback_host(&request) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "without --token-file this collector answers reads only for Host 127.0.0.1, localhost or [::1]; give --token-file to read it under another name",
+        );
+    }
     match refused(
         state.token.as_deref(),
         &request,
@@ -72,12 +81,52 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
-/// Record and rollup posts need the ingestion token when `serve` was given one.
+/// Whether the request's `Host` names this machine (a request without one is not from a
+/// browser).
+fn loopback_host(request: &Request) -> bool {
+    let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Record and rollup posts need the ingestion token when `serve` was given one, and a JSON
+/// content type always: a web page can send a cross-site `text/plain` post without asking,
+/// never a JSON one.
 async fn require_ingest_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|t| t == "application/json" || t == "application/x-ndjson");
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json or application/x-ndjson",
+        );
+    }
     match refused(
         state.ingest_token.as_deref(),
         &request,

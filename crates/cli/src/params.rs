@@ -76,7 +76,11 @@ pub fn window_us(
     let from = match (time(params, "from")?, duration(params, "window")?) {
         (Some(_), Some(_)) => return Err(bad("window", "give from or window, not both")),
         (Some(from), None) => from,
-        (None, window) => to - window.unwrap_or(default_s) * 1_000_000,
+        (None, window) => window
+            .unwrap_or(default_s)
+            .checked_mul(1_000_000)
+            .and_then(|w| to.checked_sub(w))
+            .ok_or_else(|| bad("window", "is too long; use at most a few years"))?,
     };
     if from >= to {
         return Err(bad("from", "must be before to"));

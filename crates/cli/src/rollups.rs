@@ -22,6 +22,21 @@ pub fn parse(body: &[u8]) -> Result<Batch, RollupError> {
             "id: must be 1 to {MAX_ID_BYTES} bytes"
         )));
     }
+    // Label names as Prometheus has them, each once: an empty name would read as the
+    // marginals' total of all series.
+    let mut seen = std::collections::HashSet::new();
+    for (i, label) in batch.labels.iter().enumerate() {
+        let mut chars = label.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || !seen.insert(label.as_str()) {
+            return Err(RollupError(format!(
+                "labels[{i}]: {label:?} is not a label name (letters, digits and _, not first a digit) used once"
+            )));
+        }
+    }
     if batch.rows.len() > MAX_ROWS {
         return Err(RollupError(format!(
             "rows: {} rows; at most {MAX_ROWS} per batch",
@@ -75,6 +90,19 @@ mod tests {
         r.record(120_000, &s);
         r.seal();
         r.next().cloned().unwrap()
+    }
+
+    #[test]
+    fn label_names_must_be_names_and_used_once() {
+        for labels in [vec![""], vec!["team", "team"], vec!["9lives"], vec!["a-b"]] {
+            let mut b = batch();
+            b.labels = labels.iter().map(|l| l.to_string()).collect();
+            for r in &mut b.rows {
+                r.values = labels.iter().map(|_| "x".to_string()).collect();
+            }
+            let err = parse(&serde_json::to_vec(&b).unwrap()).unwrap_err();
+            assert!(err.0.starts_with("labels["), "{labels:?}: {err}");
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn default_step(seconds: i64) -> i64 {
 
 /// `a / b` rounded up, for positive `b`.
 fn ceil_div(a: i64, b: i64) -> i64 {
-    (a + b - 1).div_euclid(b)
+    a.saturating_add(b - 1).div_euclid(b)
 }
 
 fn label_name(s: &str) -> bool {

@@ -206,7 +206,9 @@
     const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
     const parts = path.split("/");
     state.tab = TABS.includes(parts[0]) ? parts[0] : "overview";
-    state.id = state.tab === "trace" ? decodeURIComponent(parts.slice(1).join("/")) : "";
+    let id = parts.slice(1).join("/");
+    try { id = decodeURIComponent(id); } catch (e) { /* shown as written */ }
+    state.id = state.tab === "trace" ? id : "";
     const p = new URLSearchParams(query || "");
     state.window = p.get("window") || "P1D";
     state.from = p.get("from") || "";
@@ -246,7 +248,8 @@
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") q.set(k, v);
     const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
-    const r = await fetch(`/api/v1/${path}${q.size ? `?${q}` : ""}`, { headers });
+    const query = q.toString();
+    const r = await fetch(`/api/v1/${path}${query ? `?${query}` : ""}`, { headers });
     if (r.status === 401) throw new NeedsToken();
     const body = await r.json().catch(() => ({ error: r.statusText }));
     if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
@@ -441,7 +444,7 @@
     view.append(el("h2", {}, "Request ", el("code", { id: "trace-id" }, record.id)));
     view.append(panel("Request", el("table", { id: "trace-facts" }, el("tbody", {},
       facts.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", { "data-fact": k }, v)))))));
-    const texts = Object.entries(record).filter(([k, v]) => !RECORD_FIELDS.has(k) && typeof v === "string");
+    const texts = Object.entries(record).filter(([k, v]) => k && !RECORD_FIELDS.has(k) && typeof v === "string");
     const order = ["question", "answer", "context"];
     texts.sort((a, b) => (order.indexOf(a[0]) + 1 || 9) - (order.indexOf(b[0]) + 1 || 9));
     for (const [k, v] of texts) view.append(panel(k[0].toUpperCase() + k.slice(1), el("pre", { id: `trace-${k}` }, v)));
