@@ -380,9 +380,12 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
         sum(&m, "errors_total", &[]) / requests,
         "error rate",
     );
+    // Envoy shows histograms after its next stats flush (every 500 ms here), so they are
+    // read now rather than from the snapshot taken when the counters matched.
+    let flushed = d.envoy.prometheus().unwrap();
     assert_eq!(
         ops["totals"]["duration_ms"]["count"].as_f64().unwrap(),
-        sum(&m, "request_duration_ms_count", &[])
+        sum(&flushed, "request_duration_ms_count", &[])
     );
     b.screenshot("operations").await;
 
