@@ -15,6 +15,7 @@
 //! total less the label's values, so grouped answers stay exact.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -47,9 +48,8 @@ fn error_columns() -> Vec<String> {
 }
 
 fn counter_columns() -> Vec<String> {
-    STATUS_CLASSES
-        .iter()
-        .map(|c| format!("requests_{c}"))
+    status_columns()
+        .into_iter()
         .chain(error_columns())
         .chain(TOKENS.iter().map(|t| t.to_string()))
         .collect()
@@ -70,14 +70,43 @@ fn histogram_columns(name: &str, buckets: usize) -> Vec<String> {
 }
 
 /// Every value column of a tier, in the order [`values`] gives them.
-fn columns() -> Vec<String> {
-    counter_columns()
-        .into_iter()
-        .chain(
-            HISTOGRAMS
+fn columns() -> &'static [String] {
+    static COLUMNS: OnceLock<Vec<String>> = OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        counter_columns()
+            .into_iter()
+            .chain(
+                HISTOGRAMS
+                    .iter()
+                    .flat_map(|(name, n)| histogram_columns(name, *n)),
+            )
+            .collect()
+    })
+}
+
+/// The upsert of each tier and marginal table, built once: every rollup row runs five.
+fn upsert_of(table: &str) -> &'static str {
+    static UPSERTS: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
+    UPSERTS
+        .get_or_init(|| {
+            let tiers = TIERS
                 .iter()
-                .flat_map(|(name, n)| histogram_columns(name, *n)),
-        )
+                .map(|(t, _)| (*t, upsert(t, &["bucket", "series_id"], columns())));
+            let marginals = MARGINALS
+                .iter()
+                .map(|(t, _)| (*t, upsert(t, &["bucket", "label", "value"], columns())));
+            tiers.chain(marginals).collect()
+        })
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map_or("", |(_, sql)| sql.as_str())
+}
+
+/// `requests_1xx` … `requests_none`, in the order of [`STATUS_CLASSES`].
+fn status_columns() -> Vec<String> {
+    STATUS_CLASSES
+        .iter()
+        .map(|c| format!("requests_{c}"))
         .collect()
 }
 
@@ -210,12 +239,11 @@ fn upsert(table: &str, keys: &[&str], cols: &[String]) -> String {
 }
 
 fn add_marginals(conn: &Connection, labels: &[(&str, &str)], row: &Row) -> Result<()> {
-    let cols = columns();
     let vals = values(row);
     for (table, size) in MARGINALS {
-        let sql = upsert(table, &["bucket", "label", "value"], &cols);
+        let sql = upsert_of(table);
         let bucket = row.minute - row.minute.rem_euclid(size);
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(sql)?;
         for (label, value) in labels.iter().copied().chain([("", "")]) {
             let mut args: Vec<rusqlite::types::Value> = vec![
                 bucket.into(),
@@ -230,12 +258,11 @@ fn add_marginals(conn: &Connection, labels: &[(&str, &str)], row: &Row) -> Resul
 }
 
 fn add_tiers(conn: &Connection, series_id: i64, row: &Row) -> Result<()> {
-    let cols = columns();
     let vals = values(row);
     for (table, size) in TIERS {
-        let sql = upsert(table, &["bucket", "series_id"], &cols);
+        let sql = upsert_of(table);
         let bucket = row.minute - row.minute.rem_euclid(size);
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(sql)?;
         let args: Vec<i64> = [bucket, series_id]
             .into_iter()
             .chain(vals.iter().copied())
@@ -500,10 +527,7 @@ fn from_marginals(
 
 /// Usage per step and group: `(step index, group, sums)`.
 pub fn usage(conn: &Connection, q: &Query) -> Result<Vec<(i64, Option<String>, Sums)>> {
-    let statuses: Vec<String> = STATUS_CLASSES
-        .iter()
-        .map(|c| format!("requests_{c}"))
-        .collect();
+    let statuses = status_columns();
     let mut values = vec![statuses.join(" + "), error_columns().join(" + ")];
     values.extend(TOKENS.iter().take(5).map(|t| t.to_string()));
     Ok(per_step(conn, q, &values)?
@@ -530,10 +554,7 @@ pub fn usage(conn: &Connection, q: &Query) -> Result<Vec<(i64, Option<String>, S
 /// Requests, errors and the duration and TTFT histograms per step and group.
 pub fn operations(conn: &Connection, q: &Query) -> Result<Vec<OperationsRow>> {
     let buckets = LATENCY_BOUNDS_MS.len() + 1;
-    let statuses: Vec<String> = STATUS_CLASSES
-        .iter()
-        .map(|c| format!("requests_{c}"))
-        .collect();
+    let statuses = status_columns();
     let mut values = vec![statuses.join(" + ")];
     values.extend(error_columns());
     values.extend(histogram_columns("duration_ms", buckets));
