@@ -567,27 +567,104 @@ fn exit_code_2_on_breach_with_an_alert() {
     assert_eq!(a["report"]["metrics"]["coherence"]["violations"], 3);
 }
 
+/// An idle app's window is "no data" (exit 4), not a breach, and alerts nobody.
 #[test]
-fn an_empty_window_is_a_breach_not_nan() {
+fn an_empty_window_is_no_data_not_a_breach() {
     let judge = JudgeServer::start(scoring_judge).unwrap();
+    let hook = Webhook::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut old = record("old", "", false);
     old["time"] = "2026-01-01T00:00:00Z".into();
     let file = write_records(dir.path(), &[old]);
-    let monitor = write_monitor(dir.path(), "empty", &judge.url(), "", "{fluency: {}}", "");
+    let monitor = write_monitor(
+        dir.path(),
+        "empty",
+        &judge.url(),
+        "",
+        "{fluency: {}}",
+        &format!("alerts: {{webhook: '{}'}}\n", hook.url()),
+    );
     let out = eval(
         &monitor,
         &["--records", file.to_str().unwrap()],
-        &["--format", "json", "--no-alerts"],
+        &["--format", "json"],
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let r = report(&out.stdout);
     assert_eq!(r["records"], 0);
+    assert_eq!(r["status"], "no_data");
+    assert_eq!(r["breached"], false);
     let f = metric(&r, "fluency");
     assert!(f["average_score"].is_null() && f["pass_rate"].is_null());
-    assert_eq!(f["breached"], true);
-    assert_eq!(r["breached"], true);
+    assert_eq!(f["status"], "no_data");
+    assert_eq!(f["why"], "no record was sampled in the window");
+    assert_eq!(f["breached"], false);
     assert_eq!(judge.calls(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(hook.received().is_empty());
+    let table = eval(&monitor, &["--records", file.to_str().unwrap()], &[]);
+    assert_eq!(table.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("result    NO DATA"), "{text}");
+}
+
+/// 10 records: 1 scored, 5 unparsed, 4 declined by the judge is not "ok, pass rate 1.0".
+#[test]
+fn a_window_mostly_unscored_is_inconclusive() {
+    let judge = JudgeServer::start(|req, _| {
+        let user = req.user();
+        if user.contains("Plan s0 ") {
+            Reply::json_score(5, "fine")
+        } else if ["s1", "s2", "s3", "s4", "s5"]
+            .iter()
+            .any(|id| user.contains(&format!("Plan {id} ")))
+        {
+            Reply::text("It reads well overall.")
+        } else {
+            Reply::text(r#"{"status": "skipped", "reason": "not English"}"#)
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = (0..10)
+        .map(|i| record(&format!("s{i}"), "", false))
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "coverage",
+        &judge.url(),
+        "",
+        "{fluency: {}}",
+        "verdict: {min_samples: 1}\n",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(r["status"], "inconclusive");
+    let f = metric(&r, "fluency");
+    assert_eq!(
+        (
+            f["scored"].as_u64(),
+            f["unparsed"].as_u64(),
+            f["not_applicable"].as_u64()
+        ),
+        (Some(1), Some(5), Some(4))
+    );
+    assert_eq!(f["pass_rate"], 1.0);
+    assert_eq!(f["coverage"], 0.1);
+    assert_eq!(f["status"], "inconclusive");
+    assert!(
+        f["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("coverage 0.1000 < 0.8"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -669,7 +746,7 @@ fn azure_judges_get_the_deployment_path_and_api_key_header() {
     let path = dir.path().join("azure.yaml");
     std::fs::write(
         &path,
-        format!("name: azure\nsampling_rate: 1\njudge:\n  kind: azure\n  url: {}\n  deployment: judge-dep\n  api_version: 2024-10-21\n  api_key_env: TM_JUDGE_KEY\nmetrics: {{coherence: {{}}}}\n", judge.endpoint()),
+        format!("name: azure\nsampling_rate: 1\njudge:\n  kind: azure\n  url: {}\n  deployment: judge-dep\n  api_version: 2024-10-21\n  api_key_env: TM_JUDGE_KEY\nmetrics: {{coherence: {{}}}}\nverdict: {{min_samples: 1}}\n", judge.endpoint()),
     )
     .unwrap();
     let out = eval(

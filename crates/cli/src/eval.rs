@@ -42,7 +42,7 @@ pub fn load_monitor(path: &Path) -> Result<Monitor> {
     Monitor::parse(&text).with_context(|| format!("{}", path.display()))
 }
 
-/// Exit code 0 when no threshold is breached, 2 when one is.
+/// Exit code 0 when every metric is ok, 2 on a breach, 3 when inconclusive, 4 with no data.
 pub async fn run(args: EvalArgs) -> Result<ExitCode> {
     let monitor = load_monitor(&args.monitor)?;
     let now = match &args.now {
@@ -69,6 +69,10 @@ pub async fn run(args: EvalArgs) -> Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give the records with --db FILE or --records FILE.jsonl"),
     };
+    let previous = match &store {
+        Some(s) => s.monitor_runs(&monitor.name)?.last_report.map(|(r, _)| r),
+        None => None,
+    };
     let store = store.map(|s| Arc::new(Mutex::new(s)));
     let started = Utc::now();
     let evaluation = evaluate::evaluate(
@@ -77,6 +81,7 @@ pub async fn run(args: EvalArgs) -> Result<ExitCode> {
         records,
         window,
         store.clone(),
+        previous.as_ref(),
         &Options {
             combined: args.combined,
             progress: true,
@@ -125,9 +130,5 @@ pub async fn run(args: EvalArgs) -> Result<ExitCode> {
             eprintln!("warning: alert not delivered: {e:#}");
         }
     }
-    Ok(if report.breached {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::from(report.status.exit_code()))
 }

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::ingest;
-use crate::quality::aggregate::{Status, Tally};
+use crate::quality::aggregate::{Conclusion, Status, Tally};
 use crate::quality::duration::{format_rfc3339, Window};
 use crate::quality::metric::{Inputs, Metric};
 use crate::quality::monitor::Monitor;
@@ -111,6 +111,7 @@ pub async fn evaluate(
     records: Vec<Record>,
     window: Window,
     store: Option<Arc<Mutex<Store>>>,
+    previous: Option<&Report>,
     options: &Options,
 ) -> Result<Evaluation> {
     let mode = if options.combined {
@@ -152,7 +153,7 @@ pub async fn evaluate(
                 ));
             } else {
                 let missing = missing_columns(monitor, metric, &inputs);
-                rows.push(row(
+                let mut r = row(
                     record,
                     metric,
                     Status::NotApplicable,
@@ -160,7 +161,9 @@ pub async fn evaluate(
                     format!("the record has no {missing}"),
                     "",
                     "",
-                ));
+                );
+                r.missing_input = true;
+                rows.push(r);
             }
         }
         if applicable.is_empty() {
@@ -311,21 +314,35 @@ pub async fn evaluate(
 
     let mut tallies: BTreeMap<Metric, Tally> = BTreeMap::new();
     for r in &rows {
-        if let Some(status) = r.status() {
-            tallies.entry(r.metric).or_default().add(status, r.score);
+        let tally = tallies.entry(r.metric).or_default();
+        if r.missing_input {
+            tally.add_missing_input();
+        } else if let Some(status) = r.status() {
+            tally.add(status, r.score);
         }
     }
+    // How many runs in a row before this one failed each metric's rule.
+    let streak = |metric: Metric| {
+        previous
+            .and_then(|p| p.metrics.iter().find(|(m, _)| *m == metric))
+            .map_or(0, |(_, s)| s.streak)
+    };
     let metrics: Vec<_> = monitor
         .metrics
         .iter()
         .map(|(m, t)| {
             (
                 *m,
-                tallies.get(m).cloned().unwrap_or_default().summarize(*t),
+                tallies
+                    .get(m)
+                    .cloned()
+                    .unwrap_or_default()
+                    .summarize(*t, streak(*m)),
             )
         })
         .collect();
-    let breached = metrics.iter().any(|(_, s)| s.breached);
+    let status = Conclusion::of_report(metrics.iter().map(|(_, s)| s));
+    let breached = status == Conclusion::Breached;
     let prompt_versions = if options.combined {
         BTreeMap::from([("combined".to_string(), prompt::combined_version())])
     } else {
@@ -352,6 +369,7 @@ pub async fn evaluate(
             cached,
         },
         metrics,
+        status,
         breached,
     };
     Ok(Evaluation { report, rows })
@@ -375,6 +393,7 @@ fn row(
         judge_model: model.to_string(),
         prompt_version: version.to_string(),
         cached: false,
+        missing_input: false,
     }
 }
 

@@ -128,8 +128,9 @@ enum Command {
         #[command(subcommand)]
         command: RecordsCommand,
     },
-    /// Evaluate a monitor's window once; exit 0 when no threshold is breached, 2 when one
-    /// is, 1 on error.
+    /// Evaluate a monitor's window once; exit 0 when every metric is ok, 2 on a breach, 3
+    /// when too little was scored to decide, 4 when the window had nothing to judge, 1 on
+    /// error.
     Eval {
         /// The monitor definition (YAML).
         #[arg(long)]

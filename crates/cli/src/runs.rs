@@ -197,7 +197,8 @@ pub struct MonitorInfo {
 pub struct MonitorStatus {
     #[serde(flatten)]
     pub info: MonitorInfo,
-    /// `never_run`, `ok`, `breached` or `failed` (the last run's outcome).
+    /// `never_run`, `ok`, `breached`, `inconclusive`, `no_data` or `failed` (the last
+    /// run's outcome).
     pub status: &'static str,
     pub last_run: Option<LastRun>,
     /// When the schedule runs it next (`null` without a schedule or a next time).
@@ -223,10 +224,10 @@ pub fn status(info: &MonitorInfo, last: Option<StoredRun>, now: DateTime<Utc>) -
         None => ("never_run", None),
         Some(run) => {
             let breached = run.report.as_ref().map(|r| r.breached);
-            let status = match breached {
+            let status = match &run.report {
                 None => "failed",
-                Some(true) => "breached",
-                Some(false) => "ok",
+                Some(r) if r.breached => "breached",
+                Some(r) => r.status.name(),
             };
             (
                 status,

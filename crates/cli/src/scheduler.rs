@@ -58,11 +58,7 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
                 eval.report.window.to,
                 eval.report.records,
                 eval.report.sampled,
-                if eval.report.breached {
-                    "BREACHED"
-                } else {
-                    "ok"
-                }
+                eval.report.status.name()
             );
             (
                 eval.report
@@ -98,6 +94,10 @@ async fn evaluate_now(
     let store = Store::open(db)?;
     let window = monitor.window.at(now);
     let records = evaluate::records_from_store(&store, window)?;
+    let previous = store
+        .monitor_runs(&monitor.name)?
+        .last_report
+        .map(|(r, _)| r);
     let store = Arc::new(Mutex::new(store));
     // A fresh client per run, so that the call count reported is this run's.
     let judge = Arc::new(Judge::new(&monitor.judge)?);
@@ -107,6 +107,7 @@ async fn evaluate_now(
         records,
         window,
         Some(store),
+        previous.as_ref(),
         &Options {
             combined: false,
             progress: false,

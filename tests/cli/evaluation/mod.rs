@@ -37,6 +37,8 @@ pub fn write_records(dir: &Path, records: &[Value]) -> PathBuf {
 }
 
 /// A monitor at sampling rate 1 by default; `judge_extra` and `extra` are YAML lines.
+/// Unless `extra` sets its own `verdict:`, any number of scored records gives a verdict
+/// (`min_samples: 1, min_coverage: 0`), so small windows test the aggregation itself.
 pub fn write_monitor(
     dir: &Path,
     name: &str,
@@ -46,8 +48,13 @@ pub fn write_monitor(
     extra: &str,
 ) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
+    let verdict = if extra.contains("verdict:") {
+        ""
+    } else {
+        "verdict: {min_samples: 1, min_coverage: 0}\n"
+    };
     let text = format!(
-        "name: {name}\nsampling_rate: 1.0\njudge:\n  url: {judge_url}\n  model: judge-model\n  initial_backoff_seconds: 0.05\n{judge_extra}metrics: {metrics}\n{extra}"
+        "name: {name}\nsampling_rate: 1.0\njudge:\n  url: {judge_url}\n  model: judge-model\n  initial_backoff_seconds: 0.05\n{judge_extra}metrics: {metrics}\n{verdict}{extra}"
     );
     std::fs::write(&path, text).unwrap();
     path

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::aggregate::Conclusion;
 use super::report::Report;
 
 /// Whether a namespace is usable as a metric name prefix: `[a-z][a-z0-9_]*`.
@@ -40,12 +41,17 @@ pub struct MonitorState {
 pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
     let mut out = String::new();
     type Value = fn(&crate::quality::aggregate::Summary) -> Option<f64>;
-    let families: [(&str, &str, Value); 5] = [
+    let families: [(&str, &str, Value); 10] = [
         ("quality_average_score", "Mean judge score (1-5) of the scored sampled records in the monitor's last window.", |s| s.average_score),
         ("quality_pass_rate", "Fraction of scored records at or above the acceptable score in the last window.", |s| s.pass_rate),
         ("quality_violations", "Scored records below the acceptable score in the last window.", |s| Some(s.violations as f64)),
         ("quality_scored_records", "Records the judge scored in the last window.", |s| Some(s.scored as f64)),
-        ("quality_breached", "1 when the metric breached a threshold (or nothing could be scored) in the last window.", |s| Some(if s.breached { 1.0 } else { 0.0 })),
+        ("quality_breached", "1 when the metric breached its threshold under its rule in the last window.", |s| Some(if s.breached { 1.0 } else { 0.0 })),
+        ("quality_inconclusive", "1 when too little was scored in the last window to decide (coverage or sample size below the floor).", |s| Some(f64::from(u8::from(s.status == Conclusion::Inconclusive)))),
+        ("quality_no_data", "1 when the last window had no record eligible for the metric.", |s| Some(f64::from(u8::from(s.status == Conclusion::NoData)))),
+        ("quality_coverage", "Scored / eligible sampled records in the last window; absent with no eligible record.", |s| s.coverage),
+        ("quality_pass_rate_upper_bound", "Upper bound of the 95 % Wilson interval of the pass rate in the last window.", |s| s.pass_rate_interval.map(|i| i[1])),
+        ("quality_average_score_upper_bound", "Upper bound of the 95 % t interval of the average score in the last window.", |s| s.average_interval.map(|i| i[1])),
     ];
     for (name, help, value) in families {
         let _ = writeln!(out, "# HELP {ns}_{name} {help}");
@@ -119,8 +125,9 @@ mod tests {
             },
             metrics: metrics
                 .into_iter()
-                .map(|(m, t)| (m, t.summarize(Thresholds::default())))
+                .map(|(m, t)| (m, t.summarize(Thresholds::default(), 0)))
                 .collect(),
+            status: Conclusion::Ok,
             breached: false,
         }
     }
@@ -167,7 +174,15 @@ mod tests {
             "llm_quality_scored_records{monitor=\"a\\\"b\\\\c\\nd\",metric=\"fluency\"} 0\n"
         ));
         assert!(text
-            .contains("llm_quality_breached{monitor=\"a\\\"b\\\\c\\nd\",metric=\"fluency\"} 1\n"));
+            .contains("llm_quality_breached{monitor=\"a\\\"b\\\\c\\nd\",metric=\"fluency\"} 0\n"));
+        assert!(text
+            .contains("llm_quality_no_data{monitor=\"a\\\"b\\\\c\\nd\",metric=\"fluency\"} 1\n"));
+        assert!(text.contains(
+            "llm_quality_inconclusive{monitor=\"a\\\"b\\\\c\\nd\",metric=\"coherence\"} 1\n"
+        ));
+        assert!(text.contains(
+            "llm_quality_coverage{monitor=\"a\\\"b\\\\c\\nd\",metric=\"coherence\"} 1\n"
+        ));
         // Nothing scored: no average or pass rate sample rather than NaN.
         assert!(!text.contains("metric=\"fluency\"} NaN"));
         assert!(!text

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::aggregate::{Thresholds, DEFAULT_ACCEPTABLE_SCORE};
+use super::aggregate::{Rule, Thresholds, DEFAULT_ACCEPTABLE_SCORE};
 use super::duration::{IsoDuration, WindowSpec};
 use super::metric::Metric;
 
@@ -48,6 +48,7 @@ struct RawMonitor {
     columns: Option<RawColumns>,
     judge: RawJudge,
     metrics: RawMetrics,
+    verdict: Option<RawVerdict>,
     alerts: Option<RawAlerts>,
     schedule: Option<String>,
 }
@@ -103,12 +104,26 @@ fn present<'de, D: serde::Deserializer<'de>>(
     Option::<RawThresholds>::deserialize(d).map(Some)
 }
 
+/// Verdict settings for every metric; a metric's own fields override them.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawVerdict {
+    min_coverage: Option<f64>,
+    min_samples: Option<u64>,
+    rule: Option<String>,
+    consecutive: Option<u32>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawThresholds {
     acceptable_score: Option<u8>,
     pass_rate_threshold: Option<f64>,
     average_threshold: Option<f64>,
+    min_coverage: Option<f64>,
+    min_samples: Option<u64>,
+    rule: Option<String>,
+    consecutive: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +382,7 @@ impl RawMonitor {
 
         let judge = self.judge.validate()?;
 
+        let verdict = self.verdict.unwrap_or_default();
         let mut metrics = Vec::new();
         for (metric, raw) in [
             (Metric::Groundedness, self.metrics.groundedness),
@@ -375,7 +391,7 @@ impl RawMonitor {
             (Metric::Fluency, self.metrics.fluency),
         ] {
             if let Some(raw) = raw {
-                metrics.push((metric, thresholds(metric, raw)?));
+                metrics.push((metric, thresholds(metric, raw, &verdict)?));
             }
         }
         if metrics.is_empty() {
@@ -421,35 +437,101 @@ impl RawMonitor {
     }
 }
 
-fn thresholds(metric: Metric, raw: Option<RawThresholds>) -> Result<Thresholds, MonitorError> {
+fn thresholds(
+    metric: Metric,
+    raw: Option<RawThresholds>,
+    verdict: &RawVerdict,
+) -> Result<Thresholds, MonitorError> {
     let d = Thresholds::default();
-    let Some(raw) = raw else { return Ok(d) };
-    let field = |f: &str| format!("metrics.{}.{f}", metric.name());
+    let raw = raw.unwrap_or(RawThresholds {
+        acceptable_score: None,
+        pass_rate_threshold: None,
+        average_threshold: None,
+        min_coverage: None,
+        min_samples: None,
+        rule: None,
+        consecutive: None,
+    });
+    // A field set on the metric names the metric; one inherited names `verdict`.
+    let field = |f: &str, own: bool| {
+        if own {
+            format!("metrics.{}.{f}", metric.name())
+        } else {
+            format!("verdict.{f}")
+        }
+    };
     let acceptable_score = raw.acceptable_score.unwrap_or(DEFAULT_ACCEPTABLE_SCORE);
     if !(1..=5).contains(&acceptable_score) {
         return Err(MonitorError::new(
-            field("acceptable_score"),
+            field("acceptable_score", true),
             "must be a whole score from 1 to 5",
         ));
     }
     let pass_rate_threshold = raw.pass_rate_threshold.unwrap_or(d.pass_rate_threshold);
     if !(0.0..=1.0).contains(&pass_rate_threshold) {
         return Err(MonitorError::new(
-            field("pass_rate_threshold"),
+            field("pass_rate_threshold", true),
             "must be a fraction from 0 to 1, e.g. 0.7",
         ));
     }
     let average_threshold = raw.average_threshold.unwrap_or(d.average_threshold);
     if !(0.0..=5.0).contains(&average_threshold) {
         return Err(MonitorError::new(
-            field("average_threshold"),
+            field("average_threshold", true),
             "must be a score from 0 to 5, e.g. 4.0",
+        ));
+    }
+    let own = (
+        raw.min_coverage.is_some(),
+        raw.min_samples.is_some(),
+        raw.rule.is_some(),
+        raw.consecutive.is_some(),
+    );
+    let min_coverage = raw
+        .min_coverage
+        .or(verdict.min_coverage)
+        .unwrap_or(d.min_coverage);
+    if !(0.0..=1.0).contains(&min_coverage) {
+        return Err(MonitorError::new(
+            field("min_coverage", own.0),
+            "must be a fraction from 0 to 1, e.g. 0.8",
+        ));
+    }
+    let min_samples = raw
+        .min_samples
+        .or(verdict.min_samples)
+        .unwrap_or(d.min_samples);
+    if !(1..=1_000_000).contains(&min_samples) {
+        return Err(MonitorError::new(
+            field("min_samples", own.1),
+            "must be a number of records from 1 to 1000000, e.g. 10",
+        ));
+    }
+    let rule = match raw.rule.as_deref().or(verdict.rule.as_deref()) {
+        None | Some("point") => Rule::Point,
+        Some("upper_bound") => Rule::UpperBound,
+        Some(other) => {
+            return Err(MonitorError::new(
+                field("rule", own.2),
+                format!("{other:?} is not a breach rule; use point or upper_bound"),
+            ))
+        }
+    };
+    let consecutive = raw.consecutive.or(verdict.consecutive).unwrap_or(1);
+    if !(1..=100).contains(&consecutive) {
+        return Err(MonitorError::new(
+            field("consecutive", own.3),
+            "must be a number of runs from 1 to 100, e.g. 2",
         ));
     }
     Ok(Thresholds {
         acceptable_score,
         pass_rate_threshold,
         average_threshold,
+        min_coverage,
+        min_samples,
+        rule,
+        consecutive,
     })
 }
 
@@ -820,6 +902,34 @@ schedule: "15 10 * * *"
                 "metrics.groundedness.average_threshold",
             ),
             (
+                with(
+                    "average_threshold: 4.0",
+                    "average_threshold: 4.0, min_coverage: 2",
+                ),
+                "metrics.groundedness.min_coverage",
+            ),
+            (
+                with(
+                    "average_threshold: 4.0",
+                    "average_threshold: 4.0, min_samples: 0",
+                ),
+                "metrics.groundedness.min_samples",
+            ),
+            (
+                with(
+                    "average_threshold: 4.0",
+                    "average_threshold: 4.0, rule: lower_bound",
+                ),
+                "metrics.groundedness.rule",
+            ),
+            (
+                with(
+                    "average_threshold: 4.0",
+                    "average_threshold: 4.0, consecutive: 0",
+                ),
+                "metrics.groundedness.consecutive",
+            ),
+            (
                 with("webhook: http://127.0.0.1:9000/hook", "webhook: mailto:ops"),
                 "alerts.webhook",
             ),
@@ -832,6 +942,41 @@ schedule: "15 10 * * *"
             let e = error(&text);
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn verdict_settings_apply_to_every_metric_unless_overridden() {
+        let m = Monitor::parse(&with(
+            "schedule:",
+            "verdict: {rule: upper_bound, min_samples: 30, min_coverage: 0.9, consecutive: 2}\nschedule:",
+        ))
+        .unwrap();
+        let c = m.thresholds(Metric::Coherence).unwrap();
+        assert_eq!(
+            (c.rule, c.min_samples, c.min_coverage, c.consecutive),
+            (Rule::UpperBound, 30, 0.9, 2)
+        );
+        let m = Monitor::parse(&with(
+            "relevance:    {acceptable_score: 4, pass_rate_threshold: 0.7}",
+            "relevance: {rule: point, min_samples: 5}\nverdict: {rule: upper_bound}",
+        ))
+        .unwrap();
+        let r = m.thresholds(Metric::Relevance).unwrap();
+        assert_eq!((r.rule, r.min_samples), (Rule::Point, 5));
+        assert_eq!(
+            m.thresholds(Metric::Fluency).unwrap().rule,
+            Rule::UpperBound
+        );
+        let e = error(&with("schedule:", "verdict: {consecutive: 0}\nschedule:"));
+        assert_eq!(e.field, "verdict.consecutive");
+        let e = error(&with("schedule:", "verdict: {window: 3}\nschedule:"));
+        assert_eq!(e.field, "verdict.window");
+        let d = Monitor::parse(FULL)
+            .unwrap()
+            .thresholds(Metric::Coherence)
+            .unwrap();
+        assert_eq!(d, Thresholds::default());
+        assert_eq!((d.min_samples, d.min_coverage), (10, 0.8));
     }
 
     #[test]

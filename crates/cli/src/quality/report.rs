@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::aggregate::{round4, Status, Summary};
+use super::aggregate::{round4, Conclusion, Status, Summary};
 use super::metric::Metric;
 
 /// Whether each metric had its own judge call, or one call scored them all.
@@ -60,6 +60,9 @@ pub struct Report {
         deserialize_with = "deserialize_metrics"
     )]
     pub metrics: Vec<(Metric, Summary)>,
+    /// The worst of the metrics' verdicts.
+    #[serde(default)]
+    pub status: Conclusion,
     pub breached: bool,
 }
 
@@ -74,6 +77,9 @@ pub struct Row {
     pub judge_model: String,
     pub prompt_version: String,
     pub cached: bool,
+    /// The record lacks an input the metric needs (not eligible); not written out.
+    #[serde(skip)]
+    pub missing_input: bool,
 }
 
 impl Row {
@@ -148,10 +154,11 @@ pub fn render_table(r: &Report) -> String {
         "unparsed",
         "errored",
         "n/a",
+        "coverage",
         "thresholds",
         "status",
     ];
-    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
+    let mut rows: Vec<[String; 11]> = vec![header.map(String::from)];
     for (metric, s) in &r.metrics {
         rows.push([
             metric.name().to_string(),
@@ -162,11 +169,12 @@ pub fn render_table(r: &Report) -> String {
             s.unparsed.to_string(),
             s.errored.to_string(),
             s.not_applicable.to_string(),
+            ratio(s.coverage),
             format!(
                 "score>={} rate>={} avg>={}",
                 s.acceptable_score, s.pass_rate_threshold, s.average_threshold
             ),
-            if s.breached { "BREACHED" } else { "ok" }.to_string(),
+            status_cell(s.status),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -187,20 +195,54 @@ pub fn render_table(r: &Report) -> String {
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     let _ = writeln!(out);
-    let breaches: Vec<String> = r
+    let notes: Vec<String> = r
         .metrics
         .iter()
-        .filter_map(|(m, s)| s.breach_reason().map(|why| format!("{}: {why}", m.name())))
+        .filter_map(|(m, s)| s.why.as_ref().map(|why| format!("{}: {why}", m.name())))
         .collect();
-    if r.breached {
-        let _ = writeln!(out, "result    BREACHED");
-        for b in breaches {
-            let _ = writeln!(out, "          {b}");
+    let intervals: Vec<String> = r
+        .metrics
+        .iter()
+        .filter_map(|(m, s)| {
+            let (p, a) = (s.pass_rate_interval?, s.average_interval?);
+            Some(format!(
+                "{}: pass rate {:.4}..{:.4}, average {:.4}..{:.4}",
+                m.name(),
+                p[0],
+                p[1],
+                a[0],
+                a[1]
+            ))
+        })
+        .collect();
+    if !intervals.is_empty() {
+        let _ = writeln!(out, "95 % intervals");
+        for i in intervals {
+            let _ = writeln!(out, "          {i}");
         }
-    } else {
-        let _ = writeln!(out, "result    ok: no threshold breached");
+        let _ = writeln!(out);
+    }
+    let head = match r.status {
+        Conclusion::Ok => "ok: no threshold breached",
+        Conclusion::Breached => "BREACHED",
+        Conclusion::Inconclusive => "INCONCLUSIVE: too little was scored to decide",
+        Conclusion::NoData => "NO DATA: nothing in the window to judge",
+    };
+    let _ = writeln!(out, "result    {head}");
+    for n in notes {
+        let _ = writeln!(out, "          {n}");
     }
     out
+}
+
+fn status_cell(v: Conclusion) -> String {
+    match v {
+        Conclusion::Ok => "ok",
+        Conclusion::Breached => "BREACHED",
+        Conclusion::Inconclusive => "INCONCLUSIVE",
+        Conclusion::NoData => "NO DATA",
+    }
+    .to_string()
 }
 
 #[cfg(test)]
@@ -234,10 +276,29 @@ mod tests {
                 cached: 0,
             },
             metrics: vec![
-                (Metric::Coherence, good.summarize(Thresholds::default())),
-                (Metric::Groundedness, none.summarize(Thresholds::default())),
+                (
+                    Metric::Coherence,
+                    good.summarize(
+                        Thresholds {
+                            min_samples: 1,
+                            ..Thresholds::default()
+                        },
+                        0,
+                    ),
+                ),
+                (
+                    Metric::Groundedness,
+                    none.summarize(
+                        Thresholds {
+                            min_samples: 1,
+                            ..Thresholds::default()
+                        },
+                        0,
+                    ),
+                ),
             ],
-            breached: true,
+            status: Conclusion::Inconclusive,
+            breached: false,
         }
     }
 
@@ -259,7 +320,9 @@ mod tests {
         assert!(g["average_score"].is_null() && g["pass_rate"].is_null());
         assert_eq!(g["errored"], 1);
         assert_eq!(g["not_applicable"], 1);
-        assert_eq!(g["breached"], true);
+        assert_eq!(g["breached"], false);
+        assert_eq!(g["status"], "inconclusive");
+        assert_eq!(json["status"], "inconclusive");
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back.metrics.first().unwrap().0, Metric::Groundedness);
     }
@@ -278,14 +341,18 @@ mod tests {
         assert!(coherence.ends_with("ok"));
         let grounded = t.lines().find(|l| l.starts_with("groundedness")).unwrap();
         assert!(
-            grounded.contains(" - ") && grounded.ends_with("BREACHED"),
+            grounded.contains(" - ") && grounded.ends_with("INCONCLUSIVE"),
             "{grounded}"
         );
-        assert!(t.contains("result    BREACHED"));
+        assert!(t.contains("result    INCONCLUSIVE"), "{t}");
         assert!(
             t.contains(
-                "groundedness: no record could be scored (0 unparsed, 1 errored, 1 not applicable)"
+                "groundedness: coverage 0.0000 < 0.8: 0 of 2 eligible records scored (0 unparsed, 1 errored, 1 declined by the judge)"
             ),
+            "{t}"
+        );
+        assert!(
+            t.contains("coherence: pass rate 0.6853..0.9873, average"),
             "{t}"
         );
     }
