@@ -210,8 +210,10 @@ fn every_answer_shape_and_outcome_is_counted() {
     assert_eq!(g["average_score"], 4.5);
     assert_eq!(g["pass_rate"], 1.0);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    // The record without context was never sent; the 400 was not retried.
-    assert_eq!(judge.calls(), 8);
+    // The record without context was never sent; the 400 was not retried; the two
+    // unreadable answers were asked once more for the format, in vain.
+    assert_eq!(judge.calls(), 10);
+    assert_eq!(r["judge"]["repairs"], 2);
 
     let rows: Vec<Value> = std::fs::read_to_string(&rows_file)
         .unwrap()
@@ -859,4 +861,196 @@ fn breaches_are_mailed_over_smtp() {
         "{}",
         mail.data
     );
+}
+
+fn rows_of(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A record the judge always refuses (a content filter) is an outcome, cached with its
+/// reason: reruns neither ask again nor trip the circuit breaker.
+#[test]
+fn a_refused_record_is_cached_and_reruns_stay_green() {
+    let judge = JudgeServer::start(|req, attempt| {
+        if req.user().contains("Plan r5 ") {
+            Reply::Error {
+                status: 400,
+                retry_after: None,
+                message: format!("The response was filtered due to the prompt triggering Azure OpenAI's content management policy. (attempt {attempt})"),
+            }
+        } else {
+            scoring_judge(req, attempt)
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = (0..6)
+        .map(|i| record(&format!("r{i}"), "", false))
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(dir.path(), "refusal", &judge.url(), "", "{fluency: {}}", "");
+    let cache = dir.path().join("cache.db");
+    let rows = dir.path().join("rows.jsonl");
+    let run = || {
+        eval(
+            &monitor,
+            &["--records", file.to_str().unwrap()],
+            &[
+                "--format",
+                "json",
+                "--cache-db",
+                cache.to_str().unwrap(),
+                "--records-out",
+                rows.to_str().unwrap(),
+            ],
+        )
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(judge.calls(), 6);
+    let f = metric(&report(&first.stdout), "fluency").clone();
+    assert_eq!(
+        (f["scored"].as_u64(), f["errored"].as_u64()),
+        (Some(5), Some(1))
+    );
+    for attempt in 0..2 {
+        let again = run();
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "rerun {attempt}: {}",
+            stderr(&again)
+        );
+        let r = report(&again.stdout);
+        assert_eq!(r["judge"]["calls"], 0);
+        assert_eq!(r["judge"]["cached"], 6);
+        assert_eq!(metric(&r, "fluency")["errored"], 1);
+    }
+    assert_eq!(judge.calls(), 6, "a refusal is not asked again");
+    let refused = rows_of(&rows)
+        .into_iter()
+        .find(|r| r["record_id"] == "r5")
+        .unwrap();
+    assert_eq!(refused["status"], "errored");
+    assert!(refused["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("the judge refused the record: HTTP 400"));
+    assert_eq!(refused["cached"], true);
+
+    // Alone in its window, the refused record is inconclusive, not a judge failure.
+    let lone = write_records(dir.path(), &[record("r5", "", false)]);
+    let out = eval(
+        &monitor,
+        &["--records", lone.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+/// Reasoning-model settings reach the judge; its usage is summed and priced; an answer
+/// that cannot be read gets one repair request.
+#[test]
+fn judge_settings_usage_cost_and_one_repair() {
+    let judge = JudgeServer::start(|req, _| {
+        let turns = req.body["messages"].as_array().map_or(0, Vec::len);
+        if req.user().contains("Plan a ") && turns == 2 {
+            Reply::text("The answer reads naturally; I would call it very good.")
+        } else {
+            Reply::json_score(4, "fine")
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(
+        dir.path(),
+        &[record("a", "", false), record("b", "", false)],
+    );
+    let monitor = write_monitor(
+        dir.path(),
+        "reasoning",
+        &judge.url(),
+        "  temperature: null\n  max_completion_tokens: 500\n  reasoning_effort: low\n  extra_body: {seed: 7}\n  price: {input_per_million: 2.0, output_per_million: 8.0}\n",
+        "{fluency: {}}",
+        "",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(metric(&r, "fluency")["scored"], 2);
+    assert_eq!(r["judge"]["calls"], 3);
+    assert_eq!(r["judge"]["repairs"], 1);
+    assert_eq!(r["judge"]["response_format"], "json_schema");
+    let received = judge.received();
+    for req in &received {
+        let b = &req.body;
+        assert!(b.get("temperature").is_none(), "{b}");
+        assert_eq!(b["max_completion_tokens"], 500);
+        assert_eq!(b["reasoning_effort"], "low");
+        assert_eq!(b["seed"], 7);
+        assert_eq!(b["response_format"]["type"], "json_schema");
+        assert_eq!(
+            b["response_format"]["json_schema"]["schema"]["required"],
+            serde_json::json!(["reason", "score", "status"])
+        );
+    }
+    let repair = received
+        .iter()
+        .find(|q| q.body["messages"].as_array().unwrap().len() == 4)
+        .unwrap();
+    assert_eq!(repair.body["messages"][2]["role"], "assistant");
+    // The scripted judge reports usage as word counts; the report sums all three answers.
+    let u = &r["judge"]["usage"];
+    let (p, c) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p > 100 && c > 0, "{u}");
+    assert_eq!(u["total_tokens"].as_u64(), Some(p + c));
+    let cost = r["judge"]["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - (p as f64 * 2.0 + c as f64 * 8.0) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+}
+
+/// A judge that does not take `response_format` says so in a 400: the run goes on
+/// without it instead of erroring every record.
+#[test]
+fn a_judge_without_structured_output_is_asked_without_it() {
+    let judge = JudgeServer::start(|req, attempt| {
+        if req.body.get("response_format").is_some() {
+            Reply::Error {
+                status: 400,
+                retry_after: None,
+                message: "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.".into(),
+            }
+        } else {
+            scoring_judge(req, attempt)
+        }
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(
+        dir.path(),
+        &[record("a", "", false), record("b", "", false)],
+    );
+    let monitor = write_monitor(dir.path(), "plain", &judge.url(), "", "{fluency: {}}", "");
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(metric(&r, "fluency")["scored"], 2);
+    assert_eq!(r["judge"]["response_format"], "none");
 }

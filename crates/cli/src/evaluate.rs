@@ -17,7 +17,7 @@ use crate::ingest;
 use crate::quality::aggregate::{Conclusion, Status, Tally};
 use crate::quality::duration::{format_rfc3339, Window};
 use crate::quality::metric::{Inputs, Metric};
-use crate::quality::monitor::Monitor;
+use crate::quality::monitor::{Monitor, ResponseFormat};
 use crate::quality::prompt::{self, Prompt};
 use crate::quality::report::{JudgeReport, Mode, Report, Row, WindowReport};
 use crate::quality::sampling;
@@ -70,8 +70,10 @@ struct Task {
     key: String,
 }
 
-/// Stops the run when most judge calls fail: a misconfigured or unreachable judge must
-/// not be reported as a window of errored records.
+/// Stops the run when most judge outcomes are failures: a misconfigured or unreachable
+/// judge must not be reported as a window of errored records. Cached outcomes count as
+/// finished (a rerun is judged on all its records, not on the one left to retry), and a
+/// refusal is an outcome of its record, not a failure of the judge.
 struct Breaker {
     planned: u64,
     finished: AtomicU64,
@@ -84,13 +86,13 @@ impl Breaker {
     fn record(&self, result: &Result<String, CallError>) {
         let finished = self.finished.fetch_add(1, Ordering::SeqCst) + 1;
         let failed = match result {
-            Ok(_) => self.failed.load(Ordering::SeqCst),
-            Err(e) => {
+            Err(e) if !e.refusal => {
                 if let Ok(mut last) = self.last_error.lock() {
-                    last.clone_from(&e.0);
+                    last.clone_from(&e.message);
                 }
                 self.failed.fetch_add(1, Ordering::SeqCst) + 1
             }
+            _ => self.failed.load(Ordering::SeqCst),
         };
         if finished >= BREAKER_MIN_CALLS.min(self.planned) && failed * 2 > finished {
             self.open.store(true, Ordering::SeqCst);
@@ -120,6 +122,7 @@ pub async fn evaluate(
         Mode::PerMetric
     };
     let model = monitor.judge.model.clone();
+    let decoding = Judge::decoding(&monitor.judge);
     let in_window = records.len() as u64;
     let sample: Vec<Record> = records
         .into_iter()
@@ -172,7 +175,11 @@ pub async fn evaluate(
         if options.combined {
             let prompt = prompt::combined(&applicable, &inputs);
             let names: Vec<&str> = applicable.iter().map(|m| m.name()).collect();
-            let key = prompt::cache_key(&prompt, &model, &format!("combined:{}", names.join(",")));
+            let key = prompt::cache_key(
+                &prompt,
+                &model,
+                &format!("combined:{}|{decoding}", names.join(",")),
+            );
             tasks.push(Task {
                 record: i,
                 metrics: applicable,
@@ -182,7 +189,8 @@ pub async fn evaluate(
         } else {
             for metric in applicable {
                 let prompt = prompt::for_metric(metric, &inputs);
-                let key = prompt::cache_key(&prompt, &model, metric.name());
+                let key =
+                    prompt::cache_key(&prompt, &model, &format!("{}|{decoding}", metric.name()));
                 tasks.push(Task {
                     record: i,
                     metrics: vec![metric],
@@ -202,9 +210,17 @@ pub async fn evaluate(
             None => None,
         };
         match cached {
-            Some(content) => {
+            Some((content, refusal)) => {
+                let outcome = if refusal {
+                    Err(CallError {
+                        message: content,
+                        refusal: true,
+                    })
+                } else {
+                    Ok(content)
+                };
                 if let Some(slot) = answers.get_mut(t) {
-                    *slot = Some((Ok(content), true));
+                    *slot = Some((outcome, true));
                 }
                 bar.inc(1);
             }
@@ -213,18 +229,24 @@ pub async fn evaluate(
     }
 
     let breaker = Arc::new(Breaker {
-        planned: pending.len() as u64,
+        planned: tasks.len() as u64,
         finished: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         open: AtomicBool::new(false),
         last_error: Mutex::new(String::new()),
     });
+    for (outcome, _) in answers.iter().flatten() {
+        breaker.record(outcome);
+    }
     let permits = Arc::new(Semaphore::new(monitor.judge.max_concurrency));
     let mut calls = JoinSet::new();
+    let repair = monitor.judge.repair;
     for t in pending {
         let Some(task) = tasks.get(t) else { continue };
         let (judge, permits, breaker) = (judge.clone(), permits.clone(), breaker.clone());
         let prompt = task.prompt.clone();
+        let metrics = task.metrics.clone();
+        let combined = options.combined;
         calls.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return (t, None);
@@ -232,7 +254,16 @@ pub async fn evaluate(
             if breaker.open.load(Ordering::SeqCst) {
                 return (t, None);
             }
-            let result = judge.ask(&prompt).await;
+            let mut result = judge.ask(&prompt).await;
+            if let Ok(content) = &result {
+                if repair && unreadable(content, &metrics, combined) {
+                    if let Ok(again) = judge.repair(&prompt, content).await {
+                        if !unreadable(&again, &metrics, combined) {
+                            result = Ok(again);
+                        }
+                    }
+                }
+            }
             breaker.record(&result);
             (t, Some(result))
         });
@@ -241,12 +272,17 @@ pub async fn evaluate(
         let (t, result) = joined.context("a judge call task failed")?;
         bar.inc(1);
         let Some(result) = result else { continue };
-        if let (Ok(content), Some(s), Some(task)) = (&result, &store, tasks.get(t)) {
+        let outcome = match &result {
+            Ok(content) => Some((content.as_str(), false)),
+            Err(e) if e.refusal => Some((e.message.as_str(), true)),
+            Err(_) => None,
+        };
+        if let (Some(outcome), Some(s), Some(task)) = (outcome, &store, tasks.get(t)) {
             lock(s)?.cache_put(
                 &task.key,
                 &task.prompt.version,
                 &model,
-                content,
+                outcome,
                 Utc::now().timestamp_micros(),
             )?;
         }
@@ -284,10 +320,20 @@ pub async fn evaluate(
                 .iter()
                 .map(|&m| (m, Ok(score::parse(content, m))))
                 .collect(),
+            Err(e) if e.refusal => task
+                .metrics
+                .iter()
+                .map(|&m| {
+                    (
+                        m,
+                        Err(format!("the judge refused the record: {}", e.message)),
+                    )
+                })
+                .collect(),
             Err(e) => task
                 .metrics
                 .iter()
-                .map(|&m| (m, Err(e.0.clone())))
+                .map(|&m| (m, Err(e.message.clone())))
                 .collect(),
         };
         for (metric, verdict) in verdicts {
@@ -352,6 +398,7 @@ pub async fn evaluate(
             .map(|(m, _)| (m.name().to_string(), prompt::version(*m)))
             .collect()
     };
+    let usage = judge.usage();
     let report = Report {
         monitor: monitor.name.clone(),
         mode,
@@ -367,12 +414,38 @@ pub async fn evaluate(
             prompt_versions,
             calls: judge.requests(),
             cached,
+            repairs: judge.repairs(),
+            response_format: match judge.response_format() {
+                ResponseFormat::JsonSchema => "json_schema",
+                ResponseFormat::JsonObject => "json_object",
+                ResponseFormat::None => "none",
+            }
+            .to_string(),
+            usage,
+            cost_usd: monitor.judge.price.map(|p| {
+                (usage.prompt_tokens as f64 * p.input_per_million
+                    + usage.completion_tokens as f64 * p.output_per_million)
+                    / 1e6
+            }),
         },
         metrics,
         status,
         breached,
     };
     Ok(Evaluation { report, rows })
+}
+
+/// Whether an answer leaves some of its metrics unparsed (worth one repair request).
+fn unreadable(content: &str, metrics: &[Metric], combined: bool) -> bool {
+    if combined {
+        score::parse_combined(content, metrics)
+            .values()
+            .any(Verdict::is_unparsed)
+    } else {
+        metrics
+            .iter()
+            .any(|&m| score::parse(content, m).is_unparsed())
+    }
 }
 
 fn row(

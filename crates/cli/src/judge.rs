@@ -1,28 +1,58 @@
 //! The judge client: OpenAI-compatible chat completions (OpenAI, Azure OpenAI, vLLM,
-//! Ollama...), at temperature 0, with retries on 408, 429 and 5xx that honour
-//! `Retry-After`, and a timeout per call.
+//! Ollama...), with the monitor's decoding settings, structured output where the judge
+//! accepts it, retries on 408, 429 and 5xx that honour `Retry-After`, a timeout per
+//! call, and the judge's own token usage summed per run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::quality::monitor::{JudgeConfig, JudgeKind};
+use crate::quality::monitor::{JudgeConfig, JudgeKind, ResponseFormat};
 use crate::quality::prompt::Prompt;
 
 /// Longest wait between attempts, whatever the backoff or the server asks.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// A judge call that failed after its retries.
+/// The follow-up asked once when an answer could not be read.
+const REPAIR: &str = "Your reply could not be read. Reply again with only the JSON object \
+the instructions ask for, with the same verdict, and nothing else.";
+
+/// A judge call that failed after its retries, or that the judge refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallError(pub String);
+pub struct CallError {
+    pub message: String,
+    /// The judge refused this input and would refuse it again (a content filter, a
+    /// context too long): an outcome of the record, cached like an answer, and no sign
+    /// that the judge is down.
+    pub refusal: bool,
+}
+
+impl CallError {
+    fn failed(message: String) -> CallError {
+        CallError {
+            message,
+            refusal: false,
+        }
+    }
+}
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
+}
+
+pub use crate::quality::report::JudgeUsage as Usage;
+
+#[derive(Default)]
+struct UsageCounters {
+    prompt: AtomicU64,
+    completion: AtomicU64,
+    total: AtomicU64,
+    reasoning: AtomicU64,
 }
 
 pub struct Judge {
@@ -32,6 +62,10 @@ pub struct Judge {
     api_key: Option<String>,
     /// HTTP requests sent, retries included.
     requests: AtomicU64,
+    repairs: AtomicU64,
+    usage: UsageCounters,
+    /// Cleared when the judge refuses `response_format`; the run goes on without it.
+    structured: AtomicBool,
 }
 
 impl Judge {
@@ -54,6 +88,9 @@ impl Judge {
             config: config.clone(),
             api_key,
             requests: AtomicU64::new(0),
+            repairs: AtomicU64::new(0),
+            usage: UsageCounters::default(),
+            structured: AtomicBool::new(config.response_format != ResponseFormat::None),
         })
     }
 
@@ -61,30 +98,129 @@ impl Judge {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Follow-up requests made because an answer could not be read.
+    pub fn repairs(&self) -> u64 {
+        self.repairs.load(Ordering::Relaxed)
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.usage.prompt.load(Ordering::Relaxed),
+            completion_tokens: self.usage.completion.load(Ordering::Relaxed),
+            total_tokens: self.usage.total.load(Ordering::Relaxed),
+            reasoning_tokens: self.usage.reasoning.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The response format still in use (`None` after the judge refused it).
+    pub fn response_format(&self) -> ResponseFormat {
+        if self.structured.load(Ordering::Relaxed) {
+            self.config.response_format
+        } else {
+            ResponseFormat::None
+        }
+    }
+
+    /// The settings that change the judge's answer besides the prompt, for the cache key.
+    pub fn decoding(config: &JudgeConfig) -> String {
+        json!({
+            "temperature": config.temperature,
+            "max_tokens": config.max_tokens,
+            "max_completion_tokens": config.max_completion_tokens,
+            "reasoning_effort": config.reasoning_effort,
+            "response_format": format!("{:?}", config.response_format),
+            "extra_body": config.extra_body,
+        })
+        .to_string()
+    }
+
     /// Asks the judge; returns the answer's text (`choices[0].message.content`).
     pub async fn ask(&self, prompt: &Prompt) -> Result<String, CallError> {
-        let body = json!({
-            "model": self.config.model,
-            "temperature": 0,
-            "messages": [
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
-            ],
-        });
+        let messages = json!([
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.user},
+        ]);
+        self.chat(prompt, messages).await
+    }
+
+    /// Asks once more, for the format only, after an answer that could not be read.
+    pub async fn repair(&self, prompt: &Prompt, answer: &str) -> Result<String, CallError> {
+        self.repairs.fetch_add(1, Ordering::Relaxed);
+        let messages = json!([
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.user},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": REPAIR},
+        ]);
+        self.chat(prompt, messages).await
+    }
+
+    fn body(&self, prompt: &Prompt, messages: &Value) -> Value {
+        let c = &self.config;
+        let mut body = serde_json::Map::new();
+        body.insert("model".into(), json!(c.model));
+        body.insert("messages".into(), messages.clone());
+        if let Some(t) = c.temperature {
+            body.insert("temperature".into(), json!(t));
+        }
+        if let Some(n) = c.max_tokens {
+            body.insert("max_tokens".into(), json!(n));
+        }
+        if let Some(n) = c.max_completion_tokens {
+            body.insert("max_completion_tokens".into(), json!(n));
+        }
+        if let Some(e) = &c.reasoning_effort {
+            body.insert("reasoning_effort".into(), json!(e));
+        }
+        match self.response_format() {
+            ResponseFormat::JsonSchema => {
+                body.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {"name": "verdict", "strict": true, "schema": prompt.schema}}),
+                );
+            }
+            ResponseFormat::JsonObject => {
+                body.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            ResponseFormat::None => {}
+        }
+        for (k, v) in &c.extra_body {
+            body.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Value::Object(body)
+    }
+
+    async fn chat(&self, prompt: &Prompt, messages: Value) -> Result<String, CallError> {
         let attempts = self.config.max_retries + 1;
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let body = self.body(prompt, &messages);
             let (error, retry_after) = match self.send(&body).await {
                 Ok(content) => return Ok(content),
-                Err(Failure::Final(message)) => return Err(CallError(message)),
+                Err(Failure::Final(message)) => {
+                    // A judge that does not take `response_format` says so in a 400: go
+                    // on without it (the prompt asks for JSON too), for the whole run.
+                    if body.get("response_format").is_some() && rejects_format(&message) {
+                        self.structured.store(false, Ordering::Relaxed);
+                        attempt -= 1;
+                        continue;
+                    }
+                    return Err(CallError::failed(message));
+                }
+                Err(Failure::Refused(message)) => {
+                    return Err(CallError {
+                        message,
+                        refusal: true,
+                    })
+                }
                 Err(Failure::Retryable {
                     message,
                     retry_after,
                 }) => (message, retry_after),
             };
             if attempt >= attempts {
-                return Err(CallError(format!(
+                return Err(CallError::failed(format!(
                     "{error} (gave up after {attempts} attempts)"
                 )));
             }
@@ -144,7 +280,13 @@ impl Judge {
             retry_after: None,
         })?;
         if status == StatusCode::OK {
-            return content(&text).map_err(Failure::Final);
+            let value: Value = serde_json::from_str(&text).map_err(|e| {
+                Failure::Final(format!(
+                    "the judge's answer is not JSON ({e}); is judge.url an OpenAI-compatible API?"
+                ))
+            })?;
+            self.count_usage(&value);
+            return content(&value).map_err(Failure::Final);
         }
         let message = format!(
             "HTTP {} from {}: {}",
@@ -160,10 +302,69 @@ impl Judge {
                 message,
                 retry_after,
             })
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE
+            || (matches!(status.as_u16(), 400 | 422) && is_refusal(&text))
+        {
+            Err(Failure::Refused(message))
         } else {
             Err(Failure::Final(message))
         }
     }
+
+    fn count_usage(&self, answer: &Value) {
+        let Some(u) = answer.get("usage") else { return };
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        let prompt = n(u.get("prompt_tokens"));
+        let completion = n(u.get("completion_tokens"));
+        let total = match n(u.get("total_tokens")) {
+            0 => prompt.saturating_add(completion),
+            t => t,
+        };
+        let reasoning = n(u
+            .get("completion_tokens_details")
+            .and_then(|d| d.get("reasoning_tokens")));
+        self.usage.prompt.fetch_add(prompt, Ordering::Relaxed);
+        self.usage
+            .completion
+            .fetch_add(completion, Ordering::Relaxed);
+        self.usage.total.fetch_add(total, Ordering::Relaxed);
+        self.usage.reasoning.fetch_add(reasoning, Ordering::Relaxed);
+    }
+}
+
+/// Whether a 400 says the judge does not take the requested `response_format`.
+fn rejects_format(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("http 400")
+        && [
+            "response_format",
+            "json_schema",
+            "structured output",
+            "json mode",
+        ]
+        .iter()
+        .any(|k| m.contains(k))
+}
+
+/// Whether an error body is the judge refusing this input for what it is: a content
+/// filter, or a prompt too long for the model. Other 4xx answers (a bad key, an unknown
+/// model, a bad parameter) are the monitor's configuration, never cached.
+fn is_refusal(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    [
+        "content_filter",
+        "content management policy",
+        "responsibleaipolicyviolation",
+        "content_policy_violation",
+        "context_length_exceeded",
+        "maximum context length",
+        "string_above_max_length",
+        "prompt is too long",
+        "input is too long",
+        "too many tokens",
+    ]
+    .iter()
+    .any(|k| b.contains(k))
 }
 
 enum Failure {
@@ -172,6 +373,7 @@ enum Failure {
         retry_after: Option<Duration>,
     },
     Final(String),
+    Refused(String),
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -186,10 +388,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// `choices[0].message.content` of a chat completion; an empty or null content is an
 /// answer with nothing in it (unparsed), a body of another shape is an error.
-fn content(body: &str) -> Result<String, String> {
-    let value: Value = serde_json::from_str(body).map_err(|e| {
-        format!("the judge's answer is not JSON ({e}); is judge.url an OpenAI-compatible API?")
-    })?;
+fn content(value: &Value) -> Result<String, String> {
     let message = value
         .get("choices")
         .and_then(|c| c.get(0))
@@ -221,22 +420,44 @@ mod tests {
 
     #[test]
     fn reads_content_and_errors() {
+        let v = |t: &str| serde_json::from_str::<Value>(t).unwrap();
         assert_eq!(
-            content(r#"{"choices":[{"message":{"role":"assistant","content":"4"}}]}"#),
+            content(&v(
+                r#"{"choices":[{"message":{"role":"assistant","content":"4"}}]}"#
+            )),
             Ok("4".to_string())
         );
         assert_eq!(
-            content(r#"{"choices":[{"message":{"role":"assistant","content":null}}]}"#),
+            content(&v(
+                r#"{"choices":[{"message":{"role":"assistant","content":null}}]}"#
+            )),
             Ok(String::new())
         );
-        assert!(content(r#"{"data":[]}"#)
+        assert!(content(&v(r#"{"data":[]}"#))
             .unwrap_err()
             .contains("choices[0].message"));
-        assert!(content("<html>").unwrap_err().contains("not JSON"));
         assert_eq!(
             error_message(r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#),
             "Rate limit reached"
         );
         assert_eq!(error_message("Bad Gateway"), "Bad Gateway");
+    }
+
+    #[test]
+    fn refusals_are_told_from_configuration_errors() {
+        assert!(is_refusal(
+            r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400}}"#
+        ));
+        assert!(is_refusal(
+            r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 130412 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#
+        ));
+        assert!(!is_refusal(
+            r#"{"error":{"message":"Unsupported value: 'temperature' does not support 0 with this model.","type":"invalid_request_error","param":"temperature","code":"unsupported_value"}}"#
+        ));
+        assert!(!is_refusal(
+            r#"{"error":{"message":"The model `gpt-5o` does not exist","code":"model_not_found"}}"#
+        ));
+        assert!(rejects_format("HTTP 400 from http://h/v1/chat/completions: Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."));
+        assert!(!rejects_format("HTTP 401 from h: response_format"));
     }
 }

@@ -15,7 +15,7 @@ use crate::quality::report::{Report, Row};
 use tokenmeter_core::series::rollup::Batch;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATION_1: &str = "
 CREATE TABLE records (
@@ -53,6 +53,12 @@ CREATE TABLE monitor_scores (
     prompt_version TEXT NOT NULL,
     PRIMARY KEY (run_id, record_id, metric)
 );
+";
+
+/// Version 5: the judge cache also keeps refusals (a content filter, a context too long):
+/// `content` is then the judge's error, and a rerun does not ask again.
+const MIGRATION_5: &str = "
+ALTER TABLE judge_cache ADD COLUMN refusal INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Usage rollups (`POST /v1/rollups`, see `tokenmeter_core::series::rollup`): one row per
@@ -162,6 +168,9 @@ impl Store {
         if version < 4 {
             tx.execute_batch(&crate::tiers::marginal_schema())?;
             crate::tiers::fill_marginals(&tx)?;
+        }
+        if version < 5 {
+            tx.execute_batch(MIGRATION_5)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -330,11 +339,14 @@ impl Store {
             .query_row("SELECT count(*) FROM records", [], |r| r.get(0))?)
     }
 
-    pub fn cache_get(&self, key: &str) -> Result<Option<String>> {
+    /// A cached judge outcome: the answer's text, or the refusal's message (`true`).
+    pub fn cache_get(&self, key: &str) -> Result<Option<(String, bool)>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT content FROM judge_cache WHERE key = ?1")?;
-        Ok(stmt.query_row([key], |r| r.get(0)).optional()?)
+            .prepare_cached("SELECT content, refusal FROM judge_cache WHERE key = ?1")?;
+        Ok(stmt
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
     }
 
     pub fn cache_put(
@@ -342,13 +354,20 @@ impl Store {
         key: &str,
         prompt_version: &str,
         judge_model: &str,
-        content: &str,
+        (content, refusal): (&str, bool),
         now_us: i64,
     ) -> Result<()> {
         let mut stmt = self.conn.prepare_cached(
-            "INSERT OR REPLACE INTO judge_cache (key, prompt_version, judge_model, content, created_us) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO judge_cache (key, prompt_version, judge_model, content, created_us, refusal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        stmt.execute(params![key, prompt_version, judge_model, content, now_us])?;
+        stmt.execute(params![
+            key,
+            prompt_version,
+            judge_model,
+            content,
+            now_us,
+            refusal
+        ])?;
         Ok(())
     }
 
@@ -890,7 +909,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("t.db")).unwrap();
         assert_eq!(s.cache_get("k").unwrap(), None);
-        s.cache_put("k", "v1", "m", "{\"score\": 4}", 0).unwrap();
-        assert_eq!(s.cache_get("k").unwrap().as_deref(), Some("{\"score\": 4}"));
+        s.cache_put("k", "v1", "m", ("{\"score\": 4}", false), 0)
+            .unwrap();
+        assert_eq!(
+            s.cache_get("k").unwrap(),
+            Some(("{\"score\": 4}".to_string(), false))
+        );
+        s.cache_put("r", "v1", "m", ("HTTP 400: content filter", true), 0)
+            .unwrap();
+        assert_eq!(
+            s.cache_get("r").unwrap(),
+            Some(("HTTP 400: content filter".to_string(), true))
+        );
     }
 }

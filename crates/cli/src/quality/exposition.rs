@@ -96,6 +96,35 @@ pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
             u8::from(m.last_run_failed)
         );
     }
+    let _ = writeln!(out, "# HELP {ns}_quality_judge_tokens Tokens the judge reported using in the monitor's last run, by kind (prompt, completion, reasoning).");
+    let _ = writeln!(out, "# TYPE {ns}_quality_judge_tokens gauge");
+    for m in monitors {
+        if let Some((r, _)) = &m.last_report {
+            let u = &r.judge.usage;
+            for (kind, n) in [
+                ("prompt", u.prompt_tokens),
+                ("completion", u.completion_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{ns}_quality_judge_tokens{{monitor=\"{}\",kind=\"{kind}\"}} {n}",
+                    escape_label_value(&m.monitor)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP {ns}_quality_judge_cost_usd The judge's cost in the monitor's last run at its judge.price, in USD.");
+    let _ = writeln!(out, "# TYPE {ns}_quality_judge_cost_usd gauge");
+    for m in monitors {
+        if let Some(cost) = m.last_report.as_ref().and_then(|(r, _)| r.judge.cost_usd) {
+            let _ = writeln!(
+                out,
+                "{ns}_quality_judge_cost_usd{{monitor=\"{}\"}} {cost}",
+                escape_label_value(&m.monitor)
+            );
+        }
+    }
     out
 }
 
@@ -122,6 +151,10 @@ mod tests {
                 prompt_versions: Default::default(),
                 calls: 0,
                 cached: 0,
+                repairs: 0,
+                response_format: "none".into(),
+                usage: Default::default(),
+                cost_usd: None,
             },
             metrics: metrics
                 .into_iter()
@@ -189,6 +222,9 @@ mod tests {
             .lines()
             .any(|l| l.starts_with("llm_quality_average_score") && l.contains("fluency")));
         assert!(text.contains("llm_quality_last_run_failed{monitor=\"never\"} 1\n"));
+        assert!(text
+            .contains("llm_quality_judge_tokens{monitor=\"a\\\"b\\\\c\\nd\",kind=\"prompt\"} 0\n"));
+        assert!(text.contains("# TYPE llm_quality_judge_cost_usd gauge\n"));
         assert!(text.contains(
             "llm_quality_last_run_timestamp_seconds{monitor=\"a\\\"b\\\\c\\nd\"} 1700000000\n"
         ));

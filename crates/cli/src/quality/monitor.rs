@@ -81,6 +81,27 @@ struct RawJudge {
     timeout_seconds: Option<f64>,
     max_retries: Option<u32>,
     initial_backoff_seconds: Option<f64>,
+    /// Present and null: not sent (reasoning models refuse it).
+    #[serde(default, deserialize_with = "present_number")]
+    temperature: Option<Option<f64>>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    reasoning_effort: Option<String>,
+    response_format: Option<String>,
+    repair: Option<bool>,
+    extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    price: Option<RawPrice>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input_per_million: f64,
+    output_per_million: f64,
+}
+
+fn present_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -162,6 +183,25 @@ pub enum JudgeKind {
     Azure,
 }
 
+/// How the judge is asked for a machine-readable verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFormat {
+    /// `response_format: {type: json_schema}` with the verdict's schema (OpenAI, Azure
+    /// OpenAI, vLLM, Ollama, LiteLLM...); dropped for the run if the judge refuses it.
+    JsonSchema,
+    /// `response_format: {type: json_object}`.
+    JsonObject,
+    /// Nothing: the prompt alone asks for JSON.
+    None,
+}
+
+/// USD per million judge tokens, for the cost of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
 /// The judge model and how to call it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JudgeConfig {
@@ -177,6 +217,17 @@ pub struct JudgeConfig {
     pub timeout: Duration,
     pub max_retries: u32,
     pub initial_backoff: Duration,
+    /// `None`: not sent.
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub reasoning_effort: Option<String>,
+    pub response_format: ResponseFormat,
+    /// Ask once more, for the format only, when an answer cannot be read.
+    pub repair: bool,
+    /// Fields added to every request body as they are.
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
+    pub price: Option<Price>,
 }
 
 impl JudgeConfig {
@@ -690,7 +741,94 @@ impl RawJudge {
         if max_retries > 20 {
             return Err(MonitorError::new("judge.max_retries", "must be at most 20"));
         }
+        let temperature = match self.temperature {
+            None => Some(0.0),
+            Some(t) => t,
+        };
+        if let Some(t) = temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(MonitorError::new(
+                    "judge.temperature",
+                    "must be from 0 to 2, or null to send none (reasoning models)",
+                ));
+            }
+        }
+        if self.max_tokens.is_some() && self.max_completion_tokens.is_some() {
+            return Err(MonitorError::new(
+                "judge.max_completion_tokens",
+                "give max_tokens or max_completion_tokens (newer OpenAI models), not both",
+            ));
+        }
+        for (field, v) in [
+            ("judge.max_tokens", self.max_tokens),
+            ("judge.max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if v == Some(0) {
+                return Err(MonitorError::new(field, "must be above 0, e.g. 2000"));
+            }
+        }
+        if let Some(effort) = &self.reasoning_effort {
+            if !matches!(
+                effort.as_str(),
+                "none" | "minimal" | "low" | "medium" | "high" | "xhigh"
+            ) {
+                return Err(MonitorError::new(
+                    "judge.reasoning_effort",
+                    format!("{effort:?} is not a reasoning effort; use none, minimal, low, medium, high or xhigh"),
+                ));
+            }
+        }
+        let response_format = match self.response_format.as_deref().unwrap_or("json_schema") {
+            "json_schema" => ResponseFormat::JsonSchema,
+            "json_object" => ResponseFormat::JsonObject,
+            "none" => ResponseFormat::None,
+            other => {
+                return Err(MonitorError::new(
+                    "judge.response_format",
+                    format!(
+                        "{other:?} is not a response format; use json_schema, json_object or none"
+                    ),
+                ))
+            }
+        };
+        let extra_body = self.extra_body.unwrap_or_default();
+        for key in extra_body.keys() {
+            if matches!(key.as_str(), "model" | "messages" | "stream" | "n") {
+                return Err(MonitorError::new(
+                    format!("judge.extra_body.{key}"),
+                    "is set by tokenmeter; remove it",
+                ));
+            }
+        }
+        let price = match self.price {
+            Some(p) => {
+                for (field, v) in [
+                    ("judge.price.input_per_million", p.input_per_million),
+                    ("judge.price.output_per_million", p.output_per_million),
+                ] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(MonitorError::new(
+                            field,
+                            "must be USD per million tokens, 0 or more, e.g. 2.5",
+                        ));
+                    }
+                }
+                Some(Price {
+                    input_per_million: p.input_per_million,
+                    output_per_million: p.output_per_million,
+                })
+            }
+            None => None,
+        };
         Ok(JudgeConfig {
+            temperature,
+            max_tokens: self.max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            reasoning_effort: self.reasoning_effort,
+            response_format,
+            repair: self.repair.unwrap_or(true),
+            extra_body,
+            price,
             kind,
             url: self.url,
             model,
@@ -817,10 +955,9 @@ schedule: "15 10 * * *"
             "{e}"
         );
         assert!(e.message.contains("colour"), "{e}");
-        let e = error(&with("model: gpt-4o", "model: gpt-4o\n  temperature: 0.5"));
-        assert_eq!(e.field, "judge.temperature");
-        assert!(e.message.starts_with("unknown field `temperature`"), "{e}");
-        assert!(e.message.contains("temperature"), "{e}");
+        let e = error(&with("model: gpt-4o", "model: gpt-4o\n  top_k: 5"));
+        assert_eq!(e.field, "judge.top_k");
+        assert!(e.message.starts_with("unknown field `top_k`"), "{e}");
         let e = error(&with(
             "fluency:      {}",
             "fluency:      {}\n  toxicity: {}",
@@ -956,10 +1093,13 @@ schedule: "15 10 * * *"
             (c.rule, c.min_samples, c.min_coverage, c.consecutive),
             (Rule::UpperBound, 30, 0.9, 2)
         );
-        let m = Monitor::parse(&with(
-            "relevance:    {acceptable_score: 4, pass_rate_threshold: 0.7}",
-            "relevance: {rule: point, min_samples: 5}\nverdict: {rule: upper_bound}",
-        ))
+        let m = Monitor::parse(
+            &with(
+                "relevance:    {acceptable_score: 4, pass_rate_threshold: 0.7}",
+                "relevance:    {rule: point, min_samples: 5}",
+            )
+            .replacen("schedule:", "verdict: {rule: upper_bound}\nschedule:", 1),
+        )
         .unwrap();
         let r = m.thresholds(Metric::Relevance).unwrap();
         assert_eq!((r.rule, r.min_samples), (Rule::Point, 5));
@@ -977,6 +1117,45 @@ schedule: "15 10 * * *"
             .unwrap();
         assert_eq!(d, Thresholds::default());
         assert_eq!((d.min_samples, d.min_coverage), (10, 0.8));
+    }
+
+    #[test]
+    fn judge_decoding_settings() {
+        let m = Monitor::parse(FULL).unwrap();
+        assert_eq!(m.judge.temperature, Some(0.0));
+        assert_eq!(m.judge.response_format, ResponseFormat::JsonSchema);
+        assert!(m.judge.repair && m.judge.price.is_none());
+        let m = Monitor::parse(&with(
+            "model: gpt-4o",
+            "model: o4-mini\n  temperature: null\n  max_completion_tokens: 4000\n  reasoning_effort: low\n  response_format: json_object\n  repair: false\n  extra_body: {seed: 7, top_p: 1}\n  price: {input_per_million: 1.1, output_per_million: 4.4}",
+        ))
+        .unwrap();
+        let j = &m.judge;
+        assert_eq!((j.temperature, j.max_completion_tokens), (None, Some(4000)));
+        assert_eq!(j.reasoning_effort.as_deref(), Some("low"));
+        assert_eq!(j.response_format, ResponseFormat::JsonObject);
+        assert!(!j.repair);
+        assert_eq!(j.extra_body.get("seed"), Some(&serde_json::json!(7)));
+        assert_eq!(j.price.unwrap().output_per_million, 4.4);
+        for (line, field) in [
+            ("temperature: 3", "judge.temperature"),
+            (
+                "max_tokens: 10\n  max_completion_tokens: 10",
+                "judge.max_completion_tokens",
+            ),
+            ("max_tokens: 0", "judge.max_tokens"),
+            ("reasoning_effort: extreme", "judge.reasoning_effort"),
+            ("response_format: yaml", "judge.response_format"),
+            ("extra_body: {messages: []}", "judge.extra_body.messages"),
+            (
+                "price: {input_per_million: -1, output_per_million: 1}",
+                "judge.price.input_per_million",
+            ),
+            ("price: {input_per_million: 1}", "judge.price"),
+        ] {
+            let e = error(&with("model: gpt-4o", &format!("model: gpt-4o\n  {line}")));
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 
     #[test]

@@ -108,6 +108,22 @@ pub struct Prompt {
     pub user: String,
     /// Hash of the template text this prompt was rendered from.
     pub version: String,
+    /// JSON schema of the answer, sent as `response_format` where the judge takes it.
+    pub schema: serde_json::Value,
+}
+
+/// The schema of one verdict: a reason, then a score or a skip.
+fn verdict_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string"},
+            "score": {"type": ["integer", "null"], "enum": [1, 2, 3, 4, 5, null]},
+            "status": {"type": "string", "enum": ["scored", "skipped"]}
+        },
+        "required": ["reason", "score", "status"],
+        "additionalProperties": false
+    })
 }
 
 fn rubric(metric: Metric) -> &'static str {
@@ -157,6 +173,7 @@ pub fn for_metric(metric: Metric, inputs: &Inputs<'_>) -> Prompt {
         user: fill(INPUTS_ONE, &fields(inputs, "")),
         system,
         version,
+        schema: verdict_schema(),
     }
 }
 
@@ -165,10 +182,20 @@ pub fn combined(metrics: &[Metric], inputs: &Inputs<'_>) -> Prompt {
     let system = system_combined();
     let version = version_of(&system, INPUTS_COMBINED);
     let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
+    let properties: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| (n.to_string(), verdict_schema()))
+        .collect();
     Prompt {
         user: fill(INPUTS_COMBINED, &fields(inputs, &names.join(", "))),
         system,
         version,
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "required": names,
+            "additionalProperties": false
+        }),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct WindowReport {
 }
 
 /// The judge that produced the scores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeReport {
     pub kind: String,
     pub model: String,
@@ -42,6 +42,28 @@ pub struct JudgeReport {
     /// or failed), and answers taken from the cache instead.
     pub calls: u64,
     pub cached: u64,
+    /// Follow-up requests made because an answer could not be read.
+    #[serde(default)]
+    pub repairs: u64,
+    /// `json_schema`, `json_object` or `none`: what the run ended up asking for.
+    #[serde(default)]
+    pub response_format: String,
+    /// The judge's own token usage in this run (cached answers cost none).
+    #[serde(default)]
+    pub usage: JudgeUsage,
+    /// `usage` at the monitor's `judge.price`, in USD; absent without a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+/// Tokens the judge reported using (`usage` of its answers), summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// Of the completion tokens, those a reasoning model spent thinking.
+    pub reasoning_tokens: u64,
 }
 
 /// One evaluation of one monitor's window.
@@ -137,12 +159,24 @@ pub fn render_table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "judge     {} {} ({} mode; {} calls, {} cached)",
+        "judge     {} {} ({} mode; {} calls, {} cached, {} repairs)",
         r.judge.kind,
         r.judge.model,
         r.mode.name(),
         r.judge.calls,
-        r.judge.cached
+        r.judge.cached,
+        r.judge.repairs
+    );
+    let u = &r.judge.usage;
+    let cost = r
+        .judge
+        .cost_usd
+        .map(|c| format!(", ${c:.4}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "tokens    {} prompt, {} completion ({} reasoning){cost}",
+        u.prompt_tokens, u.completion_tokens, u.reasoning_tokens
     );
     let _ = writeln!(out);
     let header = [
@@ -274,6 +308,10 @@ mod tests {
                 prompt_versions: Default::default(),
                 calls: 15,
                 cached: 0,
+                repairs: 0,
+                response_format: "json_schema".into(),
+                usage: JudgeUsage::default(),
+                cost_usd: None,
             },
             metrics: vec![
                 (
