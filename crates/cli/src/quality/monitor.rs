@@ -466,12 +466,23 @@ impl RawMonitor {
         };
 
         if let Some(schedule) = &self.schedule {
-            croner::Cron::from_str(schedule).map_err(|e| {
+            let cron = croner::Cron::from_str(schedule).map_err(|e| {
                 MonitorError::new(
                     "schedule",
                     format!("{schedule:?} is not a cron expression like \"15 10 * * *\" (minute hour day month weekday, UTC): {e}"),
                 )
             })?;
+            // A valid expression can still name no time at all (30 February): refuse it
+            // now rather than let the scheduler stop after its first run.
+            if cron
+                .find_next_occurrence(&chrono::Utc::now(), false)
+                .is_err()
+            {
+                return Err(MonitorError::new(
+                    "schedule",
+                    format!("{schedule:?} never fires (no such date); pick a day every month has, e.g. \"0 0 28 2 *\""),
+                ));
+            }
         }
 
         Ok(Monitor {
@@ -1072,6 +1083,14 @@ schedule: "15 10 * * *"
             ),
             (
                 with("schedule: \"15 10 * * *\"", "schedule: every day"),
+                "schedule",
+            ),
+            (
+                with("schedule: \"15 10 * * *\"", "schedule: \"0 0 30 2 *\""),
+                "schedule",
+            ),
+            (
+                with("schedule: \"15 10 * * *\"", "schedule: \"0 0 31 4 *\""),
                 "schedule",
             ),
         ];
