@@ -17,7 +17,7 @@ use crate::ingest;
 use crate::quality::aggregate::{Conclusion, Status, Tally};
 use crate::quality::duration::{format_rfc3339, Window};
 use crate::quality::metric::{Inputs, Metric};
-use crate::quality::monitor::{Monitor, ResponseFormat};
+use crate::quality::monitor::Monitor;
 use crate::quality::prompt::{self, Prompt};
 use crate::quality::report::{JudgeReport, Mode, Report, Row, WindowReport};
 use crate::quality::sampling;
@@ -415,12 +415,7 @@ pub async fn evaluate(
             calls: judge.requests(),
             cached,
             repairs: judge.repairs(),
-            response_format: match judge.response_format() {
-                ResponseFormat::JsonSchema => "json_schema",
-                ResponseFormat::JsonObject => "json_object",
-                ResponseFormat::None => "none",
-            }
-            .to_string(),
+            response_format: judge.response_format().name().to_string(),
             usage,
             cost_usd: monitor.judge.price.map(|p| {
                 (usage.prompt_tokens as f64 * p.input_per_million

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::quality::monitor::{JudgeConfig, JudgeKind, ResponseFormat};
 use crate::quality::prompt::Prompt;
+use crate::quality::report::JudgeUsage;
 
 /// Longest wait between attempts, whatever the backoff or the server asks.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -44,8 +45,6 @@ impl std::fmt::Display for CallError {
         f.write_str(&self.message)
     }
 }
-
-pub use crate::quality::report::JudgeUsage as Usage;
 
 #[derive(Default)]
 struct UsageCounters {
@@ -103,8 +102,8 @@ impl Judge {
         self.repairs.load(Ordering::Relaxed)
     }
 
-    pub fn usage(&self) -> Usage {
-        Usage {
+    pub fn usage(&self) -> JudgeUsage {
+        JudgeUsage {
             prompt_tokens: self.usage.prompt.load(Ordering::Relaxed),
             completion_tokens: self.usage.completion.load(Ordering::Relaxed),
             total_tokens: self.usage.total.load(Ordering::Relaxed),
@@ -128,7 +127,7 @@ impl Judge {
             "max_tokens": config.max_tokens,
             "max_completion_tokens": config.max_completion_tokens,
             "reasoning_effort": config.reasoning_effort,
-            "response_format": format!("{:?}", config.response_format),
+            "response_format": config.response_format.name(),
             "extra_body": config.extra_body,
         })
         .to_string()

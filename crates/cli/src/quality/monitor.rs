@@ -195,6 +195,17 @@ pub enum ResponseFormat {
     None,
 }
 
+impl ResponseFormat {
+    /// The name the definition and the report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResponseFormat::JsonSchema => "json_schema",
+            ResponseFormat::JsonObject => "json_object",
+            ResponseFormat::None => "none",
+        }
+    }
+}
+
 /// USD per million judge tokens, for the cost of a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {

@@ -254,7 +254,7 @@ fn collect(
         key_values(text, metric, &inside, found);
     }
     if generic {
-        s2_tags(text, &inside, found);
+        s2_tags(text, metric, &inside, found);
     }
     labelled_lines(text, metric, generic, &inside, found);
 }
@@ -430,7 +430,12 @@ fn key_values(
 }
 
 /// `<S2>score</S2>` with the reason in `<S1>`.
-fn s2_tags(text: &str, inside: &dyn Fn(usize) -> bool, found: &mut Vec<(usize, Statement)>) {
+fn s2_tags(
+    text: &str,
+    metric: Metric,
+    inside: &dyn Fn(usize) -> bool,
+    found: &mut Vec<(usize, Statement)>,
+) {
     let mut from = 0;
     while let Some(start) = text
         .get(from..)
@@ -456,7 +461,7 @@ fn s2_tags(text: &str, inside: &dyn Fn(usize) -> bool, found: &mut Vec<(usize, S
             .map(|r| excerpt(&r))
             .unwrap_or_default();
         let body = body.trim();
-        let inner = strip_label(body, Metric::Groundedness, true).unwrap_or(body);
+        let inner = strip_label(body, metric, true).unwrap_or(body);
         found.push((
             start,
             match token_score(inner.trim()) {
