@@ -124,6 +124,7 @@ fn runs_monitors_at_start_exposes_metrics_and_alerts() {
     assert_eq!(sample("breached", "fluency"), 1.0);
     assert_eq!(sample("breached", "coherence"), 0.0);
     assert!(metrics.contains("acme_quality_last_run_failed{monitor=\"support-bot\"} 0\n"));
+    assert!(metrics.contains("acme_quality_scheduler_running{monitor=\"support-bot\"} 1\n"));
     assert_eq!(judge.calls(), 8);
 
     let alerts = hook.wait_for(1, LIMIT).unwrap();
@@ -202,6 +203,10 @@ fn runs_monitors_at_start_exposes_metrics_and_alerts() {
         "{m}"
     );
     assert_eq!(m["metrics"], serde_json::json!(["coherence", "fluency"]));
+    assert_eq!(
+        (&m["scheduler"], &m["scheduler_error"]),
+        (&"running".into(), &Value::Null)
+    );
     let ids = |q: &str| -> Vec<String> {
         let mut ids: Vec<String> = api(&format!("records?window=P1D&{q}"))["records"]
             .as_array()

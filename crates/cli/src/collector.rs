@@ -389,6 +389,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
                     monitor: m.name.clone(),
                     last_report: runs.last_report,
                     last_run_failed: runs.last_failed,
+                    scheduler_running: m
+                        .schedule
+                        .is_some()
+                        .then(|| m.scheduler.stopped().is_none()),
                 })
             })
             .collect()

@@ -190,6 +190,19 @@ pub struct MonitorInfo {
     /// The window each run evaluates, ending at the run (ISO 8601).
     pub window: String,
     pub metrics: Vec<String>,
+    #[serde(skip)]
+    pub scheduler: std::sync::Arc<crate::scheduler::Health>,
+}
+
+impl MonitorInfo {
+    /// `running`, `stopped`, or `none` for a monitor without a schedule.
+    pub fn scheduler_state(&self) -> (&'static str, Option<String>) {
+        match (&self.schedule, self.scheduler.stopped()) {
+            (_, Some(why)) => ("stopped", Some(why)),
+            (Some(_), None) => ("running", None),
+            (None, None) => ("none", None),
+        }
+    }
 }
 
 /// A monitor's state for the console.
@@ -201,8 +214,13 @@ pub struct MonitorStatus {
     /// run's outcome).
     pub status: &'static str,
     pub last_run: Option<LastRun>,
-    /// When the schedule runs it next (`null` without a schedule or a next time).
+    /// When the schedule runs it next (`null` without a schedule, a next time or a running
+    /// scheduler).
     pub next_run: Option<String>,
+    /// `running`, `stopped` (the schedule will not run it again: `scheduler_error` says
+    /// why) or `none` (no schedule).
+    pub scheduler: &'static str,
+    pub scheduler_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,9 +232,11 @@ pub struct LastRun {
 }
 
 pub fn status(info: &MonitorInfo, last: Option<StoredRun>, now: DateTime<Utc>) -> MonitorStatus {
+    let (scheduler, scheduler_error) = info.scheduler_state();
     let next_run = info
         .schedule
         .as_deref()
+        .filter(|_| scheduler == "running")
         .and_then(|s| croner::Cron::from_str(s).ok())
         .and_then(|c| c.find_next_occurrence(&now, false).ok())
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -245,6 +265,8 @@ pub fn status(info: &MonitorInfo, last: Option<StoredRun>, now: DateTime<Utc>) -
         status,
         last_run,
         next_run,
+        scheduler,
+        scheduler_error,
     }
 }
 
@@ -269,11 +291,13 @@ mod tests {
             schedule: Some("15 10 * * *".into()),
             window: "P7D".into(),
             metrics: vec![],
+            scheduler: Default::default(),
         };
         let now = parse_rfc3339("2026-12-01T12:00:00Z").unwrap();
         let s = status(&info, None, now);
         assert_eq!(s.status, "never_run");
         assert_eq!(s.next_run.as_deref(), Some("2026-12-02T10:15:00Z"));
+        assert_eq!((s.scheduler, s.scheduler_error), ("running", None));
         let failed = StoredRun {
             id: 3,
             monitor: "m".into(),

@@ -1,5 +1,6 @@
 //! Runs each monitor of `tokenmeter serve` on its cron schedule (UTC), storing every run
-//! and alerting on breaches and failures. Runs of one monitor never overlap.
+//! and alerting on breaches and failures. Runs of one monitor never overlap. A scheduler
+//! that stops says so in its [`Health`], which `/metrics` and the console show.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,32 +16,59 @@ use crate::evaluate::{self, Options};
 use crate::judge::Judge;
 use crate::store::Store;
 
-/// Runs the monitor now, then at every time its schedule names, forever.
-pub async fn run(db: PathBuf, monitor: Monitor, run_now: bool) {
-    let name = monitor.name.clone();
-    let cron = match monitor.schedule.as_deref().map(croner::Cron::from_str) {
-        Some(Ok(cron)) => Some(cron),
-        // Validated when the definition was loaded; a monitor without one runs on demand.
-        _ => None,
-    };
-    if run_now {
-        run_once(&db, &monitor).await;
+/// Whether a monitor's scheduler still runs: written by the scheduler, read by `/metrics`
+/// and `GET /api/v1/monitors`.
+#[derive(Debug, Default)]
+pub struct Health {
+    stopped: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Why the scheduler stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.lock().map_or_else(
+            |_| Some("the scheduler's state is unreadable".to_string()),
+            |s| s.clone(),
+        )
     }
-    let Some(cron) = cron else { return };
+
+    fn stop(&self, why: String) {
+        if let Ok(mut s) = self.stopped.lock() {
+            *s = Some(why);
+        }
+    }
+}
+
+/// Runs the monitor now, then at every time its schedule names, forever; if the schedule
+/// ends, says why in `health`.
+pub async fn run(db: PathBuf, monitor: Monitor, run_now: bool, health: Arc<Health>) {
+    if let Err(why) = schedule(&db, &monitor, run_now).await {
+        eprintln!("monitor {}: {why}; not scheduling it again", monitor.name);
+        health.stop(why);
+    }
+}
+
+async fn schedule(db: &std::path::Path, monitor: &Monitor, run_now: bool) -> Result<(), String> {
+    // Validated when the definition was loaded; a monitor without one runs on demand.
+    let cron = monitor
+        .schedule
+        .as_deref()
+        .map(|s| {
+            croner::Cron::from_str(s).map_err(|e| format!("its schedule {s:?} is unreadable ({e})"))
+        })
+        .transpose();
+    if run_now {
+        run_once(db, monitor).await;
+    }
+    let Some(cron) = cron? else { return Ok(()) };
     loop {
         let now = Utc::now();
-        let next = match cron.find_next_occurrence(&now, false) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!(
-                    "monitor {name}: its schedule has no next run ({e}); not scheduling it again"
-                );
-                return;
-            }
-        };
+        let next = cron
+            .find_next_occurrence(&now, false)
+            .map_err(|e| format!("its schedule has no next run after {now} ({e})"))?;
         let wait = (next - now).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
-        run_once(&db, &monitor).await;
+        run_once(db, monitor).await;
     }
 }
 
@@ -137,4 +165,33 @@ fn save(
             outcome,
         )
         .context("saving the run")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONITOR: &str =
+        "name: m\nschedule: \"0 3 * * *\"\njudge:\n  url: http://127.0.0.1:9/v1\n  model: j\nmetrics: {fluency: {}}\n";
+
+    #[tokio::test]
+    async fn a_scheduler_that_stops_says_why() {
+        let mut monitor = Monitor::parse(MONITOR).unwrap();
+        monitor.schedule = Some("not a schedule".into());
+        let health = Arc::new(Health::default());
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path().join("t.db"), monitor, false, health.clone()).await;
+        let why = health.stopped().unwrap();
+        assert!(why.contains("\"not a schedule\" is unreadable"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_monitor_without_a_schedule_has_no_scheduler_to_stop() {
+        let mut monitor = Monitor::parse(MONITOR).unwrap();
+        monitor.schedule = None;
+        let health = Arc::new(Health::default());
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path().join("t.db"), monitor, false, health.clone()).await;
+        assert_eq!(health.stopped(), None);
+    }
 }

@@ -95,6 +95,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                         .iter()
                         .map(|(x, _)| x.name().to_string())
                         .collect(),
+                    scheduler: Arc::default(),
                 })
                 .collect(),
         ),
@@ -104,7 +105,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
-    for monitor in monitors {
+    for (monitor, info) in monitors.into_iter().zip(state.monitors.iter()) {
         eprintln!(
             "monitor {}: schedule {:?}{}",
             monitor.name,
@@ -119,6 +120,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             args.db.clone(),
             monitor,
             args.run_monitors_now,
+            info.scheduler.clone(),
         ));
     }
     axum::serve(listener, collector::router(state))

@@ -262,9 +262,12 @@
     const p = { ...windowParams(), scope: state.scope };
     const [u, o, m] = await Promise.all([
       api("usage", { ...p, step: step() }), api("operations", p), api("monitors")]);
-    const healthy = m.monitors.filter((x) => x.status === "ok").length;
+    // A monitor whose scheduler stopped is not healthy, whatever its last run said.
+    const healthy = m.monitors.filter((x) => x.status === "ok" && x.scheduler !== "stopped").length;
     const counts = {};
     for (const x of m.monitors) counts[x.status] = (counts[x.status] || 0) + 1;
+    const stopped = m.monitors.filter((x) => x.scheduler === "stopped").length;
+    if (stopped) counts["with a stopped scheduler"] = stopped;
     const monitorText = m.monitors.length
       ? Object.entries(counts).map(([k, n]) => `${n} ${k.replace("_", " ")}`).join(", ")
       : "none";
@@ -504,7 +507,9 @@
       m.monitors.map((x) => row([x.name, el("span", { class: `status-${x.status}` }, x.status.replace("_", " ")),
         x.metrics.join(", "), x.window, x.schedule ?? "on demand",
         x.last_run ? `${utc(x.last_run.time)}${x.last_run.error ? ` — ${x.last_run.error}` : ""}` : "never",
-        x.next_run ? utc(x.next_run) : "–"], [], { "data-monitor": x.name })))));
+        x.scheduler === "stopped"
+          ? el("span", { class: "fail" }, `scheduler stopped: ${x.scheduler_error}`)
+          : x.next_run ? utc(x.next_run) : "–"], [], { "data-monitor": x.name })))));
   }
 
   // ---- controls and rendering --------------------------------------------------------

@@ -34,6 +34,8 @@ pub struct MonitorState {
     pub last_report: Option<(Report, i64)>,
     /// Whether the most recent run failed (judge unreachable, breaker open...).
     pub last_run_failed: bool,
+    /// Whether its scheduler still runs (`None` without a schedule).
+    pub scheduler_running: Option<bool>,
 }
 
 /// Renders the quality metrics of every monitor. Averages and pass rates of a metric
@@ -95,6 +97,18 @@ pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
             escape_label_value(&m.monitor),
             u8::from(m.last_run_failed)
         );
+    }
+    let _ = writeln!(out, "# HELP {ns}_quality_scheduler_running 1 while the monitor's schedule runs it; 0 once the scheduler stopped (the log and the console say why). Absent for monitors without a schedule.");
+    let _ = writeln!(out, "# TYPE {ns}_quality_scheduler_running gauge");
+    for m in monitors {
+        if let Some(running) = m.scheduler_running {
+            let _ = writeln!(
+                out,
+                "{ns}_quality_scheduler_running{{monitor=\"{}\"}} {}",
+                escape_label_value(&m.monitor),
+                u8::from(running)
+            );
+        }
     }
     let _ = writeln!(out, "# HELP {ns}_quality_judge_tokens Tokens the judge reported using in the monitor's last run, by kind (prompt, completion, reasoning).");
     let _ = writeln!(out, "# TYPE {ns}_quality_judge_tokens gauge");
@@ -181,11 +195,13 @@ mod tests {
                     1_700_000_000,
                 )),
                 last_run_failed: false,
+                scheduler_running: None,
             },
             MonitorState {
                 monitor: "never".into(),
                 last_report: None,
                 last_run_failed: true,
+                scheduler_running: Some(false),
             },
         ];
         let text = render("llm", &states);
@@ -222,6 +238,9 @@ mod tests {
             .lines()
             .any(|l| l.starts_with("llm_quality_average_score") && l.contains("fluency")));
         assert!(text.contains("llm_quality_last_run_failed{monitor=\"never\"} 1\n"));
+        // A stopped scheduler is a 0; a monitor without a schedule has no sample.
+        assert!(text.contains("llm_quality_scheduler_running{monitor=\"never\"} 0\n"));
+        assert_eq!(text.matches("llm_quality_scheduler_running{").count(), 1);
         assert!(text
             .contains("llm_quality_judge_tokens{monitor=\"a\\\"b\\\\c\\nd\",kind=\"prompt\"} 0\n"));
         assert!(text.contains("# TYPE llm_quality_judge_cost_usd gauge\n"));
