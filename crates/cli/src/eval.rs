@@ -12,7 +12,7 @@ use crate::quality::duration::parse_rfc3339;
 use crate::quality::monitor::Monitor;
 use crate::quality::report;
 
-use crate::alerts;
+use crate::alerts::{self, AlertState};
 use crate::evaluate::{self, Options};
 use crate::judge::Judge;
 use crate::store::Store;
@@ -125,8 +125,12 @@ pub async fn run(args: EvalArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write the per-record table to {}", path.display()))?;
     }
 
-    if report.breached && !args.no_alerts {
-        if let Err(e) = alerts::send(&monitor, &alerts::breach(report), Some(report)).await {
+    if !args.no_alerts {
+        let state = match &store {
+            Some(s) => AlertState::Shared(s),
+            None => AlertState::None,
+        };
+        if let Err(e) = alerts::after_run(&monitor, state, Ok(report), Utc::now()).await {
             eprintln!("warning: alert not delivered: {e:#}");
         }
     }

@@ -11,7 +11,7 @@ use chrono::Utc;
 
 use crate::quality::monitor::Monitor;
 
-use crate::alerts;
+use crate::alerts::{self, AlertState};
 use crate::evaluate::{self, Options};
 use crate::judge::Judge;
 use crate::store::Store;
@@ -78,7 +78,7 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
     let name = &monitor.name;
     let outcome = evaluate_now(db, monitor, started).await;
     let finished = Utc::now();
-    let (alert, saved) = match &outcome {
+    let saved = match &outcome {
         Ok(eval) => {
             eprintln!(
                 "monitor {name}: window {} .. {}: {} records, {} sampled, {}",
@@ -88,29 +88,31 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
                 eval.report.sampled,
                 eval.report.status.name()
             );
-            (
-                eval.report
-                    .breached
-                    .then(|| (alerts::breach(&eval.report), Some(&eval.report))),
-                save(db, name, started, finished, Ok((&eval.report, &eval.rows))),
-            )
+            save(db, name, started, finished, Ok((&eval.report, &eval.rows)))
         }
         Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("monitor {name}: evaluation failed: {message}");
-            (
-                Some((alerts::failure(name, &message), None)),
-                save(db, name, started, finished, Err(&message)),
-            )
+            eprintln!("monitor {name}: evaluation failed: {e:#}");
+            save(db, name, started, finished, Err(&format!("{e:#}")))
         }
     };
     if let Err(e) = saved {
         eprintln!("monitor {name}: cannot store the run: {e:#}");
     }
-    if let Some((alert, report)) = alert {
-        if let Err(e) = alerts::send(monitor, &alert, report).await {
-            eprintln!("monitor {name}: alert not delivered: {e:#}");
+    let message = outcome.as_ref().err().map(|e| format!("{e:#}"));
+    let result = match &outcome {
+        Ok(eval) => Ok(&eval.report),
+        Err(_) => Err(message.as_deref().unwrap_or_default()),
+    };
+    match alerts::after_run(monitor, AlertState::Path(db), result, finished).await {
+        Ok(t) => {
+            for f in &t.opened {
+                eprintln!("monitor {name}: alert firing: {}", f.summary);
+            }
+            for f in &t.resolved {
+                eprintln!("monitor {name}: alert resolved: {}", f.key);
+            }
         }
+        Err(e) => eprintln!("monitor {name}: alert not delivered: {e:#}"),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::quality::report::{Report, Row};
 use tokenmeter_core::series::rollup::Batch;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATION_1: &str = "
 CREATE TABLE records (
@@ -59,6 +59,18 @@ CREATE TABLE monitor_scores (
 /// `content` is then the judge's error, and a rerun does not ask again.
 const MIGRATION_5: &str = "
 ALTER TABLE judge_cache ADD COLUMN refusal INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 6: the alerts firing after each monitor's last run (see `alerts::condition`),
+/// so that the next run tells only what changed. `firing` is the alert as JSON.
+const MIGRATION_6: &str = "
+CREATE TABLE monitor_alerts (
+    monitor  TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    since_us INTEGER NOT NULL,
+    firing   TEXT NOT NULL,
+    PRIMARY KEY (monitor, key)
+);
 ";
 
 /// Usage rollups (`POST /v1/rollups`, see `tokenmeter_core::series::rollup`): one row per
@@ -171,6 +183,9 @@ impl Store {
         }
         if version < 5 {
             tx.execute_batch(MIGRATION_5)?;
+        }
+        if version < 6 {
+            tx.execute_batch(MIGRATION_6)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -512,6 +527,41 @@ impl Store {
             last_failed,
             last_report,
         })
+    }
+
+    /// The alerts firing after the monitor's last run, in key order.
+    pub fn firing_alerts(&self, monitor: &str) -> Result<Vec<crate::alerts::condition::Firing>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT firing FROM monitor_alerts WHERE monitor = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([monitor], |r| r.get::<_, String>(0))?;
+        rows.map(|json| serde_json::from_str(&json?).context("a stored alert is unreadable"))
+            .collect()
+    }
+
+    /// Replaces the alerts firing for the monitor.
+    pub fn set_firing_alerts(
+        &mut self,
+        monitor: &str,
+        firing: &[crate::alerts::condition::Firing],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM monitor_alerts WHERE monitor = ?1", [monitor])?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO monitor_alerts (monitor, key, since_us, firing) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for f in firing {
+                stmt.execute(params![
+                    monitor,
+                    f.key,
+                    f.since_us,
+                    serde_json::to_string(f)?
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn check(&self) -> Result<()> {

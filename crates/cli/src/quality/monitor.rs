@@ -151,7 +151,19 @@ struct RawThresholds {
 #[serde(deny_unknown_fields)]
 struct RawAlerts {
     webhook: Option<String>,
+    webhook_format: Option<String>,
     email: Option<RawEmail>,
+    alertmanager: Option<RawAlertmanager>,
+    no_data: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertmanager {
+    url: String,
+    severity: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    expire_after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -263,12 +275,44 @@ impl JudgeConfig {
     }
 }
 
-/// Where alerts go.
+/// Where alerts go, and which conditions alert.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Alerts {
     pub webhook: Option<String>,
+    pub webhook_format: WebhookFormat,
     pub email: Option<EmailAlerts>,
+    pub alertmanager: Option<AlertmanagerAlerts>,
+    /// Whether a window without any eligible record alerts (an idle app is not a breach).
+    pub no_data: bool,
 }
+
+/// The body posted to `alerts.webhook`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// tokenmeter's own JSON: what changed, and the report.
+    #[default]
+    Tokenmeter,
+    /// A Slack incoming webhook's `{"text": ...}`.
+    Slack,
+    /// A Microsoft Teams workflow webhook's message with an Adaptive Card.
+    Teams,
+}
+
+/// Alerts posted to a Prometheus Alertmanager's `/api/v2/alerts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerAlerts {
+    /// The Alertmanager's base URL, e.g. `http://alertmanager:9093`.
+    pub url: String,
+    pub severity: String,
+    /// Fixed labels added to every alert (team, service...).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How long a firing alert stays active at the Alertmanager without being posted
+    /// again, in seconds; `None`: three periods of the schedule, or a day without one.
+    pub expire_after: Option<i64>,
+}
+
+/// Labels tokenmeter sets itself on Alertmanager alerts.
+pub const ALERT_LABELS: [&str; 4] = ["alertname", "monitor", "metric", "severity"];
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,9 +512,29 @@ impl RawMonitor {
                 if let Some(url) = &a.webhook {
                     http_url("alerts.webhook", url)?;
                 }
+                let webhook_format = match a.webhook_format.as_deref() {
+                    None | Some("tokenmeter") => WebhookFormat::Tokenmeter,
+                    Some("slack") => WebhookFormat::Slack,
+                    Some("teams") => WebhookFormat::Teams,
+                    Some(other) => {
+                        return Err(MonitorError::new(
+                            "alerts.webhook_format",
+                            format!("{other:?} is not a webhook format: use tokenmeter (the default), slack or teams"),
+                        ))
+                    }
+                };
+                if a.webhook_format.is_some() && a.webhook.is_none() {
+                    return Err(MonitorError::new(
+                        "alerts.webhook_format",
+                        "it shapes alerts.webhook's body: give alerts.webhook too",
+                    ));
+                }
                 Alerts {
                     webhook: a.webhook,
+                    webhook_format,
                     email: a.email.map(RawEmail::validate).transpose()?,
+                    alertmanager: a.alertmanager.map(RawAlertmanager::validate).transpose()?,
+                    no_data: a.no_data.unwrap_or(false),
                 }
             }
             None => Alerts::default(),
@@ -634,6 +698,73 @@ fn address(field: &str, text: &str) -> Result<(), MonitorError> {
             field,
             format!("{text:?} is not an e-mail address like oncall@example.com"),
         ))
+    }
+}
+
+impl RawAlertmanager {
+    fn validate(self) -> Result<AlertmanagerAlerts, MonitorError> {
+        http_url("alerts.alertmanager.url", &self.url)?;
+        if self.url.contains("/api/") {
+            return Err(MonitorError::new(
+                "alerts.alertmanager.url",
+                format!("{:?}: give the Alertmanager's base URL, e.g. http://alertmanager:9093; tokenmeter posts to its /api/v2/alerts", self.url),
+            ));
+        }
+        let severity = self.severity.unwrap_or_else(|| "warning".to_string());
+        if severity.trim().is_empty() {
+            return Err(MonitorError::new(
+                "alerts.alertmanager.severity",
+                "it is empty: use e.g. warning or critical",
+            ));
+        }
+        let labels = self.labels.unwrap_or_default();
+        for (name, value) in &labels {
+            let field = format!("alerts.alertmanager.labels.{name}");
+            let mut chars = name.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with("__");
+            if !valid {
+                return Err(MonitorError::new(
+                    field,
+                    "a label name is letters, digits and underscores, not starting with a digit or __",
+                ));
+            }
+            if ALERT_LABELS.contains(&name.as_str()) {
+                return Err(MonitorError::new(
+                    field,
+                    format!("tokenmeter sets {name} itself; pick another name (severity has its own field)"),
+                ));
+            }
+            if value.is_empty() {
+                return Err(MonitorError::new(
+                    field,
+                    "an empty label value is the same as no label; give a value or drop it",
+                ));
+            }
+        }
+        let expire_after = self
+            .expire_after
+            .map(|text| {
+                let d = IsoDuration::parse(&text)
+                    .map_err(|e| MonitorError::new("alerts.alertmanager.expire_after", e))?;
+                if d.seconds() < 60 {
+                    return Err(MonitorError::new(
+                        "alerts.alertmanager.expire_after",
+                        format!("{text:?} is under a minute: a firing alert would flap between runs; give at least the schedule's period, e.g. P2D for a daily monitor"),
+                    ));
+                }
+                Ok(d.seconds())
+            })
+            .transpose()?;
+        Ok(AlertmanagerAlerts {
+            url: self.url.trim_end_matches('/').to_string(),
+            severity,
+            labels,
+            expire_after,
+        })
     }
 }
 
@@ -1093,6 +1224,76 @@ schedule: "15 10 * * *"
                 "alerts.webhook",
             ),
             (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "webhook: http://h/x\n  webhook_format: discord",
+                ),
+                "alerts.webhook_format",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "webhook_format: slack",
+                ),
+                "alerts.webhook_format",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'am:9093'}",
+                ),
+                "alerts.alertmanager.url",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093/api/v2/alerts'}",
+                ),
+                "alerts.alertmanager.url",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093', labels: {metric: x}}",
+                ),
+                "alerts.alertmanager.labels.metric",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093', labels: {team-a: x}}",
+                ),
+                "alerts.alertmanager.labels.team-a",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093', labels: {team: ''}}",
+                ),
+                "alerts.alertmanager.labels.team",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093', expire_after: PT10S}",
+                ),
+                "alerts.alertmanager.expire_after",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093', expire_after: P1M}",
+                ),
+                "alerts.alertmanager.expire_after",
+            ),
+            (
+                with(
+                    "webhook: http://127.0.0.1:9000/hook",
+                    "alertmanager: {url: 'http://am:9093', severity: ' '}",
+                ),
+                "alerts.alertmanager.severity",
+            ),
+            (
                 with("schedule: \"15 10 * * *\"", "schedule: every day"),
                 "schedule",
             ),
@@ -1186,6 +1387,34 @@ schedule: "15 10 * * *"
             let e = error(&with("model: gpt-4o", &format!("model: gpt-4o\n  {line}")));
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn alert_destinations_and_conditions() {
+        let m = Monitor::parse(&with(
+            "webhook: http://127.0.0.1:9000/hook",
+            "webhook: https://hooks.slack.com/services/T/B/x\n  webhook_format: slack\n  no_data: true\n  alertmanager: {url: 'http://am:9093/', severity: critical, labels: {team: support}, expire_after: P2D}",
+        ))
+        .unwrap();
+        assert_eq!(m.alerts.webhook_format, WebhookFormat::Slack);
+        assert!(m.alerts.no_data);
+        let am = m.alerts.alertmanager.unwrap();
+        assert_eq!(am.url, "http://am:9093");
+        assert_eq!(am.severity, "critical");
+        assert_eq!(am.labels["team"], "support");
+        assert_eq!(am.expire_after, Some(2 * 86_400));
+        let plain = Monitor::parse(FULL).unwrap();
+        assert_eq!(plain.alerts.webhook_format, WebhookFormat::Tokenmeter);
+        assert!(!plain.alerts.no_data && plain.alerts.alertmanager.is_none());
+        let am = Monitor::parse(&with(
+            "webhook: http://127.0.0.1:9000/hook",
+            "alertmanager: {url: 'http://am:9093'}",
+        ))
+        .unwrap()
+        .alerts
+        .alertmanager
+        .unwrap();
+        assert_eq!((am.severity.as_str(), am.expire_after), ("warning", None));
     }
 
     #[test]
