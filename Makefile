@@ -20,7 +20,7 @@ WASI_RUNNER   := $(CURDIR)/testkit/run-wasi.mjs
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools browser wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
+.PHONY: help tools browser alertmanager wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
 	bench bench-console bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
@@ -44,6 +44,13 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver (the console's browser tests)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+# Debian's Prometheus Alertmanager, for the alert tests (tests/cli/alerting.rs).
+alertmanager:
+	@test -x /usr/bin/prometheus-alertmanager || { \
+	  echo "installing Debian's prometheus-alertmanager (the alert tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager; }
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -72,7 +79,7 @@ run: tools build
 	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG) --dir target/demo $(RUN_ARGS)
 
 # Lints first: a change that breaks the no-trap rules or the formatting fails here.
-test: tools node browser lint wasm
+test: tools node browser alertmanager lint wasm
 	cargo test --workspace --no-fail-fast
 	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
 	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets
@@ -97,7 +104,7 @@ test-unit:
 	cargo test --workspace --lib --bins
 
 # One test binary per layer: the test host (host), the built binary (cli), the real Envoy.
-test-cli:
+test-cli: alertmanager
 	cargo test -p tokenmeter-cli --test cli
 
 test-e2e: tools wasm

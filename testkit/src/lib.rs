@@ -1,9 +1,11 @@
 //! Test support for tokenmeter, shared by the end-to-end tests, the demo and the benchmarks:
 //! an OpenAI-compatible upstream ([`upstream`]) and judge ([`judge`]), the real Envoy
-//! ([`envoy`]), the collector ([`collector`]), webhook and SMTP receivers for alerts, a
+//! ([`envoy`]), the collector ([`collector`]), webhook and SMTP receivers for alerts, a real Alertmanager
+//! ([`alertmanager`]), a
 //! Prometheus text reader ([`prom`]) and an HTTP client that never treats a status as an
 //! error ([`client`]).
 
+pub mod alertmanager;
 pub mod axum_thread;
 pub mod client;
 pub mod collector;

@@ -13,6 +13,7 @@
 
 mod evaluation;
 
+mod alerting;
 mod collector;
 mod commands;
 mod eval;

@@ -31,9 +31,13 @@ pub fn payload(
             .collect();
         labels.extend(f.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         labels.insert("severity", &am.severity);
-        let mut annotations = json!({ "summary": f.summary });
+        let mut annotations = serde_json::Map::new();
+        annotations.insert("summary".into(), json!(f.summary));
         if let Some((from, to)) = window {
-            annotations["description"] = json!(format!("window {from} .. {to}"));
+            annotations.insert(
+                "description".into(),
+                json!(format!("window {from} .. {to}")),
+            );
         }
         json!({
             "labels": labels,

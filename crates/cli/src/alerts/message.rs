@@ -101,22 +101,24 @@ pub fn tokenmeter(n: &Notice) -> Value {
         .filter(|f| !t.opened.iter().any(|o| o.key == f.key))
         .map(alert_json)
         .collect();
-    let mut body = json!({
-        "monitor": n.monitor,
-        "status": n.status(),
-        "opened": t.opened.iter().map(alert_json).collect::<Vec<_>>(),
-        "resolved": t.resolved.iter().map(alert_json).collect::<Vec<_>>(),
-        "still_firing": still,
-    });
+    let mut body = serde_json::Map::new();
+    body.insert("monitor".into(), json!(n.monitor));
+    body.insert("status".into(), json!(n.status()));
+    body.insert("opened".into(), t.opened.iter().map(alert_json).collect());
+    body.insert(
+        "resolved".into(),
+        t.resolved.iter().map(alert_json).collect(),
+    );
+    body.insert("still_firing".into(), Value::Array(still));
     if let Some(r) = n.report {
-        body["window"] = json!(r.window);
-        body["breaches"] = breaches(r);
-        body["report"] = json!(r);
+        body.insert("window".into(), json!(r.window));
+        body.insert("breaches".into(), breaches(r));
+        body.insert("report".into(), json!(r));
     }
     if let Some(e) = n.error {
-        body["error"] = json!(e);
+        body.insert("error".into(), json!(e));
     }
-    body
+    Value::Object(body)
 }
 
 /// The report's breached metrics with why.
