@@ -185,7 +185,7 @@ impl Demo {
     /// would; returns the report's table.
     pub fn run_monitor(&self) -> Result<String> {
         let out = Command::new(&self.tokenmeter)
-            .args(["eval", "--no-alerts", "--monitor"])
+            .args(["eval", "--monitor"])
             .arg(&self.monitor)
             .arg("--db")
             .arg(&self.db)

@@ -207,6 +207,16 @@ fn runs_monitors_at_start_exposes_metrics_and_alerts() {
         (&m["scheduler"], &m["scheduler_error"]),
         (&"running".into(), &Value::Null)
     );
+    let firing = m["alerts_firing"].as_array().unwrap();
+    assert_eq!(firing.len(), 1, "{m}");
+    assert_eq!(
+        (&firing[0]["alertname"], &firing[0]["metric"]),
+        (&"TokenmeterQualityBreached".into(), &"fluency".into())
+    );
+    assert!(firing[0]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("fluency: "));
     let ids = |q: &str| -> Vec<String> {
         let mut ids: Vec<String> = api(&format!("records?window=P1D&{q}"))["records"]
             .as_array()

@@ -396,6 +396,20 @@ async fn every_tab_shows_what_envoy_counted_and_the_monitor_found() {
         .await;
     assert!(line.contains(&status.replace('_', " ")), "{line}");
     assert!(line.contains("0 * * * *"), "{line}");
+    // The alerts firing after the demo monitor's run, as the API lists them.
+    let firing = monitors["monitors"][0]["alerts_firing"].as_array().unwrap();
+    assert_eq!(b.count("#alerts-firing tbody tr").await, firing.len());
+    if firing.is_empty() {
+        assert!(b.text("#view").await.contains("No alert is firing."));
+    }
+    for a in firing {
+        let metric = a["metric"].as_str().unwrap_or("–");
+        let shown = b.text("#alerts-firing tbody").await;
+        assert!(
+            shown.contains(a["alertname"].as_str().unwrap()) && shown.contains(metric),
+            "{shown}"
+        );
+    }
     b.screenshot("monitors").await;
     b.close().await;
 }

@@ -350,7 +350,15 @@ async fn get_monitors(State(state): State<AppState>, Query(params): Params) -> R
         let now = Utc::now();
         let list = monitors
             .iter()
-            .map(|m| Ok(runs::status(m, store.last_run(&m.name)?, now)))
+            .map(|m| {
+                let mut s = runs::status(m, store.last_run(&m.name)?, now);
+                s.alerts_firing = store
+                    .firing_alerts(&m.name)?
+                    .into_iter()
+                    .map(runs::AlertFiring::from)
+                    .collect();
+                Ok(s)
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Ok(json!({ "monitors": list })))
     })

@@ -221,6 +221,28 @@ pub struct MonitorStatus {
     /// why) or `none` (no schedule).
     pub scheduler: &'static str,
     pub scheduler_error: Option<String>,
+    /// The alerts firing after its last run.
+    pub alerts_firing: Vec<AlertFiring>,
+}
+
+/// A firing alert, as the console lists it.
+#[derive(Debug, Serialize)]
+pub struct AlertFiring {
+    pub alertname: String,
+    pub metric: Option<String>,
+    pub summary: String,
+    pub since: String,
+}
+
+impl From<crate::alerts::condition::Firing> for AlertFiring {
+    fn from(f: crate::alerts::condition::Firing) -> Self {
+        AlertFiring {
+            alertname: f.alertname().to_string(),
+            metric: f.metric().map(str::to_string),
+            since: time(f.since_us),
+            summary: f.summary,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -267,6 +289,7 @@ pub fn status(info: &MonitorInfo, last: Option<StoredRun>, now: DateTime<Utc>) -
         next_run,
         scheduler,
         scheduler_error,
+        alerts_firing: Vec::new(),
     }
 }
 

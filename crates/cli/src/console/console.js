@@ -503,6 +503,7 @@
         "This collector runs no monitors. Start it with --monitor FILE (see the README's quality section).")));
       return;
     }
+    const firing = m.monitors.flatMap((x) => x.alerts_firing.map((a) => ({ monitor: x.name, ...a })));
     view.append(panel("Monitors", table("monitors", ["Monitor", "Status", "Metrics", "Window", "Schedule (UTC)", "Last run", "Next run"],
       m.monitors.map((x) => row([x.name, el("span", { class: `status-${x.status}` }, x.status.replace("_", " ")),
         x.metrics.join(", "), x.window, x.schedule ?? "on demand",
@@ -510,6 +511,10 @@
         x.scheduler === "stopped"
           ? el("span", { class: "fail" }, `scheduler stopped: ${x.scheduler_error}`)
           : x.next_run ? utc(x.next_run) : "–"], [], { "data-monitor": x.name })))));
+    view.append(panel("Alerts firing", firing.length
+      ? table("alerts-firing", ["Monitor", "Alert", "Metric", "Since", "Why"],
+        firing.map((a) => row([a.monitor, a.alertname, a.metric ?? "–", utc(a.since), a.summary])))
+      : el("p", { class: "muted" }, "No alert is firing.")));
   }
 
   // ---- controls and rendering --------------------------------------------------------
