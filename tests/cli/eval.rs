@@ -817,6 +817,59 @@ fn sampling_is_deterministic_and_windowed() {
     assert_eq!(run().1, ids, "the same sample on every run");
 }
 
+/// Finding 6: the filter's 10 % and the monitor's 10 % multiplied to 1 % of traffic, and
+/// nothing said so. With the default seed the monitor draws as the filter does: every
+/// record the gateway kept at 10 % is in the monitor's 10 %, and the report says that 10 %
+/// of traffic was judged.
+#[test]
+fn monitor_and_gateway_rates_nest_and_the_report_says_the_share() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let collected: Vec<Value> = (0..1_000)
+        .map(|i| format!("req-{i}"))
+        .filter(|id| tokenmeter_core::records::collect::sampled(id, 0.1))
+        .map(|id| {
+            let mut r = record(&id, "", false);
+            r["sample_rate"] = 0.1.into();
+            r
+        })
+        .collect();
+    assert!((70..=130).contains(&collected.len()), "{}", collected.len());
+    let file = write_records(dir.path(), &collected);
+    let monitor = write_monitor(dir.path(), "nested", &judge.url(), "", "{fluency: {}}", "");
+    let text = std::fs::read_to_string(&monitor)
+        .unwrap()
+        .replace("sampling_rate: 1.0\n", "");
+    std::fs::write(&monitor, text).unwrap(); // the default rate, 0.1
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(
+        r["sampled"], r["records"],
+        "every collected record is in the monitor's sample"
+    );
+    assert_eq!(r["sampling"]["rate"], 0.1);
+    assert_eq!(r["sampling"]["draw"], "nested");
+    assert_eq!(
+        r["sampling"]["collected_rate"],
+        serde_json::json!([0.1, 0.1])
+    );
+    assert_eq!(
+        r["sampling"]["share_of_traffic"],
+        serde_json::json!([0.1, 0.1])
+    );
+    let table = eval(&monitor, &["--records", file.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("sampling  rate 0.1 (seed 0: the gateway's draw, so the rates nest); the gateway collected 0.1: 10 % of traffic judged"),
+        "{text}"
+    );
+}
+
 #[test]
 fn breaches_are_mailed_over_smtp() {
     let judge = JudgeServer::start(scoring_judge).unwrap();

@@ -19,7 +19,7 @@ use crate::quality::duration::{format_rfc3339, Window};
 use crate::quality::metric::{Inputs, Metric};
 use crate::quality::monitor::Monitor;
 use crate::quality::prompt::{self, Prompt};
-use crate::quality::report::{JudgeReport, Mode, Report, Row, WindowReport};
+use crate::quality::report::{JudgeReport, Mode, Report, Row, SamplingReport, WindowReport};
 use crate::quality::sampling;
 use crate::quality::score::{self, Verdict};
 use tokenmeter_core::records::record::Record;
@@ -124,6 +124,11 @@ pub async fn evaluate(
     let model = monitor.judge.model.clone();
     let decoding = Judge::decoding(&monitor.judge);
     let in_window = records.len() as u64;
+    let sampling = SamplingReport::new(
+        monitor.sampling_rate,
+        monitor.seed,
+        records.iter().map(|r| r.sample_rate),
+    );
     let sample: Vec<Record> = records
         .into_iter()
         .filter(|r| sampling::is_sampled(&r.id, monitor.seed, monitor.sampling_rate))
@@ -408,6 +413,7 @@ pub async fn evaluate(
         },
         records: in_window,
         sampled: sample.len() as u64,
+        sampling: Some(sampling),
         judge: JudgeReport {
             kind: monitor.judge.kind_name().to_string(),
             model,

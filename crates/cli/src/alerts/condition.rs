@@ -226,6 +226,7 @@ mod tests {
             },
             records: 0,
             sampled: 0,
+            sampling: None,
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "j".into(),

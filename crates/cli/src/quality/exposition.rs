@@ -98,6 +98,22 @@ pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
             u8::from(m.last_run_failed)
         );
     }
+    let _ = writeln!(out, "# HELP {ns}_quality_share_of_traffic Share of all traffic the monitor's last window judged (the lower end when the gateway's rate varied).");
+    let _ = writeln!(out, "# TYPE {ns}_quality_share_of_traffic gauge");
+    for m in monitors {
+        if let Some(s) = m
+            .last_report
+            .as_ref()
+            .and_then(|(r, _)| r.sampling.as_ref())
+        {
+            let _ = writeln!(
+                out,
+                "{ns}_quality_share_of_traffic{{monitor=\"{}\"}} {}",
+                escape_label_value(&m.monitor),
+                s.share_of_traffic[0]
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP {ns}_quality_scheduler_running 1 while the monitor's schedule runs it; 0 once the scheduler stopped (the log and the console say why). Absent for monitors without a schedule.");
     let _ = writeln!(out, "# TYPE {ns}_quality_scheduler_running gauge");
     for m in monitors {
@@ -159,6 +175,7 @@ mod tests {
             },
             records: 1,
             sampled: 1,
+            sampling: None,
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "x".into(),

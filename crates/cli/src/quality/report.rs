@@ -66,6 +66,112 @@ pub struct JudgeUsage {
     pub reasoning_tokens: u64,
 }
 
+/// What share of all traffic a run judged (see `quality::sampling`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingReport {
+    /// The monitor's `sampling_rate` and `seed`.
+    pub rate: f64,
+    pub seed: u64,
+    /// `nested` (seed 0: the gateway's own draw, so the rates do not multiply) or
+    /// `independent` (another seed: they do).
+    pub draw: String,
+    /// The lowest and highest `sample_rate` the gateway recorded on the window's records;
+    /// `null` when none carries one (records collected elsewhere).
+    pub collected_rate: Option<[f64; 2]>,
+    /// Records in the window without a recorded rate, counted as every request.
+    pub collected_rate_unknown: u64,
+    /// The share of all traffic judged, lowest and highest over the collected rates.
+    pub share_of_traffic: [f64; 2],
+}
+
+impl SamplingReport {
+    /// From the monitor's rate and seed, and each record's collected rate.
+    pub fn new(rate: f64, seed: u64, collected: impl IntoIterator<Item = Option<f64>>) -> Self {
+        let mut range: Option<[f64; 2]> = None;
+        let mut unknown = 0;
+        for c in collected {
+            match c.filter(|c| c.is_finite() && (0.0..=1.0).contains(c)) {
+                Some(c) => {
+                    let r = range.get_or_insert([c, c]);
+                    r[0] = r[0].min(c);
+                    r[1] = r[1].max(c);
+                }
+                None => unknown += 1,
+            }
+        }
+        let share = |c: Option<f64>| super::sampling::share_of_traffic(rate, seed, c);
+        let share_of_traffic = match range {
+            // Records without a rate count as every request: they raise the high end.
+            Some([lo, hi]) => [
+                share(Some(lo)),
+                share(Some(if unknown > 0 { 1.0 } else { hi })),
+            ],
+            None => [share(None), share(None)],
+        };
+        SamplingReport {
+            rate,
+            seed,
+            draw: if seed == 0 { "nested" } else { "independent" }.to_string(),
+            collected_rate: range,
+            collected_rate_unknown: unknown,
+            share_of_traffic,
+        }
+    }
+
+    /// One line for people: the rates and the share of traffic judged.
+    pub fn describe(&self) -> String {
+        let pct = |x: f64| {
+            let p = x * 100.0;
+            if p >= 1.0 {
+                format!("{}", (p * 10.0).round() / 10.0)
+            } else {
+                format!("{}", (p * 1000.0).round() / 1000.0)
+            }
+        };
+        let [lo, hi] = self.share_of_traffic;
+        let share = if lo == hi {
+            format!("{} %", pct(lo))
+        } else {
+            format!("{}–{} %", pct(lo), pct(hi))
+        };
+        let how = if self.seed == 0 {
+            "seed 0: the gateway's draw, so the rates nest".to_string()
+        } else {
+            format!(
+                "seed {}: drawn apart from the gateway, so the rates multiply",
+                self.seed
+            )
+        };
+        match self.collected_rate {
+            None => format!(
+                "rate {} ({how}); the records carry no gateway rate: {share} of them judged",
+                self.rate
+            ),
+            Some([a, b]) => {
+                let gw = if a == b {
+                    format!("{a}")
+                } else {
+                    format!("{a}–{b}")
+                };
+                let capped = if self.seed == 0 && self.rate > b {
+                    " (the monitor's rate is capped by the gateway's)"
+                } else {
+                    ""
+                };
+                let unknown = if self.collected_rate_unknown > 0 {
+                    format!(
+                        ", {} records without a rate counted as all traffic",
+                        self.collected_rate_unknown
+                    )
+                } else {
+                    String::new()
+                };
+                format!("rate {} ({how}); the gateway collected {gw}{unknown}: {share} of traffic judged{capped}", self.rate)
+            }
+        }
+    }
+}
+
 /// One evaluation of one monitor's window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -76,6 +182,9 @@ pub struct Report {
     pub records: u64,
     /// Records in the sample.
     pub sampled: u64,
+    /// How the sample relates to the traffic (absent in reports stored before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingReport>,
     pub judge: JudgeReport,
     #[serde(
         serialize_with = "serialize_metrics",
@@ -157,6 +266,9 @@ pub fn render_table(r: &Report) -> String {
         "records   {} in window, {} sampled",
         r.records, r.sampled
     );
+    if let Some(s) = &r.sampling {
+        let _ = writeln!(out, "sampling  {}", s.describe());
+    }
     let _ = writeln!(
         out,
         "judge     {} {} ({} mode; {} calls, {} cached, {} repairs)",
@@ -302,6 +414,7 @@ mod tests {
             },
             records: 140,
             sampled: 14,
+            sampling: None,
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "gpt-4o".into(),
@@ -393,5 +506,33 @@ mod tests {
             t.contains("coherence: pass rate 0.6853..0.9873, average"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn the_sampling_line_says_what_share_of_traffic_was_judged() {
+        let s = SamplingReport::new(0.1, 0, [Some(0.1), Some(0.1)]);
+        assert_eq!(s.share_of_traffic, [0.1, 0.1]);
+        assert_eq!(
+            s.describe(),
+            "rate 0.1 (seed 0: the gateway's draw, so the rates nest); the gateway collected 0.1: 10 % of traffic judged"
+        );
+        let s = SamplingReport::new(0.5, 0, [Some(0.05), Some(0.1)]);
+        assert_eq!(s.collected_rate, Some([0.05, 0.1]));
+        assert!(s.describe().ends_with("the gateway collected 0.05–0.1: 5–10 % of traffic judged (the monitor's rate is capped by the gateway's)"), "{}", s.describe());
+        let s = SamplingReport::new(0.1, 7, [Some(0.1), None]);
+        assert_eq!(s.collected_rate_unknown, 1);
+        assert_eq!(s.draw, "independent");
+        assert!(
+            s.describe().contains(
+                "1 records without a rate counted as all traffic: 1–10 % of traffic judged"
+            ),
+            "{}",
+            s.describe()
+        );
+        let s = SamplingReport::new(0.2, 0, [None, Some(f64::NAN), Some(3.0)]);
+        assert_eq!((s.collected_rate, s.share_of_traffic), (None, [0.2, 0.2]));
+        assert!(s
+            .describe()
+            .ends_with("the records carry no gateway rate: 20 % of them judged"));
     }
 }

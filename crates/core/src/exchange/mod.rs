@@ -558,6 +558,7 @@ impl Exchange {
                     status: self.status,
                     duration_ms: Some(duration_ms),
                     ttft_ms,
+                    sample_rate: Some(c.sample_rate),
                     truncated: false,
                     extra: Default::default(),
                 };

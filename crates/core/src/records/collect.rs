@@ -14,18 +14,21 @@ use crate::config::collect::{CollectConfig, ContextSource};
 use crate::openai::api::Operation;
 use crate::records::record::{Record, RecordUsage};
 
-/// Whether the request with this id is in the sample: the first 8 bytes of SHA-256 of the id,
-/// as a fraction of 2^64, fall below the rate.
+/// Whether the request with this id is in the sample: its [`draw`] falls below the rate.
 pub fn sampled(request_id: &str, rate: f64) -> bool {
-    if rate >= 1.0 {
-        return true;
-    }
+    rate >= 1.0 || draw(request_id) < rate
+}
+
+/// The request's draw in [0, 1): the first 8 bytes of SHA-256 of the id, as a fraction of
+/// 2^64. A monitor with seed 0 draws with it too, so its rate is a share of all traffic
+/// that nests inside the gateway's sample instead of multiplying with it.
+pub fn draw(request_id: &str) -> f64 {
     let digest = Sha256::digest(request_id.as_bytes());
     let mut head = [0u8; 8];
     for (d, s) in head.iter_mut().zip(digest.iter()) {
         *d = *s;
     }
-    (u64::from_be_bytes(head) as f64 / 18_446_744_073_709_551_616.0) < rate
+    u64::from_be_bytes(head) as f64 / 18_446_744_073_709_551_616.0
 }
 
 /// Text of a message `content`: a string, or the text parts of a list of parts.

@@ -51,6 +51,10 @@ pub struct Record {
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<u64>,
+    /// The share of traffic the gateway collected records of when it kept this one
+    /// (`collect.sample_rate`); a monitor reads it to say what share of traffic it judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<f64>,
     /// True when text columns were cut to fit `max_record_bytes`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
