@@ -213,21 +213,45 @@ pub fn traffic() -> Vec<Call> {
             {"role": "system", "content": "You are a helpful assistant. Answer from the documentation of the gateway."},
             {"role": "user", "content": text}]})
     };
+    // A retrieval-augmented exchange: the documents came back from a tool call, which is
+    // the context the filter records by default (the system prompt is not evidence).
+    let rag = |model: &str, text: &str, found: &str| {
+        let mut b = chat(model, text);
+        if let Some(messages) = b["messages"].as_array_mut() {
+            messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_docs", "type": "function",
+                "function": {"name": "search_docs", "arguments": format!("{{\"query\": {}}}", json!(text))}}]}));
+            messages.push(json!({"role": "tool", "tool_call_id": "call_docs", "content": found}));
+        }
+        b
+    };
     vec![
         (
             "/v1/chat/completions",
             vec![("x-team", "blue")],
-            chat("gpt-4o", "How many tokens does this question use?"),
+            rag(
+                "gpt-4o",
+                "How many tokens does this question use?",
+                "tokenmeter counts prompt and completion tokens from the provider's usage, and estimates them with tiktoken when a stream reports none.",
+            ),
         ),
         (
             "/v1/chat/completions",
             vec![("x-team", "blue")],
-            chat("gpt-4o", "Summarise the plot of Hamlet in one line."),
+            rag(
+                "gpt-4o",
+                "Summarise the plot of Hamlet in one line.",
+                "Hamlet: a Danish prince avenges his father's murder by his uncle, at the cost of nearly everyone, himself included.",
+            ),
         ),
         (
             "/v1/chat/completions",
             vec![("x-team", "green")],
-            chat("gpt-4o-mini", "Write a haiku about gateways."),
+            rag(
+                "gpt-4o-mini",
+                "Write a haiku about gateways.",
+                "A gateway sits between clients and the model providers, routing and metering each request.",
+            ),
         ),
         (
             "/chat/completions",

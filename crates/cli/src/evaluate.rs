@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::ingest;
 use crate::quality::aggregate::{Conclusion, Status, Tally};
 use crate::quality::duration::{format_rfc3339, Window};
-use crate::quality::metric::{Inputs, Metric};
+use crate::quality::metric::{Input, Inputs, Metric};
 use crate::quality::monitor::Monitor;
 use crate::quality::prompt::{self, Prompt};
 use crate::quality::report::{JudgeReport, Mode, Report, Row, SamplingReport, WindowReport};
@@ -472,16 +472,16 @@ fn row(
 }
 
 fn missing_columns(monitor: &Monitor, metric: Metric, inputs: &Inputs<'_>) -> String {
-    let mut missing = Vec::new();
-    if inputs.question.is_none() {
-        missing.push(monitor.columns.question.as_str());
-    }
-    if inputs.answer.is_none() {
-        missing.push(monitor.columns.answer.as_str());
-    }
-    if metric.needs_context() && inputs.context.is_none() {
-        missing.push(monitor.columns.context.as_str());
-    }
+    let missing: Vec<&str> = metric
+        .inputs()
+        .iter()
+        .filter(|i| inputs.get(**i).is_none())
+        .map(|i| match i {
+            Input::Question => monitor.columns.question.as_str(),
+            Input::Context => monitor.columns.context.as_str(),
+            Input::Answer => monitor.columns.answer.as_str(),
+        })
+        .collect();
     let quoted: Vec<String> = missing.iter().map(|c| format!("{c:?}")).collect();
     format!("{} text", quoted.join(" or "))
 }

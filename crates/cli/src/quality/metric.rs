@@ -34,17 +34,44 @@ impl Metric {
         Metric::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    /// Groundedness and relevance are judged against the context the answer was given;
-    /// coherence and fluency only need the exchange itself.
-    pub fn needs_context(self) -> bool {
-        matches!(self, Metric::Groundedness | Metric::Relevance)
+    /// The inputs its rubric judges, and only those are sent to the judge: groundedness
+    /// and relevance weigh the answer against the context it was given (and the question),
+    /// coherence follows the answer from the question, fluency reads the answer alone.
+    pub fn inputs(self) -> &'static [Input] {
+        match self {
+            Metric::Groundedness | Metric::Relevance => {
+                &[Input::Question, Input::Context, Input::Answer]
+            }
+            Metric::Coherence => &[Input::Question, Input::Answer],
+            Metric::Fluency => &[Input::Answer],
+        }
     }
 
     /// Whether a record with these columns can be scored on this metric.
     pub fn applies_to(self, inputs: &Inputs<'_>) -> bool {
-        inputs.question.is_some()
-            && inputs.answer.is_some()
-            && (!self.needs_context() || inputs.context.is_some())
+        self.inputs().iter().all(|i| inputs.get(*i).is_some())
+    }
+}
+
+/// One text column of a record, as the judge sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Input {
+    Question,
+    Context,
+    Answer,
+}
+
+impl Input {
+    /// In the order the judge reads them.
+    pub const ALL: [Input; 3] = [Input::Question, Input::Context, Input::Answer];
+
+    /// Its heading in the judge prompt.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Input::Question => "QUESTION",
+            Input::Context => "CONTEXT",
+            Input::Answer => "ANSWER",
+        }
     }
 }
 
@@ -54,6 +81,16 @@ pub struct Inputs<'a> {
     pub question: Option<&'a str>,
     pub answer: Option<&'a str>,
     pub context: Option<&'a str>,
+}
+
+impl<'a> Inputs<'a> {
+    pub fn get(&self, input: Input) -> Option<&'a str> {
+        match input {
+            Input::Question => self.question,
+            Input::Context => self.context,
+            Input::Answer => self.answer,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,7 +124,8 @@ mod tests {
             applies(&qac),
             ["groundedness", "relevance", "coherence", "fluency"]
         );
-        assert!(applies(&a_only).is_empty());
+        // Fluency reads the answer alone.
+        assert_eq!(applies(&a_only), ["fluency"]);
     }
 
     #[test]

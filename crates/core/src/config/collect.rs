@@ -225,7 +225,9 @@ impl RawCollect {
         if max_in_flight == 0 {
             return Err(err("max_in_flight", "must be at least 1".into()));
         }
-        let context = match self.context.as_deref().unwrap_or("system") {
+        // Not `system` by default: groundedness judged against "You are a helpful
+        // assistant" measures nothing. Tool results are what an answer should rest on.
+        let context = match self.context.as_deref().unwrap_or("tool_results") {
             "system" => ContextSource::System,
             "tool_results" => ContextSource::ToolResults,
             "none" => ContextSource::None,
@@ -341,5 +343,18 @@ mod tests {
                 serde_json::from_str(&format!(r#"{{"cluster": "c"{extra}}}"#)).unwrap();
             assert_eq!(raw.validate().unwrap_err().field, field, "{extra}");
         }
+    }
+
+    #[test]
+    fn the_default_context_is_tool_results_and_system_stays_by_name() {
+        let parse = |extra: &str| {
+            serde_json::from_str::<RawCollect>(&format!(r#"{{"cluster": "c"{extra}}}"#))
+                .unwrap()
+                .validate()
+                .unwrap()
+                .context
+        };
+        assert_eq!(parse(""), ContextSource::ToolResults);
+        assert_eq!(parse(r#", "context": "system""#), ContextSource::System);
     }
 }
