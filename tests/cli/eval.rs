@@ -923,6 +923,93 @@ fn each_metric_is_sent_only_its_inputs_fenced_as_data() {
     }
 }
 
+/// Finding 9: one gateway serves many apps, and a monitor could neither keep to one nor
+/// break its verdict down. `filter` keeps team blue's records; `group_by: [model]` gives
+/// each model its verdict and its own alert.
+#[test]
+fn a_monitor_keeps_to_its_scope_and_judges_each_group() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let hook = Webhook::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for (i, (model, team, marks)) in [
+        ("gpt-4o", "blue", ""),
+        ("gpt-4o", "blue", ""),
+        ("gpt-4o", "blue", ""),
+        ("gpt-4o-mini", "blue", "want-fluency=2"),
+        ("gpt-4o-mini", "blue", "want-fluency=2"),
+        ("gpt-4o-mini", "blue", ""),
+        ("gpt-4o-mini", "green", "want-fluency=1"),
+        ("o3", "green", "want-fluency=1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = record(&format!("r{i}"), marks, false);
+        r["model"] = model.into();
+        r["dimensions"] = serde_json::json!({ "team": team });
+        records.push(r);
+    }
+    let file = write_records(dir.path(), &records);
+    let monitor = write_monitor(
+        dir.path(),
+        "scoped",
+        &judge.url(),
+        "",
+        "{fluency: {pass_rate_threshold: 0.5}}",
+        &format!(
+            "filter: {{team: blue}}\ngroup_by: [model]\nalerts: {{webhook: '{}'}}\n",
+            hook.url()
+        ),
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(r["records"], 6, "team green is out of scope");
+    assert_eq!(judge.calls(), 6);
+    // Overall 4 of 6 pass (0.67 ≥ 0.5): ok; gpt-4o-mini alone 1 of 3: breached.
+    assert_eq!(metric(&r, "fluency")["status"], "ok");
+    let groups = r["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0]["labels"], serde_json::json!({"model": "gpt-4o"}));
+    assert_eq!(groups[0]["sampled"], 3);
+    assert_eq!(groups[0]["metrics"]["fluency"]["status"], "ok");
+    assert_eq!(
+        groups[1]["labels"],
+        serde_json::json!({"model": "gpt-4o-mini"})
+    );
+    assert_eq!(groups[1]["metrics"]["fluency"]["status"], "breached");
+    assert_eq!(
+        groups[1]["metrics"]["fluency"]["pass_rate"].as_f64(),
+        Some(1.0 / 3.0_f64).map(|x| (x * 10_000.0).round() / 10_000.0)
+    );
+    assert_eq!(r["status"], "breached");
+    let alerts = hook.wait_for(1, Duration::from_secs(30)).unwrap();
+    let opened = &alerts[0]["opened"];
+    assert_eq!(opened.as_array().unwrap().len(), 1, "{opened}");
+    assert_eq!(opened[0]["labels"]["model"], "gpt-4o-mini");
+    assert_eq!(opened[0]["labels"]["metric"], "fluency");
+    assert!(opened[0]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("fluency [model=gpt-4o-mini]: "));
+    let table = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--no-alerts"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("fluency [model=gpt-4o-mini]"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with("BREACHED"), "{line}");
+}
+
 #[test]
 fn breaches_are_mailed_over_smtp() {
     let judge = JudgeServer::start(scoring_judge).unwrap();

@@ -14,13 +14,17 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::ingest;
+use crate::quality::aggregate::Summary;
 use crate::quality::aggregate::{Conclusion, Status, Tally};
 use crate::quality::duration::{format_rfc3339, Window};
 use crate::quality::metric::{Input, Inputs, Metric};
 use crate::quality::monitor::Monitor;
 use crate::quality::prompt::{self, Prompt};
-use crate::quality::report::{JudgeReport, Mode, Report, Row, SamplingReport, WindowReport};
+use crate::quality::report::{
+    GroupReport, JudgeReport, Mode, Report, Row, SamplingReport, WindowReport,
+};
 use crate::quality::sampling;
+use crate::quality::scope::GroupKey;
 use crate::quality::score::{self, Verdict};
 use tokenmeter_core::records::record::Record;
 
@@ -123,6 +127,10 @@ pub async fn evaluate(
     };
     let model = monitor.judge.model.clone();
     let decoding = Judge::decoding(&monitor.judge);
+    let records: Vec<Record> = records
+        .into_iter()
+        .filter(|r| monitor.scope.admits(r))
+        .collect();
     let in_window = records.len() as u64;
     let sampling = SamplingReport::new(
         monitor.sampling_rate,
@@ -363,36 +371,79 @@ pub async fn evaluate(
         }
     }
 
-    let mut tallies: BTreeMap<Metric, Tally> = BTreeMap::new();
-    for r in &rows {
-        let tally = tallies.entry(r.metric).or_default();
+    let count = |tally: &mut Tally, r: &Row| {
         if r.missing_input {
             tally.add_missing_input();
         } else if let Some(status) = r.status() {
             tally.add(status, r.score);
         }
-    }
-    // How many runs in a row before this one failed each metric's rule.
-    let streak = |metric: Metric| {
-        previous
-            .and_then(|p| p.metrics.iter().find(|(m, _)| *m == metric))
-            .map_or(0, |(_, s)| s.streak)
     };
-    let metrics: Vec<_> = monitor
-        .metrics
-        .iter()
-        .map(|(m, t)| {
-            (
-                *m,
-                tallies
-                    .get(m)
-                    .cloned()
-                    .unwrap_or_default()
-                    .summarize(*t, streak(*m)),
-            )
-        })
-        .collect();
-    let status = Conclusion::of_report(metrics.iter().map(|(_, s)| s));
+    let mut tallies: BTreeMap<Metric, Tally> = BTreeMap::new();
+    for r in &rows {
+        count(tallies.entry(r.metric).or_default(), r);
+    }
+    let summarize = |tallies: &BTreeMap<Metric, Tally>, before: Option<&Vec<(Metric, Summary)>>| {
+        monitor
+            .metrics
+            .iter()
+            .map(|(m, t)| {
+                // How many runs in a row before this one failed the metric's rule.
+                let streak = before
+                    .and_then(|b| b.iter().find(|(x, _)| x == m))
+                    .map_or(0, |(_, s)| s.streak);
+                (
+                    *m,
+                    tallies
+                        .get(m)
+                        .cloned()
+                        .unwrap_or_default()
+                        .summarize(*t, streak),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let metrics = summarize(&tallies, previous.map(|p| &p.metrics));
+    let mut groups = Vec::new();
+    if let Some(keys) = monitor.scope.assign(&sample) {
+        let mut by_group: BTreeMap<&GroupKey, (u64, BTreeMap<Metric, Tally>)> = BTreeMap::new();
+        for k in &keys {
+            by_group.entry(k).or_default().0 += 1;
+        }
+        for (&(i, _), &ri) in &row_index {
+            if let (Some(k), Some(r)) = (keys.get(i), rows.get(ri)) {
+                count(
+                    by_group
+                        .entry(k)
+                        .or_default()
+                        .1
+                        .entry(r.metric)
+                        .or_default(),
+                    r,
+                );
+            }
+        }
+        for (key, (sampled, tallies)) in by_group {
+            let labels: BTreeMap<String, String> = key.iter().cloned().collect();
+            let before = previous
+                .and_then(|p| p.groups.iter().find(|g| g.labels == labels))
+                .map(|g| &g.metrics);
+            let metrics = summarize(&tallies, before);
+            let status = Conclusion::of_report(metrics.iter().map(|(_, s)| s));
+            groups.push(GroupReport {
+                labels,
+                sampled,
+                metrics,
+                status,
+                breached: status == Conclusion::Breached,
+            });
+        }
+    }
+    // A group that breaches breaches the report; a small group that cannot be decided
+    // does not make the whole report inconclusive.
+    let status = match Conclusion::of_report(metrics.iter().map(|(_, s)| s)) {
+        _ if groups.iter().any(|g| g.breached) => Conclusion::Breached,
+        overall => overall,
+    };
     let breached = status == Conclusion::Breached;
     let prompt_versions = if options.combined {
         BTreeMap::from([("combined".to_string(), prompt::combined_version())])
@@ -430,6 +481,7 @@ pub async fn evaluate(
             }),
         },
         metrics,
+        groups,
         status,
         breached,
     };

@@ -42,17 +42,40 @@ impl Firing {
         summary: String,
         now_us: i64,
     ) -> Self {
+        Self::in_group(
+            monitor,
+            alertname,
+            metric,
+            &BTreeMap::new(),
+            summary,
+            now_us,
+        )
+    }
+
+    /// An alert about one group of records (`group_by`): its labels join the alert's.
+    fn in_group(
+        monitor: &str,
+        alertname: &str,
+        metric: Option<&str>,
+        group: &BTreeMap<String, String>,
+        summary: String,
+        now_us: i64,
+    ) -> Self {
         let mut labels = BTreeMap::from([
             ("alertname".to_string(), alertname.to_string()),
             ("monitor".to_string(), monitor.to_string()),
         ]);
-        let key = match metric {
+        let mut key = match metric {
             Some(m) => {
                 labels.insert("metric".to_string(), m.to_string());
                 format!("{alertname}/{m}")
             }
             None => alertname.to_string(),
         };
+        for (k, v) in group {
+            key.push_str(&format!("/{k}={v}"));
+            labels.insert(k.clone(), v.clone());
+        }
         Firing {
             key,
             labels,
@@ -94,19 +117,25 @@ pub fn observe_report(report: &Report, no_data: bool, now_us: i64) -> Observed {
     let monitor = report.monitor.as_str();
     let mut firing = Vec::new();
     let mut undecided = Vec::new();
-    for (metric, s) in &report.metrics {
-        let name = metric.name();
-        if s.breached {
-            let why = s.breach_reason().unwrap_or_else(|| "breached".to_string());
-            firing.push(Firing::new(
-                monitor,
-                BREACHED,
-                Some(name),
-                format!("{name}: {why}"),
-                now_us,
-            ));
-        } else if s.status != Conclusion::Ok {
-            undecided.push(format!("{BREACHED}/{name}"));
+    let overall = BTreeMap::new();
+    let scopes = std::iter::once((&overall, &report.metrics, String::new())).chain(
+        report
+            .groups
+            .iter()
+            .map(|g| (&g.labels, &g.metrics, format!(" [{}]", g.name()))),
+    );
+    for (group, metrics, suffix) in scopes {
+        for (metric, s) in metrics {
+            let name = metric.name();
+            let alert = |summary: String| {
+                Firing::in_group(monitor, BREACHED, Some(name), group, summary, now_us)
+            };
+            if s.breached {
+                let why = s.breach_reason().unwrap_or_else(|| "breached".to_string());
+                firing.push(alert(format!("{name}{suffix}: {why}")));
+            } else if s.status != Conclusion::Ok {
+                undecided.push(alert(String::new()).key);
+            }
         }
     }
     if no_data && report.status == Conclusion::NoData {
@@ -227,6 +256,7 @@ mod tests {
             records: 0,
             sampled: 0,
             sampling: None,
+            groups: Vec::new(),
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "j".into(),

@@ -62,14 +62,26 @@ pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
             let Some((report, _)) = &m.last_report else {
                 continue;
             };
-            for (metric, summary) in &report.metrics {
-                if let Some(v) = value(summary) {
-                    let _ = writeln!(
-                        out,
-                        "{ns}_{name}{{monitor=\"{}\",metric=\"{}\"}} {v}",
-                        escape_label_value(&m.monitor),
-                        metric.name()
-                    );
+            // The monitor's own figures, then each group's with its labels (group_by).
+            let overall = std::iter::once((String::new(), &report.metrics));
+            let groups = report.groups.iter().map(|g| {
+                let labels: String = g
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!(",{k}=\"{}\"", escape_label_value(v)))
+                    .collect();
+                (labels, &g.metrics)
+            });
+            for (labels, metrics) in overall.chain(groups) {
+                for (metric, summary) in metrics {
+                    if let Some(v) = value(summary) {
+                        let _ = writeln!(
+                            out,
+                            "{ns}_{name}{{monitor=\"{}\",metric=\"{}\"{labels}}} {v}",
+                            escape_label_value(&m.monitor),
+                            metric.name()
+                        );
+                    }
                 }
             }
         }
@@ -176,6 +188,7 @@ mod tests {
             records: 1,
             sampled: 1,
             sampling: None,
+            groups: Vec::new(),
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "x".into(),

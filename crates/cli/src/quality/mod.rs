@@ -12,4 +12,5 @@ pub mod monitor;
 pub mod prompt;
 pub mod report;
 pub mod sampling;
+pub mod scope;
 pub mod score;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::aggregate::{Rule, Thresholds, DEFAULT_ACCEPTABLE_SCORE};
 use super::duration::{IsoDuration, WindowSpec};
 use super::metric::Metric;
+use super::scope::{Field, Scope, DEFAULT_MAX_GROUPS};
 
 pub const DEFAULT_WINDOW: &str = "P7D";
 pub const DEFAULT_SAMPLING_RATE: f64 = 0.1;
@@ -51,6 +52,17 @@ struct RawMonitor {
     verdict: Option<RawVerdict>,
     alerts: Option<RawAlerts>,
     schedule: Option<String>,
+    filter: Option<std::collections::BTreeMap<String, OneOrMany>>,
+    group_by: Option<Vec<String>>,
+    max_groups: Option<usize>,
+}
+
+/// A filter's value: one, or a list of which any matches.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -352,6 +364,8 @@ pub struct Monitor {
     pub alerts: Alerts,
     /// Five- or six-field cron expression (UTC), for `tokenmeter serve`.
     pub schedule: Option<String>,
+    /// Which records it judges, and how its verdicts are broken down.
+    pub scope: Scope,
 }
 
 impl Monitor {
@@ -560,6 +574,8 @@ impl RawMonitor {
             }
         }
 
+        let scope = scope(self.filter, self.group_by, self.max_groups)?;
+
         Ok(Monitor {
             name,
             window,
@@ -570,8 +586,77 @@ impl RawMonitor {
             metrics,
             alerts,
             schedule: self.schedule,
+            scope,
         })
     }
+}
+
+fn scope(
+    filter: Option<std::collections::BTreeMap<String, OneOrMany>>,
+    group_by: Option<Vec<String>>,
+    max_groups: Option<usize>,
+) -> Result<Scope, MonitorError> {
+    let mut conditions = Vec::new();
+    for (name, values) in filter.unwrap_or_default() {
+        let field = format!("filter.{name}");
+        let values = match values {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        };
+        if values.is_empty() {
+            return Err(MonitorError::new(
+                field,
+                "an empty list admits no record; list the values to keep",
+            ));
+        }
+        if name.trim().is_empty() || name == "dimensions." {
+            return Err(MonitorError::new(
+                field,
+                "name model, route, operation or a dimension",
+            ));
+        }
+        conditions.push((Field::parse(&name), values));
+    }
+    let mut fields: Vec<Field> = Vec::new();
+    for (i, name) in group_by.unwrap_or_default().into_iter().enumerate() {
+        let at = format!("group_by[{i}]");
+        if name.trim().is_empty() || name == "dimensions." {
+            return Err(MonitorError::new(
+                at,
+                "name model, route, operation or a dimension",
+            ));
+        }
+        let f = Field::parse(&name);
+        let label = f.label();
+        if ALERT_LABELS.contains(&label.as_str()) {
+            return Err(MonitorError::new(
+                at,
+                format!("{name:?} would be the label {label}, which tokenmeter sets itself; group by another dimension"),
+            ));
+        }
+        if fields.iter().any(|g| g.label() == label) {
+            return Err(MonitorError::new(
+                at,
+                format!("{name:?} is named twice (label {label})"),
+            ));
+        }
+        fields.push(f);
+    }
+    let max_groups = max_groups.unwrap_or(DEFAULT_MAX_GROUPS);
+    if !(2..=1000).contains(&max_groups) {
+        return Err(MonitorError::new(
+            "max_groups",
+            format!("{max_groups} must be from 2 to 1000: past it the smaller groups are judged together as _other"),
+        ));
+    }
+    if fields.len() > 4 {
+        return Err(MonitorError::new("group_by", "at most 4 fields"));
+    }
+    Ok(Scope {
+        filter: conditions,
+        group_by: fields,
+        max_groups,
+    })
 }
 
 fn thresholds(
@@ -1386,6 +1471,35 @@ schedule: "15 10 * * *"
         ] {
             let e = error(&with("model: gpt-4o", &format!("model: gpt-4o\n  {line}")));
             assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn scope_filters_and_groups() {
+        let m = Monitor::parse(&with(
+            "schedule: \"15 10 * * *\"",
+            "filter: {model: [gpt-4o, gpt-4o-mini], dimensions.team: blue}\ngroup_by: [route, API ID]\nmax_groups: 5",
+        ))
+        .unwrap();
+        assert_eq!(m.scope.filter.len(), 2);
+        assert_eq!(
+            m.scope.group_by,
+            [Field::Route, Field::Dimension("API ID".into())]
+        );
+        assert_eq!(m.scope.max_groups, 5);
+        assert_eq!(
+            Monitor::parse(FULL).unwrap().scope.max_groups,
+            DEFAULT_MAX_GROUPS
+        );
+        for (text, field) in [
+            ("filter: {model: []}", "filter.model"),
+            ("group_by: [monitor]", "group_by[0]"),
+            ("group_by: [team, dimensions.team]", "group_by[1]"),
+            ("group_by: ['']", "group_by[0]"),
+            ("group_by: [model]\nmax_groups: 1", "max_groups"),
+        ] {
+            let e = error(&with("schedule: \"15 10 * * *\"", text));
+            assert_eq!(e.field, field, "{text}: {e}");
         }
     }
 

@@ -191,10 +191,40 @@ pub struct Report {
         deserialize_with = "deserialize_metrics"
     )]
     pub metrics: Vec<(Metric, Summary)>,
-    /// The worst of the metrics' verdicts.
+    /// Each group's verdicts, with `group_by` (absent without).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupReport>,
+    /// The worst of the metrics' verdicts, the groups' included.
     #[serde(default)]
     pub status: Conclusion,
     pub breached: bool,
+}
+
+/// The verdicts of one group of records (`group_by`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// The group's value of each `group_by` field, by label (`_other`: the groups past
+    /// `max_groups` together).
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub sampled: u64,
+    #[serde(
+        serialize_with = "serialize_metrics",
+        deserialize_with = "deserialize_metrics"
+    )]
+    pub metrics: Vec<(Metric, Summary)>,
+    pub status: Conclusion,
+    pub breached: bool,
+}
+
+impl GroupReport {
+    /// `model=gpt-4o,team=blue`.
+    pub fn name(&self) -> String {
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// One line of the per-record table.
@@ -305,9 +335,15 @@ pub fn render_table(r: &Report) -> String {
         "status",
     ];
     let mut rows: Vec<[String; 11]> = vec![header.map(String::from)];
-    for (metric, s) in &r.metrics {
+    let all = r.metrics.iter().map(|(m, s)| (m.name().to_string(), s));
+    let grouped = r.groups.iter().flat_map(|g| {
+        g.metrics
+            .iter()
+            .map(move |(m, s)| (format!("{} [{}]", m.name(), g.name()), s))
+    });
+    for (name, s) in all.chain(grouped) {
         rows.push([
-            metric.name().to_string(),
+            name,
             ratio(s.average_score),
             ratio(s.pass_rate),
             s.violations.to_string(),
@@ -341,11 +377,18 @@ pub fn render_table(r: &Report) -> String {
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     let _ = writeln!(out);
-    let notes: Vec<String> = r
+    let mut notes: Vec<String> = r
         .metrics
         .iter()
         .filter_map(|(m, s)| s.why.as_ref().map(|why| format!("{}: {why}", m.name())))
         .collect();
+    for g in &r.groups {
+        notes.extend(g.metrics.iter().filter_map(|(m, s)| {
+            s.why
+                .as_ref()
+                .map(|why| format!("{} [{}]: {why}", m.name(), g.name()))
+        }));
+    }
     let intervals: Vec<String> = r
         .metrics
         .iter()
@@ -415,6 +458,7 @@ mod tests {
             records: 140,
             sampled: 14,
             sampling: None,
+            groups: Vec::new(),
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "gpt-4o".into(),
