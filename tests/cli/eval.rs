@@ -1010,6 +1010,40 @@ fn a_monitor_keeps_to_its_scope_and_judges_each_group() {
     assert!(line.ends_with("BREACHED"), "{line}");
 }
 
+/// `rubric: azure`: the judge follows score levels matching Azure's evaluators, relevance
+/// without the context as Azure's does, and the report says which rubric scored.
+#[test]
+fn the_azure_rubric_is_asked_for_by_name() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(dir.path(), &[record("r0", "", false)]);
+    let monitor = write_monitor(
+        dir.path(),
+        "azure-levels",
+        &judge.url(),
+        "",
+        "{groundedness: {}, relevance: {}, fluency: {}}",
+        "rubric: azure\n",
+    );
+    let out = eval(
+        &monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out.stdout);
+    assert_eq!(r["judge"]["rubric"], "azure");
+    // Without a context, groundedness does not apply; Azure's relevance still does.
+    assert_eq!(metric(&r, "groundedness")["not_applicable"], 1);
+    assert_eq!(metric(&r, "relevance")["scored"], 1);
+    let systems: Vec<String> = judge.received().iter().map(|q| q.system()).collect();
+    assert_eq!(systems.len(), 2);
+    assert!(systems
+        .iter()
+        .any(|s| s.contains("5 - Comprehensive with insight")));
+    assert!(systems.iter().any(|s| s.contains("1 - Emergent")));
+}
+
 #[test]
 fn breaches_are_mailed_over_smtp() {
     let judge = JudgeServer::start(scoring_judge).unwrap();

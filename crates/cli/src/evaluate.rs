@@ -156,7 +156,7 @@ pub async fn evaluate(
         for (metric, _) in &monitor.metrics {
             let metric = *metric;
             row_index.insert((i, metric), rows.len());
-            if metric.applies_to(&inputs) {
+            if metric.applies_to(&inputs, monitor.rubric) {
                 applicable.push(metric);
                 rows.push(row(
                     record,
@@ -186,7 +186,7 @@ pub async fn evaluate(
             continue;
         }
         if options.combined {
-            let prompt = prompt::combined(&applicable, &inputs);
+            let prompt = prompt::combined(&applicable, &inputs, monitor.rubric);
             let names: Vec<&str> = applicable.iter().map(|m| m.name()).collect();
             let key = prompt::cache_key(
                 &prompt,
@@ -201,7 +201,7 @@ pub async fn evaluate(
             });
         } else {
             for metric in applicable {
-                let prompt = prompt::for_metric(metric, &inputs);
+                let prompt = prompt::for_metric(metric, &inputs, monitor.rubric);
                 let key =
                     prompt::cache_key(&prompt, &model, &format!("{}|{decoding}", metric.name()));
                 tasks.push(Task {
@@ -446,12 +446,15 @@ pub async fn evaluate(
     };
     let breached = status == Conclusion::Breached;
     let prompt_versions = if options.combined {
-        BTreeMap::from([("combined".to_string(), prompt::combined_version())])
+        BTreeMap::from([(
+            "combined".to_string(),
+            prompt::combined_version(monitor.rubric),
+        )])
     } else {
         monitor
             .metrics
             .iter()
-            .map(|(m, _)| (m.name().to_string(), prompt::version(*m)))
+            .map(|(m, _)| (m.name().to_string(), prompt::version(*m, monitor.rubric)))
             .collect()
     };
     let usage = judge.usage();
@@ -468,6 +471,7 @@ pub async fn evaluate(
         judge: JudgeReport {
             kind: monitor.judge.kind_name().to_string(),
             model,
+            rubric: monitor.rubric.name().to_string(),
             prompt_versions,
             calls: judge.requests(),
             cached,
@@ -525,7 +529,7 @@ fn row(
 
 fn missing_columns(monitor: &Monitor, metric: Metric, inputs: &Inputs<'_>) -> String {
     let missing: Vec<&str> = metric
-        .inputs()
+        .inputs(monitor.rubric)
         .iter()
         .filter(|i| inputs.get(**i).is_none())
         .map(|i| match i {

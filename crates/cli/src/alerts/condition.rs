@@ -260,6 +260,7 @@ mod tests {
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "j".into(),
+                rubric: "tokenmeter".into(),
                 prompt_versions: Default::default(),
                 calls: 0,
                 cached: 0,

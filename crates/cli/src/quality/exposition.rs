@@ -192,6 +192,7 @@ mod tests {
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "x".into(),
+                rubric: "tokenmeter".into(),
                 prompt_versions: Default::default(),
                 calls: 0,
                 cached: 0,

@@ -37,19 +37,41 @@ impl Metric {
     /// The inputs its rubric judges, and only those are sent to the judge: groundedness
     /// and relevance weigh the answer against the context it was given (and the question),
     /// coherence follows the answer from the question, fluency reads the answer alone.
-    pub fn inputs(self) -> &'static [Input] {
-        match self {
-            Metric::Groundedness | Metric::Relevance => {
+    /// Azure's relevance reads the question and the answer only.
+    pub fn inputs(self, rubric: Rubric) -> &'static [Input] {
+        match (self, rubric) {
+            (Metric::Relevance, Rubric::Azure) => &[Input::Question, Input::Answer],
+            (Metric::Groundedness | Metric::Relevance, _) => {
                 &[Input::Question, Input::Context, Input::Answer]
             }
-            Metric::Coherence => &[Input::Question, Input::Answer],
-            Metric::Fluency => &[Input::Answer],
+            (Metric::Coherence, _) => &[Input::Question, Input::Answer],
+            (Metric::Fluency, _) => &[Input::Answer],
         }
     }
 
     /// Whether a record with these columns can be scored on this metric.
-    pub fn applies_to(self, inputs: &Inputs<'_>) -> bool {
-        self.inputs().iter().all(|i| inputs.get(*i).is_some())
+    pub fn applies_to(self, inputs: &Inputs<'_>, rubric: Rubric) -> bool {
+        self.inputs(rubric).iter().all(|i| inputs.get(*i).is_some())
+    }
+}
+
+/// Whose score levels the judge follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Rubric {
+    /// tokenmeter's own rubrics.
+    #[default]
+    Tokenmeter,
+    /// Levels that follow the definitions of Azure AI Foundry's current evaluators, so
+    /// that teams moving from them get comparable scores.
+    Azure,
+}
+
+impl Rubric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rubric::Tokenmeter => "tokenmeter",
+            Rubric::Azure => "azure",
+        }
     }
 }
 
@@ -115,7 +137,7 @@ mod tests {
         let applies = |i: &Inputs<'_>| -> Vec<&str> {
             Metric::ALL
                 .into_iter()
-                .filter(|m| m.applies_to(i))
+                .filter(|m| m.applies_to(i, Rubric::Tokenmeter))
                 .map(Metric::name)
                 .collect()
         };
@@ -126,6 +148,9 @@ mod tests {
         );
         // Fluency reads the answer alone.
         assert_eq!(applies(&a_only), ["fluency"]);
+        // Azure's relevance does without the context.
+        assert!(Metric::Relevance.applies_to(&qa, Rubric::Azure));
+        assert!(!Metric::Groundedness.applies_to(&qa, Rubric::Azure));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::aggregate::{Rule, Thresholds, DEFAULT_ACCEPTABLE_SCORE};
 use super::duration::{IsoDuration, WindowSpec};
-use super::metric::Metric;
+use super::metric::{Metric, Rubric};
 use super::scope::{Field, Scope, DEFAULT_MAX_GROUPS};
 
 pub const DEFAULT_WINDOW: &str = "P7D";
@@ -55,6 +55,7 @@ struct RawMonitor {
     filter: Option<std::collections::BTreeMap<String, OneOrMany>>,
     group_by: Option<Vec<String>>,
     max_groups: Option<usize>,
+    rubric: Option<String>,
 }
 
 /// A filter's value: one, or a list of which any matches.
@@ -366,6 +367,8 @@ pub struct Monitor {
     pub schedule: Option<String>,
     /// Which records it judges, and how its verdicts are broken down.
     pub scope: Scope,
+    /// Whose score levels the judge follows.
+    pub rubric: Rubric,
 }
 
 impl Monitor {
@@ -575,6 +578,16 @@ impl RawMonitor {
         }
 
         let scope = scope(self.filter, self.group_by, self.max_groups)?;
+        let rubric = match self.rubric.as_deref() {
+            None | Some("tokenmeter") => Rubric::Tokenmeter,
+            Some("azure") => Rubric::Azure,
+            Some(other) => {
+                return Err(MonitorError::new(
+                    "rubric",
+                    format!("{other:?} is not a rubric: use tokenmeter (the default) or azure"),
+                ))
+            }
+        };
 
         Ok(Monitor {
             name,
@@ -587,6 +600,7 @@ impl RawMonitor {
             alerts,
             schedule: self.schedule,
             scope,
+            rubric,
         })
     }
 }
@@ -1472,6 +1486,15 @@ schedule: "15 10 * * *"
             let e = error(&with("model: gpt-4o", &format!("model: gpt-4o\n  {line}")));
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn rubric_is_ours_unless_azure_is_named() {
+        assert_eq!(Monitor::parse(FULL).unwrap().rubric, Rubric::Tokenmeter);
+        let azure = with("schedule: \"15 10 * * *\"", "rubric: azure");
+        assert_eq!(Monitor::parse(&azure).unwrap().rubric, Rubric::Azure);
+        let bad = with("schedule: \"15 10 * * *\"", "rubric: ragas");
+        assert_eq!(error(&bad).field, "rubric");
     }
 
     #[test]

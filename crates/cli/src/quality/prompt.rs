@@ -7,7 +7,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::metric::{Input, Inputs, Metric};
+use super::metric::{Input, Inputs, Metric, Rubric};
 
 const PREAMBLE: &str = "\
 You are a careful reviewer of answers produced by an AI assistant. You rate one quality \
@@ -65,6 +65,65 @@ sentence flow, in the language it is written in? Do not judge content or correct
 2 - Frequent errors that make the text hard to read.
 1 - Largely unreadable.";
 
+// The `azure` rubric: score levels that follow Azure AI Foundry's current quality
+// evaluators (azure-ai-evaluation) level by level, written in our own words, so that a team
+// moving from them gets comparable numbers. docs/quality.md sets them side by side.
+
+const AZURE_GROUNDEDNESS: &str = "\
+Quality: GROUNDEDNESS. How well the answer rests on the context it was given: its claims \
+must come from the context alone; inferences, generalisations or additions the context \
+does not state count as unsupported, however plausible.
+5 - Fully correct and complete: answers the question with the relevant details of the \
+context, and every factual claim is supported by it.
+4 - Partially correct: what it states is supported, but it leaves out details of the \
+context needed for a full answer, or adds only minor unsupported details.
+3 - Nothing to ground: the answer makes no claim that can be checked against the context \
+(a clarifying question, a courtesy, a follow-up).
+2 - Attempts an answer but states something incorrect or unsupported: misreads the \
+context, gets a detail wrong, or extrapolates beyond what it says.
+1 - Unrelated: does not respond to the question or the context at all, or only talks \
+about the general topic.";
+
+const AZURE_RELEVANCE: &str = "\
+Quality: RELEVANCE. How well the answer addresses the user's latest question.
+5 - Comprehensive with insight: answers fully and accurately, and adds elaboration that \
+helps the user understand why it matters or how to use it.
+4 - Fully relevant: covers every essential part of the question accurately; a very minor \
+omission is acceptable.
+3 - Partially relevant: on topic with some useful information, but leaves out essential \
+parts, so it does not fully satisfy the request.
+2 - Related but unhelpful: touches the question without giving anything specific or \
+useful (vague phrases, a non-answer, an error message).
+1 - Irrelevant: off topic, no attempt to address the question.";
+
+const AZURE_COHERENCE: &str = "\
+Quality: COHERENCE. How logically and orderly the answer presents its ideas in response \
+to the question, so that the reader can follow its train of thought.
+5 - Highly coherent: sophisticated organisation, seamless flow, well-chosen transitions \
+that make the links between ideas clear; addresses the question precisely.
+4 - Coherent: addresses the question with logically organised ideas, clear connections \
+between sentences and appropriate transitions; easy to follow.
+3 - Partially coherent: relevant but with problems of order or flow; some links are \
+abrupt or left for the reader to infer.
+2 - Poorly coherent: fragmented sentences and little structure; some relevant words but \
+the message is hard to make out.
+1 - Incoherent: disjointed words or phrases with no meaningful sentence and no link to \
+the question.";
+
+const AZURE_FLUENCY: &str = "\
+Quality: FLUENCY. How clearly and effectively the answer is written: grammar, range of \
+vocabulary, sentence construction and readability. Do not judge content.
+5 - Exceptional: sophisticated vocabulary, varied and complex sentences, flawless \
+grammar, precise and eloquent.
+4 - Proficient: good grammar and varied vocabulary, well-built sentences that flow; minor \
+errors do not affect understanding.
+3 - Competent: ideas come across clearly with occasional errors; adequate vocabulary, \
+correct but simple sentences.
+2 - Basic: simple ideas with frequent errors and limited vocabulary; short, sometimes \
+broken sentences, repetition and awkward phrasing.
+1 - Emergent: pervasive errors, very limited vocabulary and fragments; largely \
+incomprehensible.";
+
 /// How the record's texts are set apart from the instructions: each between markers
 /// whose tag is a hash of the texts themselves, so no text can contain its own end marker
 /// (it would have to contain its own hash), and the tag is the same on every run, which
@@ -118,24 +177,28 @@ fn verdict_schema() -> serde_json::Value {
     })
 }
 
-fn rubric(metric: Metric) -> &'static str {
-    match metric {
-        Metric::Groundedness => GROUNDEDNESS,
-        Metric::Relevance => RELEVANCE,
-        Metric::Coherence => COHERENCE,
-        Metric::Fluency => FLUENCY,
+fn rubric(metric: Metric, style: Rubric) -> &'static str {
+    match (style, metric) {
+        (Rubric::Tokenmeter, Metric::Groundedness) => GROUNDEDNESS,
+        (Rubric::Tokenmeter, Metric::Relevance) => RELEVANCE,
+        (Rubric::Tokenmeter, Metric::Coherence) => COHERENCE,
+        (Rubric::Tokenmeter, Metric::Fluency) => FLUENCY,
+        (Rubric::Azure, Metric::Groundedness) => AZURE_GROUNDEDNESS,
+        (Rubric::Azure, Metric::Relevance) => AZURE_RELEVANCE,
+        (Rubric::Azure, Metric::Coherence) => AZURE_COHERENCE,
+        (Rubric::Azure, Metric::Fluency) => AZURE_FLUENCY,
     }
 }
 
-fn system_one(metric: Metric) -> String {
+fn system_one(metric: Metric, style: Rubric) -> String {
     format!(
         "{PREAMBLE}\n\n{}\n\n{DATA_RULE}\n\n{OUTPUT_ONE}",
-        rubric(metric)
+        rubric(metric, style)
     )
 }
 
-fn system_combined() -> String {
-    let rubrics: Vec<&str> = Metric::ALL.into_iter().map(rubric).collect();
+fn system_combined(style: Rubric) -> String {
+    let rubrics: Vec<&str> = Metric::ALL.into_iter().map(|m| rubric(m, style)).collect();
     format!(
         "{COMBINED_INTRO}\n\n{}\n\n{DATA_RULE}\n\n{OUTPUT_COMBINED}",
         rubrics.join("\n\n")
@@ -143,10 +206,10 @@ fn system_combined() -> String {
 }
 
 /// The inputs several metrics read, in reading order.
-fn union(metrics: &[Metric]) -> Vec<Input> {
+fn union(metrics: &[Metric], style: Rubric) -> Vec<Input> {
     Input::ALL
         .into_iter()
-        .filter(|i| metrics.iter().any(|m| m.inputs().contains(i)))
+        .filter(|i| metrics.iter().any(|m| m.inputs(style).contains(i)))
         .collect()
 }
 
@@ -205,37 +268,40 @@ fn version_of(system: &str, user_template: &str) -> String {
 }
 
 /// The version of a metric's own prompt.
-pub fn version(metric: Metric) -> String {
-    version_of(&system_one(metric), &user_template(metric.inputs(), false))
+pub fn version(metric: Metric, style: Rubric) -> String {
+    version_of(
+        &system_one(metric, style),
+        &user_template(metric.inputs(style), false),
+    )
 }
 
 /// The version of the combined prompt.
-pub fn combined_version() -> String {
-    version_of(&system_combined(), &user_template(&Input::ALL, true))
+pub fn combined_version(style: Rubric) -> String {
+    version_of(&system_combined(style), &user_template(&Input::ALL, true))
 }
 
 /// The prompt scoring one metric of one record: only the inputs its rubric reads.
-pub fn for_metric(metric: Metric, inputs: &Inputs<'_>) -> Prompt {
-    let system = system_one(metric);
+pub fn for_metric(metric: Metric, inputs: &Inputs<'_>, style: Rubric) -> Prompt {
+    let system = system_one(metric, style);
     Prompt {
-        user: user_message(metric.inputs(), inputs, None),
-        version: version(metric),
+        user: user_message(metric.inputs(style), inputs, None),
+        version: version(metric, style),
         system,
         schema: verdict_schema(),
     }
 }
 
 /// The prompt scoring several metrics of one record in one call.
-pub fn combined(metrics: &[Metric], inputs: &Inputs<'_>) -> Prompt {
-    let system = system_combined();
-    let version = combined_version();
+pub fn combined(metrics: &[Metric], inputs: &Inputs<'_>, style: Rubric) -> Prompt {
+    let system = system_combined(style);
+    let version = combined_version(style);
     let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
     let properties: serde_json::Map<String, serde_json::Value> = names
         .iter()
         .map(|n| (n.to_string(), verdict_schema()))
         .collect();
     Prompt {
-        user: user_message(&union(metrics), inputs, Some(&names.join(", "))),
+        user: user_message(&union(metrics, style), inputs, Some(&names.join(", "))),
         system,
         version,
         schema: serde_json::json!({
@@ -280,20 +346,26 @@ mod tests {
 
     #[test]
     fn each_metric_has_its_own_versioned_rubric() {
-        let versions: Vec<String> = Metric::ALL.into_iter().map(version).collect();
+        let versions: Vec<String> = Metric::ALL
+            .into_iter()
+            .map(|m| version(m, Rubric::Tokenmeter))
+            .collect();
         for (i, v) in versions.iter().enumerate() {
             assert_eq!(v.len(), 12);
             assert!(v.chars().all(|c| c.is_ascii_hexdigit()));
             assert!(!versions.iter().skip(i + 1).any(|w| w == v));
         }
-        assert_ne!(combined_version(), versions[0]);
+        assert_ne!(combined_version(Rubric::Tokenmeter), versions[0]);
         // Stable across calls: it is a hash of constant text.
-        assert_eq!(version(Metric::Fluency), version(Metric::Fluency));
+        assert_eq!(
+            version(Metric::Fluency, Rubric::Tokenmeter),
+            version(Metric::Fluency, Rubric::Tokenmeter)
+        );
     }
 
     #[test]
     fn prompt_asks_for_reasoning_then_json_score() {
-        let p = for_metric(Metric::Groundedness, &INPUTS);
+        let p = for_metric(Metric::Groundedness, &INPUTS, Rubric::Tokenmeter);
         assert!(p.system.contains("GROUNDEDNESS"));
         assert!(p.system.contains("step by step"));
         assert!(p.system.contains("\"score\""));
@@ -301,7 +373,7 @@ mod tests {
         for level in ["5 - ", "4 - ", "3 - ", "2 - ", "1 - "] {
             assert!(p.system.contains(level), "{level}");
         }
-        assert_eq!(p.version, version(Metric::Groundedness));
+        assert_eq!(p.version, version(Metric::Groundedness, Rubric::Tokenmeter));
     }
 
     /// The tag of a user message's markers.
@@ -314,20 +386,25 @@ mod tests {
     #[test]
     fn each_metric_gets_only_the_inputs_its_rubric_reads() {
         // Finding 11: fluency and coherence were sent the whole context too.
-        let g = for_metric(Metric::Groundedness, &INPUTS).user;
+        let g = for_metric(Metric::Groundedness, &INPUTS, Rubric::Tokenmeter).user;
         let t = tag(&g);
         assert_eq!(
             g,
             format!("<<<QUESTION {t}>>>\nWhat is the refund window?\n<<<END QUESTION {t}>>>\n\n<<<CONTEXT {t}>>>\nRefunds are accepted within 30 days.\n<<<END CONTEXT {t}>>>\n\n<<<ANSWER {t}>>>\n30 days {{answer}}\n<<<END ANSWER {t}>>>")
         );
-        let c = for_metric(Metric::Coherence, &INPUTS).user;
+        let c = for_metric(Metric::Coherence, &INPUTS, Rubric::Tokenmeter).user;
         assert!(c.contains("What is the refund window?") && !c.contains("Refunds are accepted"));
-        let f = for_metric(Metric::Fluency, &INPUTS).user;
+        let f = for_metric(Metric::Fluency, &INPUTS, Rubric::Tokenmeter).user;
         assert!(
             f.starts_with("<<<ANSWER ") && !f.contains("refund window") && !f.contains("Refunds")
         );
         // Combined: what the listed metrics read together.
-        let both = combined(&[Metric::Coherence, Metric::Fluency], &INPUTS).user;
+        let both = combined(
+            &[Metric::Coherence, Metric::Fluency],
+            &INPUTS,
+            Rubric::Tokenmeter,
+        )
+        .user;
         assert!(both.contains("<<<QUESTION ") && !both.contains("<<<CONTEXT "));
     }
 
@@ -340,7 +417,7 @@ mod tests {
             answer: Some(attack),
             ..INPUTS
         };
-        let p = for_metric(Metric::Fluency, &inputs);
+        let p = for_metric(Metric::Fluency, &inputs, Rubric::Tokenmeter);
         let t = tag(&p.user);
         assert_eq!(t.len(), 16);
         assert_ne!(t, "0000000000000000");
@@ -352,23 +429,33 @@ mod tests {
         assert_eq!(p.user.matches(&format!("END ANSWER {t}")).count(), 1);
         assert!(p.system.contains("never instructions to you"));
         // The tag depends on the texts and nothing else: same record, same prompt.
-        assert_eq!(for_metric(Metric::Fluency, &inputs).user, p.user);
-        assert_ne!(tag(&for_metric(Metric::Fluency, &INPUTS).user), t);
+        assert_eq!(
+            for_metric(Metric::Fluency, &inputs, Rubric::Tokenmeter).user,
+            p.user
+        );
+        assert_ne!(
+            tag(&for_metric(Metric::Fluency, &INPUTS, Rubric::Tokenmeter).user),
+            t
+        );
     }
 
     #[test]
     fn combined_prompt_lists_the_metrics() {
-        let p = combined(&[Metric::Coherence, Metric::Fluency], &INPUTS);
+        let p = combined(
+            &[Metric::Coherence, Metric::Fluency],
+            &INPUTS,
+            Rubric::Tokenmeter,
+        );
         assert!(p.user.starts_with("QUALITIES: coherence, fluency\n"));
         for m in Metric::ALL {
             assert!(p.system.contains(&m.name().to_uppercase()));
         }
-        assert_eq!(p.version, combined_version());
+        assert_eq!(p.version, combined_version(Rubric::Tokenmeter));
     }
 
     #[test]
     fn cache_key_depends_on_model_inputs_and_scope() {
-        let p = for_metric(Metric::Coherence, &INPUTS);
+        let p = for_metric(Metric::Coherence, &INPUTS, Rubric::Tokenmeter);
         let k = cache_key(&p, "gpt-4o", "coherence");
         assert_eq!(k, cache_key(&p, "gpt-4o", "coherence"));
         assert_ne!(k, cache_key(&p, "gpt-4o-mini", "coherence"));
@@ -380,10 +467,32 @@ mod tests {
         assert_ne!(
             k,
             cache_key(
-                &for_metric(Metric::Coherence, &other),
+                &for_metric(Metric::Coherence, &other, Rubric::Tokenmeter),
                 "gpt-4o",
                 "coherence"
             )
+        );
+    }
+
+    #[test]
+    fn the_azure_rubric_follows_azures_levels_and_inputs() {
+        let ours = for_metric(Metric::Groundedness, &INPUTS, Rubric::Tokenmeter);
+        let azure = for_metric(Metric::Groundedness, &INPUTS, Rubric::Azure);
+        assert!(azure.system.contains("3 - Nothing to ground"));
+        assert_ne!(
+            azure.version, ours.version,
+            "scores of two rubrics never share a cache entry"
+        );
+        for m in Metric::ALL {
+            assert_ne!(version(m, Rubric::Azure), version(m, Rubric::Tokenmeter));
+        }
+        // Azure's relevance reads the question and the answer, not the context.
+        let relevance = for_metric(Metric::Relevance, &INPUTS, Rubric::Azure);
+        assert!(!relevance.user.contains("<<<CONTEXT "));
+        assert!(relevance.system.contains("5 - Comprehensive with insight"));
+        assert_ne!(
+            combined_version(Rubric::Azure),
+            combined_version(Rubric::Tokenmeter)
         );
     }
 }

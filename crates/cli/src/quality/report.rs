@@ -36,6 +36,9 @@ pub struct WindowReport {
 pub struct JudgeReport {
     pub kind: String,
     pub model: String,
+    /// `tokenmeter` or `azure`: whose score levels the judge followed.
+    #[serde(default = "tokenmeter")]
+    pub rubric: String,
     /// Prompt version per metric (or `combined`).
     pub prompt_versions: std::collections::BTreeMap<String, String>,
     /// Judge calls made in this run (after retries, one per request that got an answer
@@ -172,6 +175,10 @@ impl SamplingReport {
     }
 }
 
+fn tokenmeter() -> String {
+    "tokenmeter".to_string()
+}
+
 /// One evaluation of one monitor's window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -301,10 +308,15 @@ pub fn render_table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "judge     {} {} ({} mode; {} calls, {} cached, {} repairs)",
+        "judge     {} {} ({} mode{}; {} calls, {} cached, {} repairs)",
         r.judge.kind,
         r.judge.model,
         r.mode.name(),
+        if r.judge.rubric == "tokenmeter" {
+            String::new()
+        } else {
+            format!(", {} rubric", r.judge.rubric)
+        },
         r.judge.calls,
         r.judge.cached,
         r.judge.repairs
@@ -462,6 +474,7 @@ mod tests {
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "gpt-4o".into(),
+                rubric: "tokenmeter".into(),
                 prompt_versions: Default::default(),
                 calls: 15,
                 cached: 0,
