@@ -1044,6 +1044,103 @@ fn the_azure_rubric_is_asked_for_by_name() {
     assert!(systems.iter().any(|s| s.contains("1 - Emergent")));
 }
 
+/// The drift canary: a judge that scores the shipped calibration set as expected agrees;
+/// one that gives everything a 5 (a judge that stopped reading) has drifted, which alerts
+/// on its own while the app's verdict stays what it is.
+#[test]
+fn the_drift_canary_tells_a_drifting_judge_from_the_app() {
+    let set: Vec<Value> = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/crates/cli/src/quality/canary.yaml",
+            crate::ROOT
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let calibrated = move |req: &tokenmeter_testkit::judge::Received, _: usize| {
+        let user = req.user();
+        let metric = metric_of(req).unwrap_or("unknown");
+        let band = set
+            .iter()
+            .find(|c| user.contains(c["answer"].as_str().unwrap()))
+            .and_then(|c| c["expect"][metric][0].as_u64());
+        Reply::json_score(band.map_or(5, |b| b as u8), "calibrated")
+    };
+    let sound = JudgeServer::start(calibrated).unwrap();
+    let lazy = JudgeServer::start(|_: &tokenmeter_testkit::judge::Received, _: usize| {
+        Reply::json_score(5, "looks great")
+    })
+    .unwrap();
+    let hook = Webhook::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_records(dir.path(), &[record("r0", "", true)]);
+    // Each judge its own cache: the same model name on another server would be answered
+    // from the first one's cache, as a rerun of the same judge is.
+    let run = |judge: &JudgeServer, name: &str| {
+        let cache = dir.path().join(format!("{name}.db"));
+        let monitor = write_monitor(
+            dir.path(),
+            name,
+            &judge.url(),
+            "",
+            "{groundedness: {}, relevance: {}, coherence: {}, fluency: {}}",
+            &format!("canary: true\nalerts: {{webhook: '{}'}}\n", hook.url()),
+        );
+        let args = [
+            "--records",
+            file.to_str().unwrap(),
+            "--cache-db",
+            cache.to_str().unwrap(),
+        ];
+        let out = eval(&monitor, &args, &["--format", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        report(&out.stdout)
+    };
+    let r = run(&sound, "sound");
+    let c = &r["canary"];
+    assert_eq!(c["agreement"], 1.0, "{c}");
+    assert_eq!(c["drifted"], false);
+    assert!(c["scored"].as_u64().unwrap() >= 12, "{c}");
+    // 1 app record × 4 metrics, plus the canary's.
+    let canary_calls = sound.calls() - 4;
+    assert_eq!(r["judge"]["calls"].as_u64(), Some(sound.calls() as u64));
+    // Cached: a rerun asks nothing.
+    let again = run(&sound, "sound");
+    assert_eq!(sound.calls(), canary_calls + 4);
+    assert_eq!(again["canary"]["agreement"], 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(hook.received().is_empty(), "{:?}", hook.received());
+
+    let r = run(&lazy, "lazy");
+    let c = &r["canary"];
+    assert_eq!(c["drifted"], true, "{c}");
+    assert!(c["agreement"].as_f64().unwrap() < 0.8);
+    let low = c["disagreements"].as_array().unwrap();
+    assert!(
+        low.iter()
+            .all(|d| d["score"] == 5 && d["expected"][1].as_u64().unwrap() <= 3),
+        "{c}"
+    );
+    assert_eq!(r["status"], "ok", "the app's own verdict is unchanged");
+    let alerts = hook.wait_for(1, Duration::from_secs(30)).unwrap();
+    assert_eq!(alerts[0]["status"], "judge_drift");
+    assert_eq!(alerts[0]["opened"][0]["alertname"], "TokenmeterJudgeDrift");
+    let table = eval(
+        &write_monitor(
+            dir.path(),
+            "lazy",
+            &lazy.url(),
+            "",
+            "{fluency: {}}",
+            "canary: true\n",
+        ),
+        &["--records", file.to_str().unwrap()],
+        &["--no-alerts"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(": JUDGE DRIFT"), "{text}");
+}
+
 #[test]
 fn breaches_are_mailed_over_smtp() {
     let judge = JudgeServer::start(scoring_judge).unwrap();

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::ingest;
 use crate::quality::aggregate::Summary;
 use crate::quality::aggregate::{Conclusion, Status, Tally};
+use crate::quality::canary;
 use crate::quality::duration::{format_rfc3339, Window};
 use crate::quality::metric::{Input, Inputs, Metric};
 use crate::quality::monitor::Monitor;
@@ -24,7 +25,7 @@ use crate::quality::report::{
     GroupReport, JudgeReport, Mode, Report, Row, SamplingReport, WindowReport,
 };
 use crate::quality::sampling;
-use crate::quality::scope::GroupKey;
+use crate::quality::scope::{GroupKey, Scope};
 use crate::quality::score::{self, Verdict};
 use tokenmeter_core::records::record::Record;
 
@@ -110,8 +111,38 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// Evaluates the window's records. `store` is the judge-result cache, if any.
+/// Evaluates the window's records. `store` is the judge-result cache, if any. With
+/// `canary`, the judge first scores the calibration set (from the cache when nothing
+/// changed), and the report says how it agreed; its calls count in the run's.
 pub async fn evaluate(
+    monitor: &Monitor,
+    judge: Arc<Judge>,
+    records: Vec<Record>,
+    window: Window,
+    store: Option<Arc<Mutex<Store>>>,
+    previous: Option<&Report>,
+    options: &Options,
+) -> Result<Evaluation> {
+    let canary = match monitor.canary {
+        Some(min_agreement) => {
+            let mut m = monitor.clone();
+            m.canary = None;
+            m.scope = Scope::default();
+            m.sampling_rate = 1.0;
+            let set = canary::records(&monitor.columns);
+            let eval = judged(&m, judge.clone(), set, window, store.clone(), None, options)
+                .await
+                .context("scoring the drift canary")?;
+            Some(canary::assess(&eval.rows, min_agreement))
+        }
+        None => None,
+    };
+    let mut evaluation = judged(monitor, judge, records, window, store, previous, options).await?;
+    evaluation.report.canary = canary;
+    Ok(evaluation)
+}
+
+async fn judged(
     monitor: &Monitor,
     judge: Arc<Judge>,
     records: Vec<Record>,
@@ -486,6 +517,7 @@ pub async fn evaluate(
         },
         metrics,
         groups,
+        canary: None,
         status,
         breached,
     };

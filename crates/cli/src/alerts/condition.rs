@@ -20,6 +20,8 @@ pub const BREACHED: &str = "TokenmeterQualityBreached";
 pub const FAILED: &str = "TokenmeterEvaluationFailed";
 /// `alertname` of a window without any eligible record (with `alerts.no_data`).
 pub const NO_DATA: &str = "TokenmeterNoData";
+/// `alertname` of a judge that no longer scores the drift canary as it should.
+pub const JUDGE_DRIFT: &str = "TokenmeterJudgeDrift";
 
 /// A firing alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +139,17 @@ pub fn observe_report(report: &Report, no_data: bool, now_us: i64) -> Observed {
                 undecided.push(alert(String::new()).key);
             }
         }
+    }
+    match &report.canary {
+        Some(c) if c.drifted => firing.push(Firing::new(
+            monitor,
+            JUDGE_DRIFT,
+            None,
+            format!("judge drift: {}", c.describe()),
+            now_us,
+        )),
+        Some(c) if c.agreement.is_none() => undecided.push(JUDGE_DRIFT.to_string()),
+        _ => {}
     }
     if no_data && report.status == Conclusion::NoData {
         firing.push(Firing::new(
@@ -257,6 +270,7 @@ mod tests {
             sampled: 0,
             sampling: None,
             groups: Vec::new(),
+            canary: None,
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "j".into(),

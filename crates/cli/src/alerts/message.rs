@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::condition::{Firing, Transition, BREACHED, FAILED, NO_DATA};
+use super::condition::{Firing, Transition, BREACHED, FAILED, JUDGE_DRIFT, NO_DATA};
 use crate::quality::report::{self, Report};
 
 /// One run's news for people: the transition, and the run it came from.
@@ -28,6 +28,8 @@ impl Notice<'_> {
             "breached"
         } else if opened(NO_DATA) {
             "no_data"
+        } else if opened(JUDGE_DRIFT) {
+            "judge_drift"
         } else {
             "resolved"
         }
@@ -39,6 +41,7 @@ impl Notice<'_> {
             "failed" => format!("{m}: evaluation failed"),
             "breached" => format!("{m}: quality threshold breached"),
             "no_data" => format!("{m}: no data in the window"),
+            "judge_drift" => format!("{m}: the judge drifted"),
             _ => format!("{m}: resolved"),
         }
     }
@@ -71,6 +74,7 @@ fn resolved_line(f: &Firing) -> String {
         (BREACHED, Some(m)) => format!("{m} is within its thresholds again"),
         (FAILED, _) => "the evaluation finished again".to_string(),
         (NO_DATA, _) => "the window has records to judge again".to_string(),
+        (JUDGE_DRIFT, _) => "the judge scores the canary as expected again".to_string(),
         (name, _) => name.to_string(),
     };
     format!("{what} (firing since {})", time(f.since_us))

@@ -110,6 +110,22 @@ pub fn render(ns: &str, monitors: &[MonitorState]) -> String {
             u8::from(m.last_run_failed)
         );
     }
+    let _ = writeln!(out, "# HELP {ns}_quality_judge_agreement Share of the drift canary's scores inside their bands in the monitor's last run (with canary).");
+    let _ = writeln!(out, "# TYPE {ns}_quality_judge_agreement gauge");
+    for m in monitors {
+        let agreement = m
+            .last_report
+            .as_ref()
+            .and_then(|(r, _)| r.canary.as_ref())
+            .and_then(|c| c.agreement);
+        if let Some(a) = agreement {
+            let _ = writeln!(
+                out,
+                "{ns}_quality_judge_agreement{{monitor=\"{}\"}} {a}",
+                escape_label_value(&m.monitor)
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP {ns}_quality_share_of_traffic Share of all traffic the monitor's last window judged (the lower end when the gateway's rate varied).");
     let _ = writeln!(out, "# TYPE {ns}_quality_share_of_traffic gauge");
     for m in monitors {
@@ -189,6 +205,7 @@ mod tests {
             sampled: 1,
             sampling: None,
             groups: Vec::new(),
+            canary: None,
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "x".into(),

@@ -5,6 +5,7 @@
 //! scheduler live in the `tokenmeter` binary. See `docs/quality.md`.
 
 pub mod aggregate;
+pub mod canary;
 pub mod duration;
 pub mod exposition;
 pub mod metric;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::aggregate::{Rule, Thresholds, DEFAULT_ACCEPTABLE_SCORE};
+use super::canary::DEFAULT_MIN_AGREEMENT;
 use super::duration::{IsoDuration, WindowSpec};
 use super::metric::{Metric, Rubric};
 use super::scope::{Field, Scope, DEFAULT_MAX_GROUPS};
@@ -56,6 +57,15 @@ struct RawMonitor {
     group_by: Option<Vec<String>>,
     max_groups: Option<usize>,
     rubric: Option<String>,
+    canary: Option<RawCanary>,
+}
+
+/// `canary: true`, or `canary: {min_agreement: 0.8}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCanary {
+    On(bool),
+    With { min_agreement: Option<f64> },
 }
 
 /// A filter's value: one, or a list of which any matches.
@@ -369,6 +379,8 @@ pub struct Monitor {
     pub scope: Scope,
     /// Whose score levels the judge follows.
     pub rubric: Rubric,
+    /// With the drift canary: the agreement below which the judge has drifted.
+    pub canary: Option<f64>,
 }
 
 impl Monitor {
@@ -578,6 +590,20 @@ impl RawMonitor {
         }
 
         let scope = scope(self.filter, self.group_by, self.max_groups)?;
+        let canary = match self.canary {
+            None | Some(RawCanary::On(false)) => None,
+            Some(RawCanary::On(true)) => Some(DEFAULT_MIN_AGREEMENT),
+            Some(RawCanary::With { min_agreement }) => {
+                let a = min_agreement.unwrap_or(DEFAULT_MIN_AGREEMENT);
+                if !(a > 0.0 && a <= 1.0) {
+                    return Err(MonitorError::new(
+                        "canary.min_agreement",
+                        format!("{a} must be above 0 and at most 1, e.g. 0.8"),
+                    ));
+                }
+                Some(a)
+            }
+        };
         let rubric = match self.rubric.as_deref() {
             None | Some("tokenmeter") => Rubric::Tokenmeter,
             Some("azure") => Rubric::Azure,
@@ -601,6 +627,7 @@ impl RawMonitor {
             schedule: self.schedule,
             scope,
             rubric,
+            canary,
         })
     }
 }
@@ -1486,6 +1513,22 @@ schedule: "15 10 * * *"
             let e = error(&with("model: gpt-4o", &format!("model: gpt-4o\n  {line}")));
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn the_canary_is_opt_in() {
+        assert_eq!(Monitor::parse(FULL).unwrap().canary, None);
+        let on = |text: &str| Monitor::parse(&with("schedule: \"15 10 * * *\"", text));
+        assert_eq!(on("canary: true").unwrap().canary, Some(0.8));
+        assert_eq!(
+            on("canary: {min_agreement: 0.9}").unwrap().canary,
+            Some(0.9)
+        );
+        assert_eq!(on("canary: false").unwrap().canary, None);
+        assert_eq!(
+            on("canary: {min_agreement: 1.5}").unwrap_err().field,
+            "canary.min_agreement"
+        );
     }
 
     #[test]

@@ -198,6 +198,9 @@ pub struct Report {
         deserialize_with = "deserialize_metrics"
     )]
     pub metrics: Vec<(Metric, Summary)>,
+    /// How the judge did on the drift canary (absent without `canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::CanaryReport>,
     /// Each group's verdicts, with `group_by` (absent without).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupReport>,
@@ -305,6 +308,9 @@ pub fn render_table(r: &Report) -> String {
     );
     if let Some(s) = &r.sampling {
         let _ = writeln!(out, "sampling  {}", s.describe());
+    }
+    if let Some(c) = &r.canary {
+        let _ = writeln!(out, "canary    {}", c.describe());
     }
     let _ = writeln!(
         out,
@@ -471,6 +477,7 @@ mod tests {
             sampled: 14,
             sampling: None,
             groups: Vec::new(),
+            canary: None,
             judge: JudgeReport {
                 kind: "openai".into(),
                 model: "gpt-4o".into(),
