@@ -276,6 +276,9 @@ fn serialize_metrics<S: Serializer>(
         let rounded = Summary {
             average_score: summary.average_score.map(round4),
             pass_rate: summary.pass_rate.map(round4),
+            pass_rate_interval: summary.pass_rate_interval.map(|i| i.map(round4)),
+            average_interval: summary.average_interval.map(|i| i.map(round4)),
+            coverage: summary.coverage.map(round4),
             ..summary.clone()
         };
         map.serialize_entry(metric.name(), &rounded)?;
