@@ -22,6 +22,17 @@ fn eval(monitor: &std::path::Path, source: &[&str], extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `eval --records FILE --format json`, which must exit with `code`: its report.
+fn json_report(monitor: &std::path::Path, file: &std::path::Path, code: i32) -> Value {
+    let out = eval(
+        monitor,
+        &["--records", file.to_str().unwrap()],
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+    report(&out.stdout)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -276,13 +287,7 @@ fn retries_after_429_500_and_timeouts() {
         "{fluency: {}}",
         "",
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 0);
     let f = metric(&r, "fluency");
     assert_eq!(
         (f["scored"].as_u64(), f["errored"].as_u64()),
@@ -336,13 +341,7 @@ fn calls_failing_after_retries_are_errored_not_dropped() {
         "{coherence: {}}",
         "",
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 0);
     let c = metric(&r, "coherence");
     assert_eq!(
         (c["scored"].as_u64(), c["errored"].as_u64()),
@@ -586,13 +585,7 @@ fn an_empty_window_is_no_data_not_a_breach() {
         "{fluency: {}}",
         &format!("alerts: {{webhook: '{}'}}\n", hook.url()),
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 4);
     assert_eq!(r["records"], 0);
     assert_eq!(r["status"], "no_data");
     assert_eq!(r["breached"], false);
@@ -640,13 +633,7 @@ fn a_window_mostly_unscored_is_inconclusive() {
         "{fluency: {}}",
         "verdict: {min_samples: 1}\n",
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 3);
     assert_eq!(r["status"], "inconclusive");
     let f = metric(&r, "fluency");
     assert_eq!(
@@ -841,13 +828,7 @@ fn monitor_and_gateway_rates_nest_and_the_report_says_the_share() {
         .unwrap()
         .replace("sampling_rate: 1.0\n", "");
     std::fs::write(&monitor, text).unwrap(); // the default rate, 0.1
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 0);
     assert_eq!(
         r["sampled"], r["records"],
         "every collected record is in the monitor's sample"
@@ -962,13 +943,7 @@ fn a_monitor_keeps_to_its_scope_and_judges_each_group() {
             hook.url()
         ),
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 2);
     assert_eq!(r["records"], 6, "team green is out of scope");
     assert_eq!(judge.calls(), 6);
     // Overall 4 of 6 pass (0.67 ≥ 0.5): ok; gpt-4o-mini alone 1 of 3: breached.
@@ -1025,13 +1000,7 @@ fn the_azure_rubric_is_asked_for_by_name() {
         "{groundedness: {}, relevance: {}, fluency: {}}",
         "rubric: azure\n",
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 0);
     assert_eq!(r["judge"]["rubric"], "azure");
     // Without a context, groundedness does not apply; Azure's relevance still does.
     assert_eq!(metric(&r, "groundedness")["not_applicable"], 1);
@@ -1302,13 +1271,7 @@ fn judge_settings_usage_cost_and_one_repair() {
         "{fluency: {}}",
         "",
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 0);
     assert_eq!(metric(&r, "fluency")["scored"], 2);
     assert_eq!(r["judge"]["calls"], 3);
     assert_eq!(r["judge"]["repairs"], 1);
@@ -1368,13 +1331,7 @@ fn a_judge_without_structured_output_is_asked_without_it() {
         &[record("a", "", false), record("b", "", false)],
     );
     let monitor = write_monitor(dir.path(), "plain", &judge.url(), "", "{fluency: {}}", "");
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(&out.stdout);
+    let r = json_report(&monitor, &file, 0);
     assert_eq!(metric(&r, "fluency")["scored"], 2);
     assert_eq!(r["judge"]["response_format"], "none");
 }

@@ -240,7 +240,6 @@ mod tests {
     use super::*;
     use crate::quality::aggregate::{Status, Tally, Thresholds};
     use crate::quality::metric::Metric;
-    use crate::quality::report::{JudgeReport, Mode, WindowReport};
 
     /// A report whose metrics scored these scores (nothing: no data).
     fn report(metrics: &[(Metric, &[u8])]) -> Report {
@@ -258,35 +257,7 @@ mod tests {
                 (*m, t.summarize(thresholds, 0))
             })
             .collect();
-        let status = Conclusion::of_report(metrics.iter().map(|(_, s)| s));
-        Report {
-            monitor: "bot".into(),
-            mode: Mode::PerMetric,
-            window: WindowReport {
-                from: "2026-12-01T00:00:00Z".into(),
-                to: "2026-12-02T00:00:00Z".into(),
-            },
-            records: 0,
-            sampled: 0,
-            sampling: None,
-            groups: Vec::new(),
-            canary: None,
-            judge: JudgeReport {
-                kind: "openai".into(),
-                model: "j".into(),
-                rubric: "tokenmeter".into(),
-                prompt_versions: Default::default(),
-                calls: 0,
-                cached: 0,
-                repairs: 0,
-                response_format: "none".into(),
-                usage: Default::default(),
-                cost_usd: None,
-            },
-            breached: status == Conclusion::Breached,
-            metrics,
-            status,
-        }
+        crate::quality::report::report_for_tests("bot", metrics)
     }
 
     const LOW: &[u8] = &[1, 2, 1, 2, 1];

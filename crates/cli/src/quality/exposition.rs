@@ -191,40 +191,13 @@ mod tests {
     use super::*;
     use crate::quality::aggregate::{Status, Tally, Thresholds};
     use crate::quality::metric::Metric;
-    use crate::quality::report::{JudgeReport, Mode, WindowReport};
 
     fn report(metrics: Vec<(Metric, Tally)>) -> Report {
-        Report {
-            monitor: "m".into(),
-            mode: Mode::PerMetric,
-            window: WindowReport {
-                from: "a".into(),
-                to: "b".into(),
-            },
-            records: 1,
-            sampled: 1,
-            sampling: None,
-            groups: Vec::new(),
-            canary: None,
-            judge: JudgeReport {
-                kind: "openai".into(),
-                model: "x".into(),
-                rubric: "tokenmeter".into(),
-                prompt_versions: Default::default(),
-                calls: 0,
-                cached: 0,
-                repairs: 0,
-                response_format: "none".into(),
-                usage: Default::default(),
-                cost_usd: None,
-            },
-            metrics: metrics
-                .into_iter()
-                .map(|(m, t)| (m, t.summarize(Thresholds::default(), 0)))
-                .collect(),
-            status: Conclusion::Ok,
-            breached: false,
-        }
+        let metrics = metrics
+            .into_iter()
+            .map(|(m, t)| (m, t.summarize(Thresholds::default(), 0)))
+            .collect();
+        super::super::report::report_for_tests("m", metrics)
     }
 
     #[test]

@@ -455,6 +455,40 @@ fn status_cell(v: Conclusion) -> String {
     .to_string()
 }
 
+/// A report of these metrics with everything else empty, for tests elsewhere.
+#[cfg(test)]
+pub fn report_for_tests(monitor: &str, metrics: Vec<(Metric, Summary)>) -> Report {
+    let status = Conclusion::of_report(metrics.iter().map(|(_, s)| s));
+    Report {
+        monitor: monitor.into(),
+        mode: Mode::PerMetric,
+        window: WindowReport {
+            from: "2026-12-01T00:00:00Z".into(),
+            to: "2026-12-02T00:00:00Z".into(),
+        },
+        records: 0,
+        sampled: 0,
+        sampling: None,
+        groups: Vec::new(),
+        canary: None,
+        judge: JudgeReport {
+            kind: "openai".into(),
+            model: "j".into(),
+            rubric: "tokenmeter".into(),
+            prompt_versions: Default::default(),
+            calls: 0,
+            cached: 0,
+            repairs: 0,
+            response_format: "none".into(),
+            usage: Default::default(),
+            cost_usd: None,
+        },
+        metrics,
+        status,
+        breached: status == Conclusion::Breached,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
