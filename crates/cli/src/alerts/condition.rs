@@ -74,8 +74,13 @@ impl Firing {
             }
             None => alertname.to_string(),
         };
+        if !group.is_empty() {
+            // The group as JSON: values come from traffic, and no value can make two
+            // groups' keys the same.
+            key.push('/');
+            key.push_str(&serde_json::to_string(group).unwrap_or_default());
+        }
         for (k, v) in group {
-            key.push_str(&format!("/{k}={v}"));
             labels.insert(k.clone(), v.clone());
         }
         Firing {
@@ -324,6 +329,23 @@ mod tests {
                 "TokenmeterEvaluationFailed",
                 "TokenmeterQualityBreached/fluency"
             ]
+        );
+    }
+
+    #[test]
+    fn group_keys_cannot_collide_whatever_the_values() {
+        let one = BTreeMap::from([("model".to_string(), "a/team=b".to_string())]);
+        let two = BTreeMap::from([
+            ("model".to_string(), "a".to_string()),
+            ("team".to_string(), "b".to_string()),
+        ]);
+        let key = |g: &BTreeMap<String, String>| {
+            Firing::in_group("bot", BREACHED, Some("fluency"), g, String::new(), 0).key
+        };
+        assert_ne!(key(&one), key(&two));
+        assert_eq!(
+            key(&two),
+            r#"TokenmeterQualityBreached/fluency/{"model":"a","team":"b"}"#
         );
     }
 
