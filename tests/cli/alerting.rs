@@ -154,7 +154,8 @@ fn a_breach_is_told_once_and_its_resolution_once() {
     assert_eq!(card["content"]["type"], "AdaptiveCard");
     assert_eq!(
         card["content"]["body"][0]["text"],
-        "[tokenmeter] bot-teams: quality threshold breached"
+        "\\[tokenmeter\\] bot-teams: quality threshold breached",
+        "Markdown's brackets are escaped"
     );
     let resolved = &teams[1]["attachments"][0]["content"]["body"][1]["text"];
     assert!(

@@ -34,6 +34,12 @@ pub struct Firing {
     pub summary: String,
     /// When it started firing (Unix microseconds).
     pub since_us: i64,
+    /// When a run last saw it firing.
+    #[serde(default)]
+    pub seen_us: i64,
+    /// The group it is about (`group_by`), empty for the monitor as a whole.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group: BTreeMap<String, String>,
 }
 
 impl Firing {
@@ -88,6 +94,8 @@ impl Firing {
             labels,
             summary,
             since_us: now_us,
+            seen_us: now_us,
+            group: group.clone(),
         }
     }
 
@@ -174,6 +182,27 @@ pub fn observe_report(report: &Report, no_data: bool, now_us: i64) -> Observed {
     }
 }
 
+/// Leaves undecided the alerts of groups absent from this run's window (a model without
+/// traffic today is not a recovery), for one window's length after a run last saw them
+/// firing; past that they resolve, so alerts of groups gone for good do not pile up.
+pub fn keep_absent_groups(
+    observed: &mut Observed,
+    before: &[Firing],
+    report: &Report,
+    now_us: i64,
+    keep_us: i64,
+) {
+    let Undecided::Keys(keys) = &mut observed.undecided else {
+        return;
+    };
+    for b in before {
+        let absent = !b.group.is_empty() && !report.groups.iter().any(|g| g.labels == b.group);
+        if absent && now_us.saturating_sub(b.seen_us) < keep_us {
+            keys.push(b.key.clone());
+        }
+    }
+}
+
 /// The conditions of an evaluation that failed: [`FAILED`] fires, the rest stays.
 pub fn observe_failure(monitor: &str, error: &str, now_us: i64) -> Observed {
     Observed {
@@ -213,6 +242,7 @@ pub fn transition(before: &[Firing], observed: Observed) -> Transition {
     let mut opened = Vec::new();
     for mut now in observed.firing {
         match before.iter().find(|b| b.key == now.key) {
+            // Still firing: since when it started; seen now.
             Some(b) => now.since_us = b.since_us,
             None => opened.push(now.clone()),
         }
@@ -330,6 +360,33 @@ mod tests {
                 "TokenmeterQualityBreached/fluency"
             ]
         );
+    }
+
+    #[test]
+    fn a_group_without_records_keeps_its_alert_for_a_window() {
+        let mut grouped = report(&[(Metric::Fluency, HIGH)]);
+        let group = BTreeMap::from([("model".to_string(), "gpt-4o".to_string())]);
+        let low = report(&[(Metric::Fluency, LOW)]);
+        grouped.groups.push(crate::quality::report::GroupReport {
+            labels: group.clone(),
+            sampled: 5,
+            metrics: low.metrics.clone(),
+            status: Conclusion::Breached,
+            breached: true,
+        });
+        let open = transition(&[], observe_report(&grouped, false, 1));
+        assert_eq!(open.opened.len(), 1);
+        assert_eq!(open.opened[0].group, group);
+        // The next window has no gpt-4o record: the alert stays.
+        let quiet = report(&[(Metric::Fluency, HIGH)]);
+        let mut seen = observe_report(&quiet, false, 50);
+        keep_absent_groups(&mut seen, &open.firing, &quiet, 50, 100);
+        let t = transition(&open.firing, seen);
+        assert!(!t.changed(), "{t:?}");
+        // Gone for longer than a window: resolved.
+        let mut late = observe_report(&quiet, false, 200);
+        keep_absent_groups(&mut late, &t.firing, &quiet, 200, 100);
+        assert_eq!(transition(&t.firing, late).resolved.len(), 1);
     }
 
     #[test]

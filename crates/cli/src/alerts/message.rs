@@ -46,8 +46,21 @@ impl Notice<'_> {
         }
     }
 
-    /// The changes, one line each: `FIRING …`, `RESOLVED …`, then `still firing …`.
+    /// The changes, one line each: `FIRING …`, `RESOLVED …`, then `still firing …`; past
+    /// [`MAX_LINES`], one line says how many more (chat services refuse long messages).
     fn lines(&self) -> Vec<String> {
+        let mut lines = self.all_lines();
+        if lines.len() > MAX_LINES {
+            let more = lines.len() - (MAX_LINES - 1);
+            lines.truncate(MAX_LINES - 1);
+            lines.push(format!(
+                "... and {more} more (the report and the alert state have them all)"
+            ));
+        }
+        lines
+    }
+
+    fn all_lines(&self) -> Vec<String> {
         let t = self.transition;
         let mut lines: Vec<String> = t
             .opened
@@ -68,6 +81,8 @@ impl Notice<'_> {
         lines
     }
 }
+
+const MAX_LINES: usize = 20;
 
 fn resolved_line(f: &Firing) -> String {
     let what = match (f.alertname(), f.metric()) {
@@ -125,20 +140,26 @@ pub fn tokenmeter(n: &Notice) -> Value {
     Value::Object(body)
 }
 
-/// The report's breached metrics with why.
+/// The report's breached metrics with why, the groups' with their labels.
 fn breaches(report: &Report) -> Value {
-    report
-        .metrics
-        .iter()
-        .filter_map(|(metric, s)| {
-            s.breach_reason().map(|reason| {
-                json!({
-                    "metric": metric.name(),
-                    "reason": reason,
-                    "average_score": s.average_score,
-                    "pass_rate": s.pass_rate,
-                    "violations": s.violations,
-                    "scored": s.scored,
+    let overall = std::collections::BTreeMap::new();
+    std::iter::once((&overall, &report.metrics))
+        .chain(report.groups.iter().map(|g| (&g.labels, &g.metrics)))
+        .flat_map(|(group, metrics)| {
+            metrics.iter().filter_map(move |(metric, s)| {
+                s.breach_reason().map(|reason| {
+                    let mut b = json!({
+                        "metric": metric.name(),
+                        "reason": reason,
+                        "average_score": s.average_score,
+                        "pass_rate": s.pass_rate,
+                        "violations": s.violations,
+                        "scored": s.scored,
+                    });
+                    if let (false, Some(o)) = (group.is_empty(), b.as_object_mut()) {
+                        o.insert("group".into(), json!(group));
+                    }
+                    b
                 })
             })
         })
@@ -165,14 +186,30 @@ fn slack_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Adaptive Card text is Markdown: text from traffic (a model name, a dimension value) must
+/// not become a link or formatting, so Markdown's punctuation is escaped.
+fn teams_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '[' | ']' | '(' | ')' | '*' | '_' | '~' | '#' | '`' | '<' | '>' | '!' | '|'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A Teams workflow webhook's message: one Adaptive Card with the headline and changes.
 pub fn teams(n: &Notice) -> Value {
     let mut body = vec![json!({
         "type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
-        "text": format!("[tokenmeter] {}", n.headline()),
+        "text": format!("\\[tokenmeter\\] {}", teams_escape(&n.headline())),
     })];
     for line in n.lines() {
-        body.push(json!({ "type": "TextBlock", "wrap": true, "text": line }));
+        body.push(json!({ "type": "TextBlock", "wrap": true, "text": teams_escape(&line) }));
     }
     if let Some(r) = n.report {
         body.push(json!({
@@ -253,7 +290,11 @@ mod tests {
         let blocks = card["attachments"][0]["content"]["body"]
             .as_array()
             .unwrap();
-        assert_eq!(blocks[1]["text"], "FIRING judge <down> & out");
+        assert_eq!(blocks[1]["text"], "FIRING judge \\<down\\> & out");
+        assert_eq!(
+            teams_escape("[sign in](https://evil.example) *now*"),
+            "\\[sign in\\]\\(https://evil.example\\) \\*now\\*"
+        );
         let (subject, text) = email(&n);
         assert_eq!(subject, "[tokenmeter] bot: evaluation failed");
         assert!(

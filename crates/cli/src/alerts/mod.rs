@@ -71,7 +71,12 @@ pub async fn after_run(
         .context("reading the alerts firing")?
         .unwrap_or_default();
     let observed = match outcome {
-        Ok(report) => condition::observe_report(report, monitor.alerts.no_data, now_us),
+        Ok(report) => {
+            let mut o = condition::observe_report(report, monitor.alerts.no_data, now_us);
+            let window_us = monitor.window.size.seconds().saturating_mul(1_000_000);
+            condition::keep_absent_groups(&mut o, &before, report, now_us, window_us);
+            o
+        }
         Err(error) => condition::observe_failure(name, error, now_us),
     };
     let t = condition::transition(&before, observed);

@@ -12,6 +12,9 @@ use tokenmeter_core::records::record::Record;
 
 /// The value every field of the group of the records past `max_groups` takes.
 pub const OTHER: &str = "_other";
+/// The value of a field a record lacks: not empty, since an empty label is no label to
+/// Prometheus and Alertmanager, which would merge the group with the monitor as a whole.
+pub const NONE: &str = "_none";
 pub const DEFAULT_MAX_GROUPS: usize = 20;
 
 /// A record field a monitor can filter or group on.
@@ -94,11 +97,15 @@ impl Scope {
             .all(|(f, values)| f.value(r).is_some_and(|v| values.iter().any(|x| x == v)))
     }
 
-    /// The group of a record: its value of each `group_by` field (`""` when it has none).
+    /// The group of a record: its value of each `group_by` field (`_none` when it has none
+    /// or an empty one).
     pub fn group_of(&self, r: &Record) -> GroupKey {
         self.group_by
             .iter()
-            .map(|f| (f.label(), f.value(r).unwrap_or_default().to_string()))
+            .map(|f| {
+                let v = f.value(r).filter(|v| !v.is_empty()).unwrap_or(NONE);
+                (f.label(), v.to_string())
+            })
             .collect()
     }
 
@@ -191,5 +198,9 @@ mod tests {
         assert_eq!(Field::parse("API ID").label(), "API_ID");
         assert_eq!(Field::parse("1x").label(), "_1x");
         assert_eq!(Scope::default().assign(&records), None);
+        assert_eq!(
+            scope.group_of(&rec("m", None)),
+            [("team".to_string(), NONE.to_string())]
+        );
     }
 }
