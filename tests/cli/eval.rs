@@ -738,12 +738,7 @@ fn azure_judges_get_the_deployment_path_and_api_key_header() {
         format!("name: azure\nsampling_rate: 1\njudge:\n  kind: azure\n  url: {}\n  deployment: judge-dep\n  api_version: 2024-10-21\n  api_key_env: TM_JUDGE_KEY\nmetrics: {{coherence: {{}}}}\nverdict: {{min_samples: 1}}\n", judge.endpoint()),
     )
     .unwrap();
-    let out = eval(
-        &path,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = json_report(&path, &file, 0);
     let req = &judge.received()[0];
     assert_eq!(
         req.path,
@@ -751,7 +746,7 @@ fn azure_judges_get_the_deployment_path_and_api_key_header() {
     );
     assert_eq!(req.api_key.as_deref(), Some("sk-test-123"));
     assert_eq!(req.authorization, None);
-    assert_eq!(report(&out.stdout)["judge"]["model"], "judge-dep");
+    assert_eq!(r["judge"]["model"], "judge-dep");
 }
 
 #[test]
@@ -872,12 +867,7 @@ fn each_metric_is_sent_only_its_inputs_fenced_as_data() {
         "{groundedness: {}, relevance: {}, coherence: {}, fluency: {}}",
         "",
     );
-    let out = eval(
-        &monitor,
-        &["--records", file.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    json_report(&monitor, &file, 0);
     let received = judge.received();
     assert_eq!(received.len(), 4);
     for req in &received {
@@ -1237,12 +1227,7 @@ fn a_refused_record_is_cached_and_reruns_stay_green() {
 
     // Alone in its window, the refused record is inconclusive, not a judge failure.
     let lone = write_records(dir.path(), &[record("r5", "", false)]);
-    let out = eval(
-        &monitor,
-        &["--records", lone.to_str().unwrap()],
-        &["--format", "json"],
-    );
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    json_report(&monitor, &lone, 3);
 }
 
 /// Reasoning-model settings reach the judge; its usage is summed and priced; an answer

@@ -397,10 +397,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                     monitor: m.name.clone(),
                     last_report: runs.last_report,
                     last_run_failed: runs.last_failed,
-                    scheduler_running: m
-                        .schedule
-                        .is_some()
-                        .then(|| m.scheduler.stopped().is_none()),
+                    scheduler_running: match m.scheduler_state().0 {
+                        "running" => Some(true),
+                        "stopped" => Some(false),
+                        _ => None,
+                    },
                 })
             })
             .collect()

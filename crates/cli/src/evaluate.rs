@@ -18,7 +18,7 @@ use crate::quality::aggregate::Summary;
 use crate::quality::aggregate::{Conclusion, Status, Tally};
 use crate::quality::canary;
 use crate::quality::duration::{format_rfc3339, Window};
-use crate::quality::metric::{Input, Inputs, Metric};
+use crate::quality::metric::{Inputs, Metric};
 use crate::quality::monitor::Monitor;
 use crate::quality::prompt::{self, Prompt};
 use crate::quality::report::{
@@ -564,11 +564,7 @@ fn missing_columns(monitor: &Monitor, metric: Metric, inputs: &Inputs<'_>) -> St
         .inputs(monitor.rubric)
         .iter()
         .filter(|i| inputs.get(**i).is_none())
-        .map(|i| match i {
-            Input::Question => monitor.columns.question.as_str(),
-            Input::Context => monitor.columns.context.as_str(),
-            Input::Answer => monitor.columns.answer.as_str(),
-        })
+        .map(|i| monitor.columns.of(*i))
         .collect();
     let quoted: Vec<String> = missing.iter().map(|c| format!("{c:?}")).collect();
     format!("{} text", quoted.join(" or "))

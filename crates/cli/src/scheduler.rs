@@ -76,7 +76,9 @@ async fn schedule(db: &std::path::Path, monitor: &Monitor, run_now: bool) -> Res
 async fn run_once(db: &std::path::Path, monitor: &Monitor) {
     let started = Utc::now();
     let name = &monitor.name;
-    let outcome = evaluate_now(db, monitor, started).await;
+    let outcome = evaluate_now(db, monitor, started)
+        .await
+        .map_err(|e| format!("{e:#}"));
     let finished = Utc::now();
     let saved = match &outcome {
         Ok(eval) => {
@@ -90,19 +92,18 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
             );
             save(db, name, started, finished, Ok((&eval.report, &eval.rows)))
         }
-        Err(e) => {
-            eprintln!("monitor {name}: evaluation failed: {e:#}");
-            save(db, name, started, finished, Err(&format!("{e:#}")))
+        Err(message) => {
+            eprintln!("monitor {name}: evaluation failed: {message}");
+            save(db, name, started, finished, Err(message))
         }
     };
     if let Err(e) = saved {
         eprintln!("monitor {name}: cannot store the run: {e:#}");
     }
-    let message = outcome.as_ref().err().map(|e| format!("{e:#}"));
-    let result = match &outcome {
-        Ok(eval) => Ok(&eval.report),
-        Err(_) => Err(message.as_deref().unwrap_or_default()),
-    };
+    let result = outcome
+        .as_ref()
+        .map(|eval| &eval.report)
+        .map_err(String::as_str);
     match alerts::after_run(monitor, AlertState::Path(db), result, finished).await {
         Ok(t) => {
             for f in &t.opened {

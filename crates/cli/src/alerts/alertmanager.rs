@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::condition::{Firing, Transition};
-use super::message::time;
 use crate::quality::monitor::AlertmanagerAlerts;
+use crate::runs::time;
 
 /// The alerts to post, or `None` when nothing fires or resolved.
 pub fn payload(

@@ -26,9 +26,10 @@ pub const JUDGE_DRIFT: &str = "TokenmeterJudgeDrift";
 /// A firing alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Firing {
-    /// What the alert is about, unique within its monitor, e.g. `breached/groundedness`.
+    /// What the alert is about, unique within its monitor, e.g.
+    /// `TokenmeterQualityBreached/groundedness` (see [`key`]).
     pub key: String,
-    /// `alertname`, `monitor` and, for a metric, `metric`.
+    /// `alertname`, `monitor`, for a metric `metric`, and for a group its labels.
     pub labels: BTreeMap<String, String>,
     /// One line saying why it fires (the latest run's reason).
     pub summary: String,
@@ -37,9 +38,24 @@ pub struct Firing {
     /// When a run last saw it firing.
     #[serde(default)]
     pub seen_us: i64,
-    /// The group it is about (`group_by`), empty for the monitor as a whole.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub group: BTreeMap<String, String>,
+}
+
+/// The labels every alert has besides its group's.
+const OWN_LABELS: [&str; 3] = ["alertname", "monitor", "metric"];
+
+/// The key of an alert: its name, its metric, and its group as JSON (values come from
+/// traffic, and no value can make two groups' keys the same).
+fn key(alertname: &str, metric: Option<&str>, group: &BTreeMap<String, String>) -> String {
+    let mut key = alertname.to_string();
+    if let Some(m) = metric {
+        key.push('/');
+        key.push_str(m);
+    }
+    if !group.is_empty() {
+        key.push('/');
+        key.push_str(&serde_json::to_string(group).unwrap_or_default());
+    }
+    key
 }
 
 impl Firing {
@@ -69,34 +85,29 @@ impl Firing {
         summary: String,
         now_us: i64,
     ) -> Self {
-        let mut labels = BTreeMap::from([
-            ("alertname".to_string(), alertname.to_string()),
-            ("monitor".to_string(), monitor.to_string()),
-        ]);
-        let mut key = match metric {
-            Some(m) => {
-                labels.insert("metric".to_string(), m.to_string());
-                format!("{alertname}/{m}")
-            }
-            None => alertname.to_string(),
-        };
-        if !group.is_empty() {
-            // The group as JSON: values come from traffic, and no value can make two
-            // groups' keys the same.
-            key.push('/');
-            key.push_str(&serde_json::to_string(group).unwrap_or_default());
-        }
-        for (k, v) in group {
-            labels.insert(k.clone(), v.clone());
+        let mut labels = group.clone();
+        labels.insert("alertname".to_string(), alertname.to_string());
+        labels.insert("monitor".to_string(), monitor.to_string());
+        if let Some(m) = metric {
+            labels.insert("metric".to_string(), m.to_string());
         }
         Firing {
-            key,
+            key: key(alertname, metric, group),
             labels,
             summary,
             since_us: now_us,
             seen_us: now_us,
-            group: group.clone(),
         }
+    }
+
+    /// The group it is about (`group_by`): its labels but tokenmeter's own; empty for the
+    /// monitor as a whole.
+    pub fn group(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .filter(|(k, _)| !OWN_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn alertname(&self) -> &str {
@@ -142,14 +153,19 @@ pub fn observe_report(report: &Report, no_data: bool, now_us: i64) -> Observed {
     for (group, metrics, suffix) in scopes {
         for (metric, s) in metrics {
             let name = metric.name();
-            let alert = |summary: String| {
-                Firing::in_group(monitor, BREACHED, Some(name), group, summary, now_us)
-            };
             if s.breached {
                 let why = s.breach_reason().unwrap_or_else(|| "breached".to_string());
-                firing.push(alert(format!("{name}{suffix}: {why}")));
+                let summary = format!("{name}{suffix}: {why}");
+                firing.push(Firing::in_group(
+                    monitor,
+                    BREACHED,
+                    Some(name),
+                    group,
+                    summary,
+                    now_us,
+                ));
             } else if s.status != Conclusion::Ok {
-                undecided.push(alert(String::new()).key);
+                undecided.push(key(BREACHED, Some(name), group));
             }
         }
     }
@@ -161,7 +177,7 @@ pub fn observe_report(report: &Report, no_data: bool, now_us: i64) -> Observed {
             format!("judge drift: {}", c.describe()),
             now_us,
         )),
-        Some(c) if c.agreement.is_none() => undecided.push(JUDGE_DRIFT.to_string()),
+        Some(c) if c.agreement.is_none() => undecided.push(key(JUDGE_DRIFT, None, &overall)),
         _ => {}
     }
     if no_data && report.status == Conclusion::NoData {
@@ -196,7 +212,8 @@ pub fn keep_absent_groups(
         return;
     };
     for b in before {
-        let absent = !b.group.is_empty() && !report.groups.iter().any(|g| g.labels == b.group);
+        let group = b.group();
+        let absent = !group.is_empty() && !report.groups.iter().any(|g| g.labels == group);
         if absent && now_us.saturating_sub(b.seen_us) < keep_us {
             keys.push(b.key.clone());
         }
@@ -229,6 +246,13 @@ pub struct Transition {
 }
 
 impl Transition {
+    /// The alerts that fired before this run and still do.
+    pub fn still_firing(&self) -> impl Iterator<Item = &Firing> {
+        self.firing
+            .iter()
+            .filter(|f| !self.opened.iter().any(|o| o.key == f.key))
+    }
+
     /// Whether anything changed that people are told about.
     pub fn changed(&self) -> bool {
         !self.opened.is_empty() || !self.resolved.is_empty()
@@ -376,7 +400,7 @@ mod tests {
         });
         let open = transition(&[], observe_report(&grouped, false, 1));
         assert_eq!(open.opened.len(), 1);
-        assert_eq!(open.opened[0].group, group);
+        assert_eq!(open.opened[0].group(), group);
         // The next window has no gpt-4o record: the alert stays.
         let quiet = report(&[(Metric::Fluency, HIGH)]);
         let mut seen = observe_report(&quiet, false, 50);

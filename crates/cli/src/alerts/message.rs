@@ -1,11 +1,11 @@
 //! What a notification says, shaped for each destination: tokenmeter's JSON, Slack's and
 //! Teams' webhooks, and an e-mail's subject and text.
 
-use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::condition::{Firing, Transition, BREACHED, FAILED, JUDGE_DRIFT, NO_DATA};
 use crate::quality::report::{self, Report};
+use crate::runs::time;
 
 /// One run's news for people: the transition, and the run it came from.
 pub struct Notice<'a> {
@@ -18,8 +18,8 @@ pub struct Notice<'a> {
 }
 
 impl Notice<'_> {
-    /// `failed`, `breached` or `no_data` when that alert opened with this run (in this
-    /// order), else `resolved`.
+    /// `failed`, `breached`, `no_data` or `judge_drift` when that alert opened with this
+    /// run (in this order), else `resolved`.
     pub fn status(&self) -> &'static str {
         let opened = |name: &str| self.transition.opened.iter().any(|f| f.alertname() == name);
         if opened(FAILED) {
@@ -73,9 +73,7 @@ impl Notice<'_> {
                 .map(|f| format!("RESOLVED {}", resolved_line(f))),
         );
         lines.extend(
-            t.firing
-                .iter()
-                .filter(|f| !t.opened.iter().any(|o| o.key == f.key))
+            t.still_firing()
                 .map(|f| format!("still firing since {}: {}", time(f.since_us), f.summary)),
         );
         lines
@@ -95,12 +93,6 @@ fn resolved_line(f: &Firing) -> String {
     format!("{what} (firing since {})", time(f.since_us))
 }
 
-pub fn time(us: i64) -> String {
-    DateTime::<Utc>::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
 fn alert_json(f: &Firing) -> Value {
     json!({
         "alertname": f.alertname(),
@@ -114,12 +106,7 @@ fn alert_json(f: &Firing) -> Value {
 /// run's report (with the breached metrics listed) or error.
 pub fn tokenmeter(n: &Notice) -> Value {
     let t = n.transition;
-    let still: Vec<Value> = t
-        .firing
-        .iter()
-        .filter(|f| !t.opened.iter().any(|o| o.key == f.key))
-        .map(alert_json)
-        .collect();
+    let still: Vec<Value> = t.still_firing().map(alert_json).collect();
     let mut body = serde_json::Map::new();
     body.insert("monitor".into(), json!(n.monitor));
     body.insert("status".into(), json!(n.status()));

@@ -209,6 +209,17 @@ pub struct Columns {
     pub context: String,
 }
 
+impl Columns {
+    /// The record field holding an input.
+    pub fn of(&self, input: super::metric::Input) -> &str {
+        match input {
+            super::metric::Input::Question => &self.question,
+            super::metric::Input::Context => &self.context,
+            super::metric::Input::Answer => &self.answer,
+        }
+    }
+}
+
 /// Which API the judge speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JudgeKind {
@@ -632,6 +643,17 @@ impl RawMonitor {
     }
 }
 
+/// A record field `filter` or `group_by` names.
+fn scope_field(at: String, name: &str) -> Result<Field, MonitorError> {
+    if name.trim().is_empty() || name == "dimensions." {
+        return Err(MonitorError::new(
+            at,
+            "name model, route, operation or a dimension",
+        ));
+    }
+    Ok(Field::parse(name))
+}
+
 fn scope(
     filter: Option<std::collections::BTreeMap<String, OneOrMany>>,
     group_by: Option<Vec<String>>,
@@ -650,24 +672,12 @@ fn scope(
                 "an empty list admits no record; list the values to keep",
             ));
         }
-        if name.trim().is_empty() || name == "dimensions." {
-            return Err(MonitorError::new(
-                field,
-                "name model, route, operation or a dimension",
-            ));
-        }
-        conditions.push((Field::parse(&name), values));
+        conditions.push((scope_field(field, &name)?, values));
     }
     let mut fields: Vec<Field> = Vec::new();
     for (i, name) in group_by.unwrap_or_default().into_iter().enumerate() {
         let at = format!("group_by[{i}]");
-        if name.trim().is_empty() || name == "dimensions." {
-            return Err(MonitorError::new(
-                at,
-                "name model, route, operation or a dimension",
-            ));
-        }
-        let f = Field::parse(&name);
+        let f = scope_field(at.clone(), &name)?;
         let label = f.label();
         if ALERT_LABELS.contains(&label.as_str()) {
             return Err(MonitorError::new(

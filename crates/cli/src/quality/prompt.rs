@@ -251,10 +251,11 @@ fn user_message(wanted: &[Input], inputs: &Inputs<'_>, qualities: Option<&str>) 
         if n > 0 {
             out.push_str("\n\n");
         }
-        let name = input.heading();
-        out.push_str(&format!("<<<{name} {tag}>>>\n"));
-        out.push_str(text);
-        out.push_str(&format!("\n<<<END {name} {tag}>>>"));
+        // The text goes in last, so nothing in it is read as a placeholder.
+        let fence = FENCE
+            .replace("{name}", input.heading())
+            .replace("{tag}", &tag);
+        out.push_str(&fence.replacen("{text}", text, 1));
     }
     out
 }
