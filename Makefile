@@ -145,7 +145,7 @@ bench-deps:
 
 bench-wasm: wasm-target
 	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
-	  --target wasm32-wasip1 -p noop -p tokcount -p replay
+	  --target wasm32-wasip1 -p noop -p readsonly -p tokcount -p replay
 
 bench-native:
 	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount -p replay
@@ -154,7 +154,7 @@ bench: tools node bench-deps
 	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native
 	cargo build -p tokenmeter-bench
 	target/debug/tokenmeter-bench --envoy $(ENVOY) --wasm $(WASM) \
-	  --noop $(BENCH_WASM)/noop.wasm --replay-wasm $(BENCH_WASM)/replay.wasm \
+	  --noop $(BENCH_WASM)/noop.wasm --readsonly $(BENCH_WASM)/readsonly.wasm --replay-wasm $(BENCH_WASM)/replay.wasm \
 	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
 	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

@@ -1,15 +1,15 @@
 //! Envoy bootstraps: the canned upstream and the three gateways compared.
 //!
-//! The gateways share one shape (listener, connection manager, route, router, one upstream
-//! cluster, the same `stats_tags`); they differ only in the HTTP filter placed before the
-//! router: none, the do-nothing Wasm filter, or tokenmeter. Both Wasm filters are loaded
-//! with the same `vm_config` and the same configuration text, so the only difference
-//! between those two gateways is what the module does. Values are written as JSON strings,
+//! The gateways share one shape (listener, connection manager, routes, router, the upstream
+//! clusters, the same `stats_tags`); they differ only in the HTTP filter placed before the
+//! router: none, the do-nothing Wasm filter, the reads-only filter, or tokenmeter. The Wasm
+//! filters are loaded with the same `vm_config` and the same configuration text, so the
+//! only difference between those gateways is what the module does. Values are written as JSON strings,
 //! which YAML reads as double-quoted scalars, so no path or configuration breaks a document.
 
 use std::fmt::Write as _;
 
-use crate::traffic::{Reply, REPLY_HEADER};
+use crate::traffic::{Reply, REPLY_HEADER, TRICKLE_VALUE, UPSTREAM_HEADER};
 
 #[path = "../../crates/core/src/series/labels.rs"]
 #[allow(dead_code)]
@@ -24,16 +24,24 @@ fn q(s: &str) -> String {
 pub enum Gateway {
     Plain,
     Noop,
+    /// Reads both header maps and every body chunk as tokenmeter does, nothing else.
+    ReadsOnly,
     Tokenmeter,
 }
 
 impl Gateway {
-    pub const ALL: [Gateway; 3] = [Gateway::Plain, Gateway::Noop, Gateway::Tokenmeter];
+    pub const ALL: [Gateway; 4] = [
+        Gateway::Plain,
+        Gateway::Noop,
+        Gateway::ReadsOnly,
+        Gateway::Tokenmeter,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Gateway::Plain => "plain Envoy",
             Gateway::Noop => "do-nothing filter",
+            Gateway::ReadsOnly => "reads-only filter",
             Gateway::Tokenmeter => "tokenmeter",
         }
     }
@@ -107,7 +115,12 @@ pub struct GatewaySpec<'a> {
     pub dimension_names: &'a [String],
     pub tokenmeter_wasm: &'a str,
     pub noop_wasm: &'a str,
+    /// The reads-only filter (`bench/wasm/readsonly`); empty when not measured.
+    pub readsonly_wasm: &'a str,
     pub upstream_port: u16,
+    /// The trickling upstream (cluster `trickle_upstream`, routed to by
+    /// [`UPSTREAM_HEADER`]).
+    pub trickle_port: Option<u16>,
     /// A `tokenmeter serve` for the filter's `collect` block (cluster `tokenmeter_collector`).
     pub collector_port: Option<u16>,
 }
@@ -137,6 +150,7 @@ pub fn gateway(kind: Gateway, spec: &GatewaySpec<'_>) -> String {
     let wasm = match kind {
         Gateway::Plain => None,
         Gateway::Noop => Some(("noop", spec.noop_wasm)),
+        Gateway::ReadsOnly => Some(("readsonly", spec.readsonly_wasm)),
         Gateway::Tokenmeter => Some(("tokenmeter", spec.tokenmeter_wasm)),
     };
     let filter = match wasm {
@@ -160,6 +174,17 @@ pub fn gateway(kind: Gateway, spec: &GatewaySpec<'_>) -> String {
             path = q(path),
         ),
     };
+    let trickle_route = match spec.trickle_port {
+        None => String::new(),
+        Some(_) => format!(
+            r#"
+              - name: llm-trickle
+                match: {{prefix: "/", headers: [{{name: {header}, string_match: {{exact: {value}}}}}]}}
+                route: {{cluster: trickle_upstream, timeout: 60s}}"#,
+            header = q(UPSTREAM_HEADER),
+            value = q(TRICKLE_VALUE),
+        ),
+    };
     let _ = write!(
         y,
         r#"static_resources:
@@ -177,7 +202,7 @@ pub fn gateway(kind: Gateway, spec: &GatewaySpec<'_>) -> String {
             virtual_hosts:
             - name: llm
               domains: ["*"]
-              routes:
+              routes:{trickle_route}
               - name: llm-default
                 match: {{prefix: "/"}}
                 route: {{cluster: llm_upstream, timeout: 60s}}
@@ -198,14 +223,18 @@ pub fn gateway(kind: Gateway, spec: &GatewaySpec<'_>) -> String {
 "#,
         port = spec.upstream_port,
     );
-    if let Some(port) = spec.collector_port {
+    for (name, port) in [
+        ("trickle_upstream", spec.trickle_port),
+        ("tokenmeter_collector", spec.collector_port),
+    ] {
+        let Some(port) = port else { continue };
         let _ = write!(
             y,
-            r#"  - name: tokenmeter_collector
+            r#"  - name: {name}
     type: STATIC
     connect_timeout: 5s
     load_assignment:
-      cluster_name: tokenmeter_collector
+      cluster_name: {name}
       endpoints:
       - lb_endpoints:
         - endpoint:
@@ -226,7 +255,9 @@ mod tests {
             dimension_names: names,
             tokenmeter_wasm: "/x/tokenmeter.wasm",
             noop_wasm: "/x/noop.wasm",
+            readsonly_wasm: "/x/readsonly.wasm",
             upstream_port: 8000,
+            trickle_port: Some(8001),
             collector_port: None,
         }
     }
@@ -236,13 +267,16 @@ mod tests {
         let names = vec!["API ID".to_string()];
         let plain = gateway(Gateway::Plain, &spec(&names));
         let noop = gateway(Gateway::Noop, &spec(&names));
+        let reads = gateway(Gateway::ReadsOnly, &spec(&names));
         let tm = gateway(Gateway::Tokenmeter, &spec(&names));
         assert!(!plain.contains("envoy.filters.http.wasm"));
         assert!(noop.contains(r#"filename: "/x/noop.wasm""#));
+        assert!(reads.contains(r#"filename: "/x/readsonly.wasm""#));
         assert!(tm.contains(r#"filename: "/x/tokenmeter.wasm""#));
-        for y in [&plain, &noop, &tm] {
+        for y in [&plain, &noop, &reads, &tm] {
             assert!(y.contains(r#"- tag_name: "api_id""#), "{y}");
             assert!(y.contains("port_value: 8000"));
+            assert!(y.contains("port_value: 8001") && y.contains("cluster: trickle_upstream"));
         }
         let strip = |y: &str| -> String {
             let start = y.find("          - name: envoy.filters.http.wasm");
@@ -253,6 +287,7 @@ mod tests {
             }
         };
         assert_eq!(strip(&noop), plain);
+        assert_eq!(strip(&reads), plain);
         assert_eq!(strip(&tm), plain);
     }
 

@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
+/// The CPUs every Envoy started from now on runs on (`taskset -c`), if any.
+static GATEWAY_CPUS: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Pins the Envoys started after this call to `cpus` (a `taskset -c` list), or not.
+pub fn set_gateway_cpus(cpus: Option<String>) {
+    if let Ok(mut c) = GATEWAY_CPUS.lock() {
+        *c = cpus;
+    }
+}
+
 pub struct Envoy {
     child: Child,
     pub admin: SocketAddr,
@@ -23,15 +33,40 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts `binary` on `bootstrap` with `concurrency` workers and waits until it is ready.
+    /// Starts `binary` on `bootstrap` with `concurrency` workers and waits until it is ready:
+    /// a gateway under test, on the CPUs of [`set_gateway_cpus`].
     pub fn start(binary: &Path, bootstrap: &str, concurrency: usize) -> Result<Envoy> {
+        let cpus = GATEWAY_CPUS.lock().ok().and_then(|c| c.clone());
+        Envoy::start_on(binary, bootstrap, concurrency, cpus.as_deref())
+    }
+
+    /// Starts an Envoy that is not under test (an upstream), on this process's CPUs.
+    pub fn start_upstream(binary: &Path, bootstrap: &str) -> Result<Envoy> {
+        Envoy::start_on(binary, bootstrap, 1, None)
+    }
+
+    fn start_on(
+        binary: &Path,
+        bootstrap: &str,
+        concurrency: usize,
+        cpus: Option<&str>,
+    ) -> Result<Envoy> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, bootstrap)?;
         let admin_file = dir.path().join("admin-address");
         let log = std::fs::File::create(dir.path().join("envoy.log"))?;
         let started = Instant::now();
-        let child = Command::new(binary)
+        // taskset execs Envoy, so the child's pid stays Envoy's.
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .arg("--concurrency")

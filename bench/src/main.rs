@@ -1,12 +1,16 @@
 //! `make bench`: what tokenmeter costs a gateway, measured side by side in one run.
 //!
-//! Three gateways with one bootstrap shape (plain Envoy, Envoy with a do-nothing proxy-wasm
-//! filter, Envoy with tokenmeter) sit in front of one canned OpenAI upstream (another
-//! Envoy). For each kind of traffic, wrk loads each gateway in turn, and the gateway's own
-//! CPU accounting gives the cost per request; rounds alternate the gateways so that drift
-//! in the machine's load hits all three alike, and the report shows medians. Around that:
-//! start-up time and memory of each gateway, and tokenizer throughput inside V8 against
-//! native code. The results replace the generated section of `BENCHMARKS.md`.
+//! Four gateways with one bootstrap shape (plain Envoy, Envoy with a do-nothing proxy-wasm
+//! filter, with a filter that only reads what tokenmeter reads, and with tokenmeter) sit in
+//! front of one canned OpenAI upstream (another Envoy) and one that trickles its streams an
+//! event per write ([`tokenmeter_testkit::trickle`], run by this binary as a child process).
+//! For each kind of traffic each gateway is loaded in turn, and the gateway's own CPU
+//! accounting gives the cost per request; rounds alternate the gateways so that drift in
+//! the machine's load hits all alike, and the report shows medians and ranges. The gateway
+//! under test runs on the first CPU, everything else (load, upstreams, this runner) on the
+//! others. Around that: start-up time and memory of each gateway, and tokenizer throughput
+//! inside V8 against native code. The results replace the generated section of
+//! `BENCHMARKS.md`.
 
 mod bootstraps;
 mod envoy;
@@ -16,6 +20,8 @@ mod report;
 mod stats;
 mod tokenizer;
 mod traffic;
+#[path = "../../testkit/src/trickle.rs"]
+mod trickle;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,14 +33,16 @@ use envoy::Envoy;
 use report::{Memory, Results, Sample};
 use traffic::Kind;
 
-const USAGE: &str = "usage: tokenmeter-bench --envoy PATH --wasm PATH --noop PATH --tokcount PATH \
+const USAGE: &str = "usage: tokenmeter-bench --envoy PATH --wasm PATH --noop PATH --readsonly PATH --tokcount PATH \
 --tokcount-wasm PATH --wasi-runner PATH [--replay-wasm PATH] [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
-[--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT] [--load-only yes]";
+[--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT] [--load-only yes] \
+[--trickle-gap-us N] [--pin yes|no]";
 
 struct Args {
     envoy: PathBuf,
     wasm: PathBuf,
     noop: PathBuf,
+    readsonly: PathBuf,
     tokcount: PathBuf,
     tokcount_wasm: PathBuf,
     wasi_runner: PathBuf,
@@ -50,6 +58,10 @@ struct Args {
     command: String,
     /// Only the throughput phase: for quick comparisons while working on the filter.
     load_only: bool,
+    /// The pause before each event of a trickled stream.
+    trickle_gap: Duration,
+    /// The gateway under test on the first CPU, everything else on the others.
+    pin: bool,
 }
 
 impl Args {
@@ -58,6 +70,7 @@ impl Args {
             envoy: PathBuf::new(),
             wasm: PathBuf::new(),
             noop: PathBuf::new(),
+            readsonly: PathBuf::new(),
             tokcount: PathBuf::new(),
             tokcount_wasm: PathBuf::new(),
             wasi_runner: PathBuf::new(),
@@ -72,6 +85,8 @@ impl Args {
             starts: 3,
             command: "make bench".to_string(),
             load_only: false,
+            trickle_gap: Duration::from_micros(200),
+            pin: true,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -88,6 +103,7 @@ impl Args {
                 "--envoy" => a.envoy = value.into(),
                 "--wasm" => a.wasm = value.into(),
                 "--noop" => a.noop = value.into(),
+                "--readsonly" => a.readsonly = value.into(),
                 "--tokcount" => a.tokcount = value.into(),
                 "--tokcount-wasm" => a.tokcount_wasm = value.into(),
                 "--wasi-runner" => a.wasi_runner = value.into(),
@@ -101,6 +117,8 @@ impl Args {
                 "--starts" => a.starts = num(&value)? as u32,
                 "--command" => a.command = value,
                 "--load-only" => a.load_only = matches!(value.as_str(), "yes" | "true" | "1"),
+                "--pin" => a.pin = matches!(value.as_str(), "yes" | "true" | "1"),
+                "--trickle-gap-us" => a.trickle_gap = Duration::from_micros(num(&value)? as u64),
                 "--kinds" => {
                     a.kinds = value
                         .split(',')
@@ -116,6 +134,7 @@ impl Args {
             &mut a.envoy,
             &mut a.wasm,
             &mut a.noop,
+            &mut a.readsonly,
             &mut a.tokcount,
             &mut a.tokcount_wasm,
             &mut a.wasi_runner,
@@ -156,6 +175,13 @@ impl FilterConfig {
 }
 
 fn main() {
+    // The trickling upstream is this binary again, started by `run` as a child process.
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some(TRICKLE_MODE) {
+        let gap = argv.next().and_then(|g| g.parse().ok()).unwrap_or(0);
+        serve_trickle(Duration::from_micros(gap));
+        return;
+    }
     if let Err(e) = run() {
         eprintln!("tokenmeter-bench: {e:#}");
         std::process::exit(1);
@@ -179,6 +205,7 @@ fn run() -> Result<()> {
             seconds: args.seconds,
             warmup_seconds: args.warmup,
             connections: args.connections,
+            trickle_gap_us: 0,
         },
         ..Results::default()
     };
@@ -187,6 +214,9 @@ fn run() -> Result<()> {
         results.machine.load_before, results.machine.cores
     ));
     let work = tempfile::tempdir()?;
+    results.pinned = args.pin && pin_runner(&results.machine);
+    envoy::set_gateway_cpus(results.pinned.then(|| "0".to_string()));
+    results.params.trickle_gap_us = args.trickle_gap.as_micros() as u64;
 
     if !args.load_only {
         say("tokenizer: native, then wasm in V8");
@@ -198,15 +228,20 @@ fn run() -> Result<()> {
         }
     }
 
-    let upstream = Envoy::start(&args.envoy, &bootstraps::upstream(), 1).context("upstream")?;
+    let upstream =
+        Envoy::start_upstream(&args.envoy, &bootstraps::upstream()).context("upstream")?;
+    let trickle = Trickle::start(args.trickle_gap).context("trickling upstream")?;
     let wasm = args.wasm.display().to_string();
     let noop = args.noop.display().to_string();
+    let readsonly = args.readsonly.display().to_string();
     let spec = GatewaySpec {
         filter_config: &config.text,
         dimension_names: &config.dimension_names,
         tokenmeter_wasm: &wasm,
         noop_wasm: &noop,
+        readsonly_wasm: &readsonly,
         upstream_port: upstream.listener.port(),
+        trickle_port: Some(trickle.port),
         collector_port: None,
     };
     let scripts = Scripts::write(work.path())?;
@@ -216,8 +251,8 @@ fn run() -> Result<()> {
         results.ready_ms = startup(&args, &spec)?;
 
         say(format!(
-            "memory: each gateway with one and {} workers",
-            report::MANY_WORKERS
+            "memory: each gateway with {:?} workers",
+            report::WORKER_COUNTS
         ));
         for g in Gateway::ALL {
             let (memory, first) = memory(&args, &spec, g, &scripts)?;
@@ -243,6 +278,7 @@ fn run() -> Result<()> {
     check_counted(&gateways, &config, &results)?;
     drop(gateways);
     drop(upstream);
+    drop(trickle);
 
     results.machine.load_after = load_average();
     results.duration_s = started.elapsed().as_secs_f64();
@@ -267,14 +303,7 @@ impl Scripts {
         let mut out = Vec::new();
         for kind in Kind::ALL {
             let path = dir.join(format!("{}.lua", kind.name()));
-            let script = load::script(
-                traffic::PATH,
-                &[
-                    ("content-type", "application/json"),
-                    (traffic::REPLY_HEADER, kind.reply().header_value()),
-                ],
-                &kind.request_body(),
-            );
+            let script = load::script(traffic::PATH, &kind.headers(), &kind.request_body());
             std::fs::write(&path, script)?;
             out.push((kind, path));
         }
@@ -299,12 +328,19 @@ fn load(
     secs: f64,
 ) -> Result<load::Load> {
     let url = envoy.url("");
-    let l = load::run(
-        &url,
-        scripts.get(kind),
-        connections,
-        Duration::from_secs_f64(secs),
-    )?;
+    let duration = Duration::from_secs_f64(secs);
+    let l = if kind.trickled().is_some() {
+        load::closed(
+            &envoy.url(traffic::PATH),
+            &kind.headers(),
+            &kind.request_body(),
+            "data: [DONE]\n\n",
+            connections,
+            duration,
+        )
+    } else {
+        load::run(&url, scripts.get(kind), connections, duration)?
+    };
     ensure!(
         l.errors == 0 && l.non_2xx == 0 && l.requests > 0,
         "{} traffic through {url}: {} requests, {} errors, {} non-2xx",
@@ -319,11 +355,11 @@ fn load(
 /// Sends one request of `kind` and returns the reply's status, body and latency.
 fn request(agent: &ureq::Agent, envoy: &Envoy, kind: Kind) -> Result<(u16, String, Duration)> {
     let start = Instant::now();
-    let mut resp = agent
-        .post(&envoy.url(traffic::PATH))
-        .header("content-type", "application/json")
-        .header(traffic::REPLY_HEADER, kind.reply().header_value())
-        .send(kind.request_body())?;
+    let mut req = agent.post(&envoy.url(traffic::PATH));
+    for (name, value) in kind.headers() {
+        req = req.header(name, value);
+    }
+    let mut resp = req.send(kind.request_body())?;
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string()?;
     Ok((status, body, start.elapsed()))
@@ -354,7 +390,8 @@ fn settled_rss(envoy: &Envoy) -> Result<f64> {
 }
 
 /// RSS of one gateway idle, after traffic whose usage is reported, and (tokenmeter) after
-/// estimates; with one worker and with several. Also the first estimate's latency.
+/// estimates in every worker; for each of [`report::WORKER_COUNTS`], so that what one worker
+/// adds is a fitted slope rather than one difference. Also the first estimate's latency.
 fn memory(
     args: &Args,
     spec: &GatewaySpec<'_>,
@@ -363,19 +400,22 @@ fn memory(
 ) -> Result<(Memory, Option<(f64, f64)>)> {
     let mut m = Memory::default();
     let mut first_estimate = None;
-    for workers in [1, report::MANY_WORKERS] {
+    for workers in report::WORKER_COUNTS {
         let e = Envoy::start(&args.envoy, &bootstraps::gateway(g, spec), workers)?;
         let idle = settled_rss(&e)?;
         for kind in [Kind::Json, Kind::StreamUsage, Kind::StreamInjected] {
             load(&e, scripts, kind, args.connections, 1.0)?;
         }
         let traffic = settled_rss(&e)?;
-        if workers > 1 {
-            (m.idle_many, m.traffic_many) = (idle, traffic);
+        m.idle.push((workers, idle));
+        m.traffic.push((workers, traffic));
+        if g != Gateway::Tokenmeter {
             continue;
         }
-        (m.idle_1, m.traffic_1) = (idle, traffic);
-        if g != Gateway::Tokenmeter {
+        if workers > 1 {
+            // 16 connections spread over the workers: each VM builds its tokenizer.
+            load(&e, scripts, Kind::StreamEstimated, args.connections, 1.0)?;
+            m.estimated.push((workers, settled_rss(&e)?));
             continue;
         }
         let agent = agent();
@@ -388,7 +428,7 @@ fn memory(
         }
         first_estimate = Some((first.as_secs_f64() * 1e3, stats::median(&next)));
         load(&e, scripts, Kind::StreamEstimated, args.connections, 1.0)?;
-        m.estimates_1 = Some(settled_rss(&e)?);
+        m.estimated.push((workers, settled_rss(&e)?));
     }
     Ok((m, first_estimate))
 }
@@ -435,7 +475,12 @@ fn check(gateways: &[(Gateway, Envoy)], config: &FilterConfig) -> Result<()> {
     let ns = &config.namespace;
     let requests = family_sum(&text, &format!("{ns}_requests_total"));
     let tokens = family_sum(&text, &format!("{ns}_tokens_total"));
-    let reported = 3.0 * traffic::REPORTED_TOTAL_TOKENS as f64;
+    // The estimated kinds add tokens on top of what the others report.
+    let reported: f64 = Kind::ALL
+        .iter()
+        .filter_map(|k| k.reported_total_tokens())
+        .map(f64::from)
+        .sum();
     ensure!(
         requests == Kind::ALL.len() as f64 && tokens > reported,
         "tokenmeter counted {requests} requests and {tokens} tokens for one request of each kind \
@@ -489,26 +534,38 @@ fn measure(
         for (g, _) in gateways {
             samples.push((*kind, *g, Vec::new()));
         }
-        results.own_cost.push((*kind, Vec::new()));
+        results.rounds.push((*kind, Vec::new()));
     }
     for round in 0..args.rounds as usize {
         for kind in &args.kinds {
-            let mut cpu = [0.0; 3];
+            let mut cpu = [f64::NAN; 4];
             // Rotate the order each round, so that no gateway always runs first or last.
             for i in 0..gateways.len() {
                 let (g, e) = &gateways[(i + round) % gateways.len()];
+                let reads_only = *g == Gateway::ReadsOnly;
+                let callbacks_before = if reads_only {
+                    Some(callbacks(e)?)
+                } else {
+                    None
+                };
                 let before = process::cpu_micros(e.pid())?;
                 let l = load(e, scripts, *kind, args.connections, args.seconds)?;
                 let used = process::cpu_micros(e.pid())? - before;
-                let s = Sample {
+                let mut s = Sample {
                     requests: l.requests,
                     rps: l.requests_per_second(),
                     cpu_us_per_request: used as f64 / l.requests as f64,
                     p50_us: l.p50_us,
                     p99_us: l.p99_us,
+                    body_callbacks: None,
                 };
+                if let Some(before) = callbacks_before {
+                    // The filter publishes its counts every 100 ms.
+                    std::thread::sleep(Duration::from_millis(300));
+                    s.body_callbacks = callbacks(e)?.per_response_since(&before);
+                }
                 say(format!(
-                    "round {}/{} {:>13} {:>17}: {:6.0} req/s {:6.1} µs/req p50 {:.2} ms p99 {:.2} ms",
+                    "round {}/{} {:>21} {:>17}: {:6.0} req/s {:7.1} µs/req p50 {:.2} ms p99 {:.2} ms{}",
                     round + 1,
                     args.rounds,
                     kind.name(),
@@ -516,20 +573,146 @@ fn measure(
                     s.rps,
                     s.cpu_us_per_request,
                     s.p50_us / 1e3,
-                    s.p99_us / 1e3
+                    s.p99_us / 1e3,
+                    s.body_callbacks
+                        .map(|(q, r)| format!(" body callbacks {q:.1} + {r:.1}"))
+                        .unwrap_or_default()
                 ));
-                cpu[Gateway::ALL.iter().position(|x| x == g).unwrap_or(0)] = s.cpu_us_per_request;
+                if let Some(slot) = Gateway::ALL.iter().position(|x| x == g) {
+                    cpu[slot] = s.cpu_us_per_request;
+                }
                 if let Some((_, _, v)) = samples.iter_mut().find(|(k, x, _)| k == kind && x == g) {
                     v.push(s);
                 }
             }
-            if let Some((_, v)) = results.own_cost.iter_mut().find(|(k, _)| k == kind) {
-                v.push(cpu[2] - cpu[1]);
+            if let Some((_, v)) = results.rounds.iter_mut().find(|(k, _)| k == kind) {
+                v.push(cpu);
             }
         }
     }
     results.samples = samples;
     Ok(())
+}
+
+/// The reads-only filter's published counts: finished responses and their body callbacks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Callbacks {
+    responses: f64,
+    request_bodies: f64,
+    response_bodies: f64,
+}
+
+impl Callbacks {
+    /// Request and response body callbacks per finished response since `before`.
+    fn per_response_since(&self, before: &Callbacks) -> Option<(f64, f64)> {
+        let n = self.responses - before.responses;
+        (n > 0.0).then(|| {
+            (
+                (self.request_bodies - before.request_bodies) / n,
+                (self.response_bodies - before.response_bodies) / n,
+            )
+        })
+    }
+}
+
+fn callbacks(e: &Envoy) -> Result<Callbacks> {
+    let text = e.admin_get("/stats?filter=readsonly")?;
+    let stat = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("wasmcustom.readsonly.{name}: ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(Callbacks {
+        responses: stat("responses"),
+        request_bodies: stat("request_body_callbacks"),
+        response_bodies: stat("response_body_callbacks"),
+    })
+}
+
+/// The command-line word that makes this binary the trickling upstream.
+const TRICKLE_MODE: &str = "--serve-trickle";
+
+/// Serves trickled streams on a loopback port (printed on stdout) until killed.
+fn serve_trickle(gap: Duration) {
+    let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+        std::process::exit(1);
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("{}", addr.port()),
+        Err(_) => std::process::exit(1),
+    }
+    let replies: trickle::Replies = std::sync::Arc::new(|choice: &str| {
+        let kind = Kind::parse(choice).filter(|k| k.trickled().is_some())?;
+        Some(trickle::Canned {
+            content_type: kind.content_type().to_string(),
+            pieces: kind
+                .response_pieces()
+                .into_iter()
+                .map(String::into_bytes)
+                .collect(),
+        })
+    });
+    trickle::serve(listener, traffic::REPLY_HEADER, replies, gap);
+}
+
+/// The trickling upstream, a child process of this runner (so on the runner's CPUs).
+struct Trickle {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Trickle {
+    fn start(gap: Duration) -> Result<Trickle> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg(TRICKLE_MODE)
+            .arg(gap.as_micros().to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        match line.trim().parse() {
+            Ok(port) => Ok(Trickle { child, port }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the trickling upstream did not say its port: {line:?}")
+            }
+        }
+    }
+}
+
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts this runner (and so wrk, the upstreams and Node, which it starts) on every CPU but
+/// the first, which the gateways get. False when there is only one CPU.
+fn pin_runner(machine: &report::Machine) -> bool {
+    if machine.cores < 2 {
+        say("one CPU: gateways and load share it (not pinned)");
+        return false;
+    }
+    let others = format!("1-{}", machine.cores - 1);
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &others, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        say(format!(
+            "gateways on CPU 0; load, upstreams and runner on CPUs {others}"
+        ));
+    } else {
+        say("taskset failed: not pinned");
+    }
+    ok
 }
 
 fn load_average() -> String {

@@ -47,11 +47,16 @@ impl Reply {
     pub fn body(self) -> String {
         match self {
             Reply::Json => json_completion(),
-            Reply::StreamWithUsage => event_stream(true),
-            Reply::StreamWithoutUsage => event_stream(false),
+            Reply::StreamWithUsage => event_stream(ANSWER, true).concat(),
+            Reply::StreamWithoutUsage => event_stream(ANSWER, false).concat(),
         }
     }
 }
+
+/// The request header that sends a request to the trickling upstream
+/// ([`TRICKLE_VALUE`]) instead of the canned one.
+pub const UPSTREAM_HEADER: &str = "x-bench-upstream";
+pub const TRICKLE_VALUE: &str = "trickle";
 
 /// One row of the report: what the client sends and what the upstream answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +71,25 @@ pub enum Kind {
     /// A stream whose upstream reports no usage although the client asked (as some
     /// OpenAI-compatible servers do): tokenmeter counts the tokens itself.
     StreamEstimated,
+    /// Streams with usage (the client asks) of 50, 300 and 2,000 tokens, one event per
+    /// write, as a provider sends them: the per-chunk cost.
+    Trickle50,
+    Trickle300,
+    Trickle2000,
+    /// A 300-token trickled stream without usage: tokenmeter estimates.
+    Trickle300Estimated,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Json,
         Kind::StreamUsage,
         Kind::StreamInjected,
         Kind::StreamEstimated,
+        Kind::Trickle50,
+        Kind::Trickle300,
+        Kind::Trickle2000,
+        Kind::Trickle300Estimated,
     ];
 
     /// Short name, used on the command line and in file names.
@@ -83,6 +99,10 @@ impl Kind {
             Kind::StreamUsage => "sse-usage",
             Kind::StreamInjected => "sse-injected",
             Kind::StreamEstimated => "sse-estimated",
+            Kind::Trickle50 => "trickle-50",
+            Kind::Trickle300 => "trickle-300",
+            Kind::Trickle2000 => "trickle-2000",
+            Kind::Trickle300Estimated => "trickle-300-estimated",
         }
     }
 
@@ -97,14 +117,80 @@ impl Kind {
             Kind::StreamUsage => "SSE with usage (client asks)",
             Kind::StreamInjected => "SSE with usage (tokenmeter asks)",
             Kind::StreamEstimated => "SSE without usage (estimated)",
+            Kind::Trickle50 => "trickled SSE with usage, 50 tokens",
+            Kind::Trickle300 => "trickled SSE with usage, 300 tokens",
+            Kind::Trickle2000 => "trickled SSE with usage, 2,000 tokens",
+            Kind::Trickle300Estimated => "trickled SSE without usage (estimated), 300 tokens",
         }
     }
 
-    pub fn reply(self) -> Reply {
+    /// For trickled kinds, the answer's tokens and whether the upstream reports usage.
+    pub fn trickled(self) -> Option<(usize, bool)> {
         match self {
-            Kind::Json => Reply::Json,
-            Kind::StreamUsage | Kind::StreamInjected => Reply::StreamWithUsage,
-            Kind::StreamEstimated => Reply::StreamWithoutUsage,
+            Kind::Trickle50 => Some((50, true)),
+            Kind::Trickle300 => Some((300, true)),
+            Kind::Trickle2000 => Some((2000, true)),
+            Kind::Trickle300Estimated => Some((300, false)),
+            _ => None,
+        }
+    }
+
+    /// The canned upstream's answer; `None` for the trickled kinds.
+    pub fn reply(self) -> Option<Reply> {
+        match self {
+            Kind::Json => Some(Reply::Json),
+            Kind::StreamUsage | Kind::StreamInjected => Some(Reply::StreamWithUsage),
+            Kind::StreamEstimated => Some(Reply::StreamWithoutUsage),
+            _ => None,
+        }
+    }
+
+    /// The value of [`REPLY_HEADER`] that picks this kind's answer.
+    pub fn reply_value(self) -> &'static str {
+        self.reply().map_or(self.name(), Reply::header_value)
+    }
+
+    /// The headers that pick this kind's upstream and answer.
+    pub fn headers(self) -> Vec<(&'static str, &'static str)> {
+        let mut h = vec![("content-type", "application/json")];
+        if self.reply().is_none() {
+            h.push((UPSTREAM_HEADER, TRICKLE_VALUE));
+        }
+        h.push((REPLY_HEADER, self.reply_value()));
+        h
+    }
+
+    /// The answer's `content-type`.
+    pub fn content_type(self) -> &'static str {
+        self.reply()
+            .map_or("text/event-stream; charset=utf-8", Reply::content_type)
+    }
+
+    /// The answer as the gateway receives it: the canned answer whole, a trickled stream
+    /// one event at a time.
+    pub fn response_pieces(self) -> Vec<String> {
+        match self.reply() {
+            Some(reply) => vec![reply.body()],
+            None => trickled_events(self.name()).unwrap_or_default(),
+        }
+    }
+
+    /// The `total_tokens` the upstream reports for this kind (`None`: it reports none).
+    pub fn reported_total_tokens(self) -> Option<u32> {
+        match (self.reply(), self.trickled()) {
+            (Some(Reply::StreamWithoutUsage), _) | (None, Some((_, false))) => None,
+            (Some(_), _) => Some(REPORTED_TOTAL_TOKENS),
+            (None, Some((tokens, true))) => Some(PROMPT_TOKENS + tokens as u32),
+            (None, None) => None,
+        }
+    }
+
+    /// How many events the answer's stream has (1 for JSON).
+    pub fn events(self) -> usize {
+        match (self.reply(), self.trickled()) {
+            (Some(reply), _) => reply.body().matches("\n\n").count().max(1),
+            (None, Some((tokens, usage))) => tokens + 3 + usize::from(usage),
+            (None, None) => 1,
         }
     }
 
@@ -113,14 +199,21 @@ impl Kind {
         let stream = match self {
             Kind::Json => "",
             Kind::StreamInjected => r#","stream":true"#,
-            Kind::StreamUsage | Kind::StreamEstimated => {
-                r#","stream":true,"stream_options":{"include_usage":true}"#
-            }
+            _ => r#","stream":true,"stream_options":{"include_usage":true}"#,
         };
+        let max_tokens = self.trickled().map_or(256, |(tokens, _)| tokens + 56);
         format!(
-            r#"{{"model":"gpt-4o","messages":[{{"role":"system","content":"{SYSTEM}"}},{{"role":"user","content":"{QUESTION}"}}],"temperature":0.2,"max_tokens":256{stream}}}"#
+            r#"{{"model":"gpt-4o","messages":[{{"role":"system","content":"{SYSTEM}"}},{{"role":"user","content":"{QUESTION}"}}],"temperature":0.2,"max_tokens":{max_tokens}{stream}}}"#
         )
     }
+}
+
+/// The trickling upstream's answer for the value of [`REPLY_HEADER`]: the events of a
+/// trickled kind's stream.
+pub fn trickled_events(choice: &str) -> Option<Vec<String>> {
+    let (tokens, usage) = Kind::parse(choice)?.trickled()?;
+    let answer: Vec<&str> = ANSWER.iter().copied().cycle().take(tokens).collect();
+    Some(event_stream(&answer, usage))
 }
 
 const SYSTEM: &str = "You are a concise assistant for platform engineers. Answer in plain prose.";
@@ -191,10 +284,10 @@ const CREATED: u64 = 1_741_570_283;
 const MODEL: &str = "gpt-4o-2024-08-06";
 const FINGERPRINT: &str = "fp_eb9dce56a8";
 
-fn usage_json() -> String {
+fn usage_json(completion_tokens: u32) -> String {
     format!(
-        r#"{{"prompt_tokens":{PROMPT_TOKENS},"completion_tokens":{COMPLETION_TOKENS},"total_tokens":{},"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}"#,
-        PROMPT_TOKENS + COMPLETION_TOKENS
+        r#"{{"prompt_tokens":{PROMPT_TOKENS},"completion_tokens":{completion_tokens},"total_tokens":{},"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}"#,
+        PROMPT_TOKENS + completion_tokens
     )
 }
 
@@ -202,35 +295,37 @@ fn json_completion() -> String {
     let content: String = ANSWER.concat();
     format!(
         r#"{{"id":"{ID}","object":"chat.completion","created":{CREATED},"model":"{MODEL}","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{},"service_tier":"default","system_fingerprint":"{FINGERPRINT}"}}"#,
-        usage_json()
+        usage_json(COMPLETION_TOKENS)
     )
 }
 
-fn event_stream(with_usage: bool) -> String {
+/// A stream's events, each ending in its blank line: a role chunk, one chunk per piece of
+/// `answer`, a finish chunk, with usage a usage-only chunk, and `[DONE]`.
+fn event_stream(answer: &[&str], with_usage: bool) -> Vec<String> {
     let usage_null = if with_usage { r#","usage":null"# } else { "" };
     let chunk = |choice: &str| {
         format!(
             "data: {{\"id\":\"{ID}\",\"object\":\"chat.completion.chunk\",\"created\":{CREATED},\"model\":\"{MODEL}\",\"service_tier\":\"default\",\"system_fingerprint\":\"{FINGERPRINT}\",\"choices\":[{choice}]{usage_null}}}\n\n"
         )
     };
-    let mut out = chunk(
+    let mut out = vec![chunk(
         r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#,
-    );
-    for piece in ANSWER {
-        out.push_str(&chunk(&format!(
+    )];
+    for piece in answer {
+        out.push(chunk(&format!(
             r#"{{"index":0,"delta":{{"content":"{piece}"}},"logprobs":null,"finish_reason":null}}"#
         )));
     }
-    out.push_str(&chunk(
+    out.push(chunk(
         r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#,
     ));
     if with_usage {
-        out.push_str(&format!(
+        out.push(format!(
             "data: {{\"id\":\"{ID}\",\"object\":\"chat.completion.chunk\",\"created\":{CREATED},\"model\":\"{MODEL}\",\"service_tier\":\"default\",\"system_fingerprint\":\"{FINGERPRINT}\",\"choices\":[],\"usage\":{}}}\n\n",
-            usage_json()
+            usage_json(answer.len() as u32)
         ));
     }
-    out.push_str("data: [DONE]\n\n");
+    out.push("data: [DONE]\n\n".to_string());
     out
 }
 
@@ -249,7 +344,7 @@ mod tests {
             match kind {
                 Kind::Json => assert!(!stream),
                 Kind::StreamInjected => assert!(stream && !asks),
-                Kind::StreamUsage | Kind::StreamEstimated => assert!(stream && asks),
+                _ => assert!(stream && asks),
             }
         }
     }
@@ -274,5 +369,35 @@ mod tests {
             assert_eq!(with_usage, usage_chunks, "{reply:?}");
             assert_eq!(events.len(), ANSWER.len() + 3 + usage_chunks);
         }
+    }
+
+    #[test]
+    fn trickled_answers_have_their_length_and_usage() {
+        for kind in Kind::ALL {
+            let Some((tokens, usage)) = kind.trickled() else {
+                assert!(trickled_events(kind.name()).is_none());
+                assert_eq!(
+                    kind.events(),
+                    kind.reply().unwrap().body().matches("\n\n").count().max(1)
+                );
+                continue;
+            };
+            let events = trickled_events(kind.name()).unwrap();
+            assert_eq!(events.len(), kind.events(), "{kind:?}");
+            assert!(events
+                .iter()
+                .all(|e| e.starts_with("data: ") && e.ends_with("\n\n")));
+            let usage_chunk = events.iter().find(|e| e.contains(r#""usage":{"#));
+            assert_eq!(usage_chunk.is_some(), usage, "{kind:?}");
+            if let Some(u) = usage_chunk {
+                assert!(
+                    u.contains(&format!(r#""completion_tokens":{tokens},"#)),
+                    "{u}"
+                );
+            }
+            assert!(kind.headers().contains(&(UPSTREAM_HEADER, TRICKLE_VALUE)));
+        }
+        assert!(trickled_events("json").is_none());
+        assert!(trickled_events("nonsense").is_none());
     }
 }

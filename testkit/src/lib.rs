@@ -1,7 +1,7 @@
 //! Test support for tokenmeter, shared by the end-to-end tests, the demo and the benchmarks:
 //! an OpenAI-compatible upstream ([`upstream`]) and judge ([`judge`]), the real Envoy
 //! ([`envoy`]), the collector ([`collector`]), webhook and SMTP receivers for alerts, a real Alertmanager
-//! ([`alertmanager`]), a
+//! ([`alertmanager`]), an upstream that streams one event per write ([`trickle`]), a
 //! Prometheus text reader ([`prom`]) and an HTTP client that never treats a status as an
 //! error ([`client`]).
 
@@ -14,5 +14,6 @@ pub mod envoy;
 pub mod judge;
 pub mod prom;
 pub mod smtp;
+pub mod trickle;
 pub mod upstream;
 pub mod webhook;

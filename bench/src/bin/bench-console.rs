@@ -372,7 +372,9 @@ fn rollups_cpu(a: &Args, dir: &Path, f: &mut Figures) -> Result<()> {
                 dimension_names: &names,
                 tokenmeter_wasm: &wasm,
                 noop_wasm: &wasm,
+                readsonly_wasm: &wasm,
                 upstream_port: upstream.listener.port(),
+                trickle_port: None,
                 collector_port: Some(collector.port()?),
             },
         ))
@@ -384,10 +386,7 @@ fn rollups_cpu(a: &Args, dir: &Path, f: &mut Figures) -> Result<()> {
         &script,
         load::script(
             traffic::PATH,
-            &[
-                ("content-type", "application/json"),
-                (traffic::REPLY_HEADER, Kind::Json.reply().header_value()),
-            ],
+            &Kind::Json.headers(),
             &Kind::Json.request_body(),
         ),
     )?;
