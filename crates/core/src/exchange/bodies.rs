@@ -193,7 +193,7 @@ impl<'a> ResponseBody<'a> {
         let facts = match (body, bytes) {
             (None, _) => ResponseFacts::default(),
             (Some(_), Some(bytes)) => {
-                let no_usage = memchr::memmem::find(bytes, b"\"usage\"").is_none();
+                let no_usage = !crate::stream::meter::names_usage(bytes);
                 if wants_tree || (may_estimate && no_usage) {
                     match tree.get() {
                         Some(v) => {

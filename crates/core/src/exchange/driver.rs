@@ -225,7 +225,7 @@ impl Driver {
         let mut replacement = None;
         if body_size > 0 && ex.wants_response_body() {
             if let Some(chunk) = host.body(Side::Response, 0, body_size) {
-                replacement = ex.on_response_body(config, &chunk, host.now_ms());
+                replacement = ex.on_response_body(config, &chunk, || host.now_ms());
             }
         }
         if end_of_stream {

@@ -93,6 +93,26 @@ pub struct Exchange {
     lease: Lease,
     /// The response's first bytes decide whether it is the event stream that was asked for.
     sniff: bool,
+    /// The encoding last found and the model it was found for: finding it scans a table of
+    /// prefixes, and a stream needs it for every chunk.
+    encoding: Option<(String, Encoding)>,
+}
+
+/// The time in milliseconds, read when needed: a host's clock is a call, a test's a number.
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+}
+
+impl Clock for u64 {
+    fn now_ms(&self) -> u64 {
+        *self
+    }
+}
+
+impl<F: Fn() -> u64> Clock for F {
+    fn now_ms(&self) -> u64 {
+        self()
+    }
 }
 
 /// Whether a body starts as server-sent events do (a field name or a comment line).
@@ -194,6 +214,7 @@ impl Exchange {
             response: Reader::new(config.max_body_bytes, lease.sibling()),
             lease,
             sniff: false,
+            encoding: None,
             status: None,
             started_ms: now_ms,
             first_content_ms: None,
@@ -373,11 +394,12 @@ impl Exchange {
     }
 
     /// A response body chunk. Returns the bytes to send instead, when the stream is edited.
+    /// The clock is read only for the chunk that brings the first content.
     pub fn on_response_body(
         &mut self,
         config: &Config,
         chunk: &[u8],
-        now_ms: u64,
+        now_ms: impl Clock,
     ) -> Option<Vec<u8>> {
         if !self.wants_response_body() {
             return None;
@@ -396,9 +418,10 @@ impl Exchange {
                 );
             }
         }
-        let fed = self.response.feed(chunk, self.encoding(config));
+        let encoding = self.encoding(config);
+        let fed = self.response.feed(chunk, encoding);
         if fed.saw_content && self.first_content_ms.is_none() {
-            self.first_content_ms = Some(now_ms);
+            self.first_content_ms = Some(now_ms.now_ms());
         }
         fed.replacement
     }
@@ -419,9 +442,17 @@ impl Exchange {
     }
 
     /// The encoding for counting this exchange's text, by the best model known so far.
-    fn encoding(&self, config: &Config) -> Encoding {
+    fn encoding(&mut self, config: &Config) -> Encoding {
         let model = self.response.meter().and_then(|m| m.model.as_deref());
-        config.encodings.for_model(model)
+        match (&self.encoding, model) {
+            (Some((known, e)), Some(m)) if known == m => *e,
+            (_, None) => config.encodings.for_model(None),
+            (_, Some(m)) => {
+                let e = config.encodings.for_model(Some(m));
+                self.encoding = Some((m.to_string(), e));
+                e
+            }
+        }
     }
 
     /// Computes the outcome once; later calls return `None`, so every ending path of the

@@ -7,6 +7,9 @@
 //! chunk as some servers send it, cumulative); the last one wins.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use serde::Deserialize;
 
@@ -270,7 +273,7 @@ impl StreamMeter {
             // Only a stream that names usage in its chunks (OpenAI sends `"usage":null` in
             // every one once asked) is put off; where chunks never mention it, usage may
             // well not come, and putting off would only add a copy.
-            if memchr::memmem::find(data, b"\"usage\"").is_none() {
+            if !names_usage(data) {
                 self.deferred = None;
                 return false;
             }
@@ -521,12 +524,23 @@ pub(crate) fn parts_from_serde(data: &[u8]) -> Option<ChunkParts<'_>> {
     })
 }
 
+/// Searchers for the needles looked for in every chunk, built once: building one takes
+/// longer than searching a chunk.
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static ESCAPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\\u00"));
+
+/// Whether `data` holds the string `"usage"` anywhere.
+pub(crate) fn names_usage(data: &[u8]) -> bool {
+    USAGE_KEY.find(data).is_some()
+}
+
 /// Whether a chunk may hold a usage value: a `"usage"` key whose value is not `null`, or
 /// an escaped ASCII letter (a key could be spelled with escapes; text never needs them).
 /// A false "may" only costs reading the chunk now.
 fn may_carry_usage(data: &[u8]) -> bool {
     use crate::body::jsonscan::skip_ws;
-    for at in memchr::memmem::find_iter(data, b"\"usage\"") {
+    for at in USAGE_KEY.find_iter(data) {
         let colon = skip_ws(data, at + 7);
         if data.get(colon) != Some(&b':') {
             // A string value "usage", not a key.
@@ -537,7 +551,8 @@ fn may_carry_usage(data: &[u8]) -> bool {
             return true;
         }
     }
-    memchr::memmem::find_iter(data, b"\\u00")
+    ESCAPE
+        .find_iter(data)
         .any(|at| matches!(data.get(at + 4), Some(b'4'..=b'7')))
 }
 
