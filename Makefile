@@ -22,7 +22,7 @@ export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools browser alertmanager wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
-	bench bench-console bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
+	bench bench-console bench-peers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
 help:
 	@echo "make run    build everything, start Envoy with the filter in front of the example upstream and the collector with its console, send traffic, run a demo monitor, show the metrics and the console's address (RUN_ARGS=--exit to stop after)"
@@ -32,6 +32,7 @@ help:
 	@echo "make build  build the filter and the tokenmeter binary"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
 	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
+	@echo "make bench-peers  tokenmeter against LiteLLM's proxy: CPU per request and requests/s beside Envoy with tokenmeter and plain Envoy (BENCH_PEERS_ARGS to change)"
 	@echo "make bench-console  what the console and rollups cost: rollups' CPU, the 30-day query over 10,000 series, the first render (BENCH_CONSOLE_ARGS to change)"
 	@echo "make fuzz   the fuzz campaign over the core, about 10 minutes, resumable (FUZZ_SECONDS per target, FUZZ_SEED, FUZZ_TARGETS)"
 	@echo "make fuzz-corpus  minimise what the campaign found into the committed corpus (fuzz/corpus)"
@@ -138,6 +139,30 @@ bench-console: tools node bench-deps browser build bench-wasm bench-native
 	target/release/bench-console --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) \
 	  --replay-wasm $(BENCH_WASM)/replay.wasm --replay-native $(BENCH_NATIVE)/replay \
 	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md $(BENCH_CONSOLE_ARGS)
+
+# tokenmeter against the peer a user would pick instead: LiteLLM's proxy, one worker, on the
+# same canned upstream and traffic; a section of BENCHMARKS.md. About 5 minutes. LiteLLM is
+# pinned to a release whose `proxy` extra installs from PyPI (1.108.9, 1.109 and 1.110 pin
+# packages that are not there), in a venv of its own; the stamp makes a second install a
+# no-op and a new LITELLM_VERSION reinstall.
+LITELLM_VERSION ?= 1.108.4
+LITELLM_VENV    := $(TOOLS)/litellm
+LITELLM         := $(LITELLM_VENV)/bin/litellm
+BENCH_PEERS_ARGS ?=
+
+peers-tools: $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+
+$(LITELLM_VENV)/.installed-$(LITELLM_VERSION):
+	@echo "installing LiteLLM's proxy $(LITELLM_VERSION) from PyPI (litellm[proxy]) into $(LITELLM_VENV)"
+	@test -x $(LITELLM_VENV)/bin/pip || $(PYTHON) -m venv $(LITELLM_VENV)
+	@$(LITELLM_VENV)/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'
+	@rm -f $(LITELLM_VENV)/.installed-* && touch $@
+
+bench-peers: tools bench-deps peers-tools wasm
+	cargo build --release -p tokenmeter-bench --bin bench-peers
+	target/release/bench-peers --envoy $(ENVOY) --wasm $(WASM) --litellm $(LITELLM) --config $(CONFIG) \
+	  --out BENCHMARKS.md --command "make bench-peers$(if $(BENCH_PEERS_ARGS), BENCH_PEERS_ARGS='$(BENCH_PEERS_ARGS)')" \
+	  $(BENCH_PEERS_ARGS)
 
 bench-deps:
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
