@@ -167,6 +167,8 @@ bench-peers: tools bench-deps peers-tools wasm
 bench-deps:
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v valgrind >/dev/null || { echo "installing valgrind (Debian package)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq valgrind; }
 
 bench-wasm: wasm-target
 	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
@@ -180,6 +182,7 @@ bench: tools node bench-deps
 	cargo build -p tokenmeter-bench
 	target/debug/tokenmeter-bench --envoy $(ENVOY) --wasm $(WASM) \
 	  --noop $(BENCH_WASM)/noop.wasm --readsonly $(BENCH_WASM)/readsonly.wasm --replay-wasm $(BENCH_WASM)/replay.wasm \
+	  --replay-native $(BENCH_NATIVE)/replay \
 	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
 	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)

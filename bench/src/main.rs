@@ -34,7 +34,7 @@ use report::{Memory, Results, Sample};
 use traffic::Kind;
 
 const USAGE: &str = "usage: tokenmeter-bench --envoy PATH --wasm PATH --noop PATH --readsonly PATH --tokcount PATH \
---tokcount-wasm PATH --wasi-runner PATH [--replay-wasm PATH] [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
+--tokcount-wasm PATH --wasi-runner PATH [--replay-wasm PATH] [--replay-native PATH] [--config FILE] [--out FILE] [--rounds N] [--seconds S] \
 [--warmup S] [--connections N] [--kinds json,sse-usage,...] [--starts N] [--command TEXT] [--load-only yes] \
 [--trickle-gap-us N] [--pin yes|no]";
 
@@ -47,6 +47,8 @@ struct Args {
     tokcount_wasm: PathBuf,
     wasi_runner: PathBuf,
     replay_wasm: Option<PathBuf>,
+    /// The native replay, for instruction counts under callgrind.
+    replay_native: Option<PathBuf>,
     config: PathBuf,
     out: PathBuf,
     rounds: u32,
@@ -75,6 +77,7 @@ impl Args {
             tokcount_wasm: PathBuf::new(),
             wasi_runner: PathBuf::new(),
             replay_wasm: None,
+            replay_native: None,
             config: PathBuf::from("examples/filter-config.json"),
             out: PathBuf::from("BENCHMARKS.md"),
             rounds: 5,
@@ -108,6 +111,7 @@ impl Args {
                 "--tokcount-wasm" => a.tokcount_wasm = value.into(),
                 "--wasi-runner" => a.wasi_runner = value.into(),
                 "--replay-wasm" => a.replay_wasm = Some(envoy::absolute(Path::new(&value))?),
+                "--replay-native" => a.replay_native = Some(envoy::absolute(Path::new(&value))?),
                 "--config" => a.config = value.into(),
                 "--out" => a.out = value.into(),
                 "--rounds" => a.rounds = num(&value)? as u32,
@@ -225,6 +229,17 @@ fn run() -> Result<()> {
         if let Some(replay) = &args.replay_wasm {
             say("tokenmeter's own work per exchange in V8, without a host");
             results.own_work_us = tokenizer::replay_in_v8(&args.wasi_runner, replay, 20_000)?;
+        }
+        match &args.replay_native {
+            Some(replay) if valgrind_available() => {
+                say("tokenmeter's own instructions per exchange (callgrind, native replay)");
+                for kind in Kind::ALL {
+                    let n = tokenizer::replay_instructions(replay, kind.name())?;
+                    results.own_instructions.push((kind.name().to_string(), n));
+                }
+            }
+            Some(_) => say("no valgrind: instruction counts left out (apt-get install valgrind)"),
+            None => {}
         }
     }
 
@@ -716,6 +731,13 @@ fn pin_runner(machine: &report::Machine) -> bool {
         say("taskset failed: not pinned");
     }
     ok
+}
+
+fn valgrind_available() -> bool {
+    std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn load_average() -> String {

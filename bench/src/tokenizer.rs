@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Throughput {
@@ -126,6 +126,54 @@ pub fn parse_replay(output: &str) -> Result<Vec<(String, f64)>> {
         .collect()
 }
 
+/// Instructions callgrind counted in a run's output (`==PID== I   refs:      1,234`).
+pub fn parse_instructions(stderr: &str) -> Option<u64> {
+    stderr
+        .lines()
+        .find_map(|l| l.split_once("I   refs:"))
+        .and_then(|(_, n)| n.trim().replace(',', "").parse().ok())
+}
+
+/// The exchanges a replay run made, warm-up included (the replay warms up with a tenth of
+/// the measured count, rounded up).
+fn replay_exchanges(stdout: &str) -> Option<u64> {
+    let line = stdout.lines().find(|l| l.starts_with('{'))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let n = v["exchanges"].as_u64()?;
+    Some(n + n.div_ceil(10))
+}
+
+/// tokenmeter's own code per exchange in native instructions, counted by callgrind on the
+/// native replay: exact and repeatable whatever the machine's load, unlike any timing. The
+/// marginal count of two runs (200 and 400 exchanges asked for), so start-up and the first
+/// exchanges' one-off work (the tokenizer's tables) drop out.
+pub fn replay_instructions(program: &Path, kind: &str) -> Result<u64> {
+    let run = |n: u32| -> Result<(u64, u64)> {
+        let mut c = Command::new("valgrind");
+        c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(program)
+            .arg(kind)
+            .arg(n.to_string());
+        let out = c.output().with_context(|| format!("running {c:?}"))?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        match (
+            out.status.success(),
+            parse_instructions(&stderr),
+            replay_exchanges(&stdout),
+        ) {
+            (true, Some(i), Some(e)) => Ok((i, e)),
+            _ => bail!("{c:?} failed ({}): {stderr}", out.status),
+        }
+    };
+    let (i1, e1) = run(200)?;
+    let (i2, e2) = run(400)?;
+    ensure!(e2 > e1 && i2 > i1, "callgrind runs of {kind} did not grow");
+    Ok((i2 - i1) / (e2 - e1))
+}
+
 /// Node's version, for the report.
 pub fn node_version() -> String {
     Command::new("node")
@@ -154,5 +202,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r, [("json".to_string(), 14.52)]);
+    }
+
+    #[test]
+    fn reads_callgrind_totals_and_replay_counts() {
+        let err = "==15891== Events    : Ir\n==15891== Collected : 5\n==15891==\n==15891== I   refs:      536,551,868\n";
+        assert_eq!(parse_instructions(err), Some(536_551_868));
+        assert_eq!(parse_instructions("nothing"), None);
+        assert_eq!(
+            replay_exchanges(
+                "{\"kind\":\"json\",\"exchanges\":394,\"us_per_exchange\":1.0,\"check\":1}"
+            ),
+            Some(394 + 40)
+        );
     }
 }
