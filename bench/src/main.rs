@@ -14,7 +14,10 @@
 
 mod bootstraps;
 mod envoy;
+mod flags;
 mod load;
+// Process-tree accounting is used by bench-peers only.
+#[allow(dead_code)]
 mod process;
 mod report;
 mod stats;
@@ -91,17 +94,9 @@ impl Args {
             trickle_gap: Duration::from_micros(200),
             pin: true,
         };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let value = it
-                .next()
-                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-            let num = |v: &str| -> Result<f64> {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|n| *n > 0.0)
-                    .with_context(|| format!("{flag}: {v:?} is not a positive number"))
-            };
+        for pair in flags::pairs(USAGE) {
+            let (flag, value) = pair?;
+            let num = |v: &str| flags::positive(&flag, v);
             match flag.as_str() {
                 "--envoy" => a.envoy = value.into(),
                 "--wasm" => a.wasm = value.into(),
@@ -120,8 +115,8 @@ impl Args {
                 "--connections" => a.connections = num(&value)? as u32,
                 "--starts" => a.starts = num(&value)? as u32,
                 "--command" => a.command = value,
-                "--load-only" => a.load_only = matches!(value.as_str(), "yes" | "true" | "1"),
-                "--pin" => a.pin = matches!(value.as_str(), "yes" | "true" | "1"),
+                "--load-only" => a.load_only = flags::yes(&value),
+                "--pin" => a.pin = flags::yes(&value),
                 "--trickle-gap-us" => a.trickle_gap = Duration::from_micros(num(&value)? as u64),
                 "--kinds" => {
                     a.kinds = value
@@ -718,11 +713,7 @@ fn pin_runner(machine: &report::Machine) -> bool {
         return false;
     }
     let others = format!("1-{}", machine.cores - 1);
-    let ok = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", &others, &std::process::id().to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = process::pin_self(&others).is_ok();
     if ok {
         say(format!(
             "gateways on CPU 0; load, upstreams and runner on CPUs {others}"

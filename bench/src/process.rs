@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, ensure, Context as _, Result};
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux unless told otherwise.
 fn ticks_per_second() -> u64 {
@@ -58,6 +58,99 @@ pub fn rss_kb(pid: u32) -> Result<u64> {
     parse_status_kb(&status, "VmRSS").ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// Puts this runner, and so what it starts from now on, on `cpus`.
+pub fn pin_self(cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset")?;
+    ensure!(status.success(), "taskset -p -c {cpus}: {status}");
+    Ok(())
+}
+
+/// The parent pid and `utime + stime + cutime + cstime` in ticks, from the text of
+/// `/proc/PID/stat`. The children's fields hold the processes a process has reaped, so
+/// over a live tree the sum counts every process that ever ran in it exactly once.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    // Fields are counted from the last ')': the command name may hold spaces and ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (3), ppid (4), ... utime (14), stime, cutime, cstime (17).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let mut ticks = 0u64;
+    for i in 11..15 {
+        ticks += fields.get(i)?.parse::<u64>().ok()?;
+    }
+    Some((ppid, ticks))
+}
+
+/// `root` and all its descendants, from `(pid, parent pid)` of every process.
+fn tree(parents: &[(u32, u32)], root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while let Some(&p) = tree.get(i) {
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(pid, ppid)| *ppid == p && *pid != p)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// Ticks of `root` and all its descendants, from `(pid, stat text)` of every process.
+fn tree_ticks(stats: &[(u32, String)], root: u32) -> Option<u64> {
+    let parsed: Vec<(u32, u32, u64)> = stats
+        .iter()
+        .filter_map(|(pid, s)| parse_stat(s).map(|(ppid, t)| (*pid, ppid, t)))
+        .collect();
+    parsed.iter().find(|(pid, _, _)| *pid == root)?;
+    let parents: Vec<(u32, u32)> = parsed.iter().map(|(pid, ppid, _)| (*pid, *ppid)).collect();
+    let members = tree(&parents, root);
+    Some(
+        parsed
+            .iter()
+            .filter(|(pid, _, _)| members.contains(pid))
+            .map(|(_, _, t)| t)
+            .sum(),
+    )
+}
+
+/// Every process's stat text (a process may end while it is read: it is left out).
+fn all_stats() -> Result<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Ok(s) = std::fs::read_to_string(entry.path().join("stat")) {
+            out.push((pid, s));
+        }
+    }
+    Ok(out)
+}
+
+/// CPU time of `root`'s process tree so far, in microseconds.
+pub fn tree_cpu_micros(root: u32) -> Result<u64> {
+    let ticks =
+        tree_ticks(&all_stats()?, root).with_context(|| format!("process {root} is gone"))?;
+    Ok(ticks * 1_000_000 / ticks_per_second())
+}
+
+/// The pids of `root`'s descendants.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = all_stats()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(pid, s)| parse_stat(s).map(|(ppid, _)| (*pid, ppid)))
+        .collect();
+    tree(&parents, root).into_iter().skip(1).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +174,25 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kb(pid).unwrap() > 0);
         cpu_micros(pid).unwrap();
+    }
+
+    #[test]
+    fn a_process_tree_sums_its_members_only() {
+        let stat = |pid: u32, name: &str, ppid: u32, ticks: [u64; 4]| {
+            let [u, s, cu, cs] = ticks;
+            (pid, format!("{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194560 9073 0 0 0 {u} {s} {cu} {cs} 20 0 18 0 123 0"))
+        };
+        let stats = vec![
+            stat(1, "init", 0, [5, 5, 0, 0]),
+            stat(10, "python (x) y", 1, [100, 20, 7, 3]),
+            stat(11, "worker", 10, [40, 10, 0, 0]),
+            stat(12, "helper", 11, [1, 1, 0, 0]),
+            stat(20, "other", 1, [900, 0, 0, 0]),
+        ];
+        assert_eq!(parse_stat(&stats[1].1), Some((1, 130)));
+        assert_eq!(tree_ticks(&stats, 10), Some(130 + 50 + 2));
+        assert_eq!(tree_ticks(&stats, 12), Some(2));
+        assert_eq!(tree_ticks(&stats, 99), None);
+        assert_eq!(parse_stat("garbage"), None);
     }
 }

@@ -23,6 +23,9 @@ mod bootstraps;
 #[path = "../envoy.rs"]
 #[allow(dead_code)]
 mod envoy;
+#[path = "../flags.rs"]
+#[allow(dead_code)]
+mod flags;
 #[path = "../load.rs"]
 #[allow(dead_code)]
 mod load;
@@ -88,17 +91,9 @@ fn args() -> Result<Args> {
         replay_native: PathBuf::new(),
         wasi_runner: PathBuf::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let v = it
-            .next()
-            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| -> Result<f64> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|n| *n > 0.0)
-                .with_context(|| format!("{flag}: {v:?} is not a positive number"))
-        };
+    for pair in flags::pairs(USAGE) {
+        let (flag, v) = pair?;
+        let num = |v: &str| flags::positive(&flag, v);
         match flag.as_str() {
             "--envoy" => a.envoy = v.into(),
             "--wasm" => a.wasm = v.into(),

@@ -16,6 +16,9 @@ mod bootstraps;
 #[path = "../envoy.rs"]
 #[allow(dead_code)]
 mod envoy;
+#[path = "../flags.rs"]
+#[allow(dead_code)]
+mod flags;
 #[path = "../load.rs"]
 #[allow(dead_code)]
 mod load;
@@ -101,17 +104,9 @@ fn args() -> Result<Args> {
         connections: 4,
         command: "make bench-peers".to_string(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let v = it
-            .next()
-            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| -> Result<f64> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|n| *n > 0.0)
-                .with_context(|| format!("{flag}: {v:?} is not a positive number"))
-        };
+    for pair in flags::pairs(USAGE) {
+        let (flag, v) = pair?;
+        let num = |v: &str| flags::positive(&flag, v);
         match flag.as_str() {
             "--envoy" => a.envoy = v.into(),
             "--wasm" => a.wasm = v.into(),
@@ -142,112 +137,6 @@ fn main() {
         eprintln!("bench-peers: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// Puts this runner, and so what it starts from now on, on `cpus`.
-fn pin_self(cpus: &str) -> Result<()> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("running taskset")?;
-    ensure!(status.success(), "taskset -p -c {cpus}: {status}");
-    Ok(())
-}
-
-// --- A process tree's CPU time -----------------------------------------------------------
-
-/// Clock ticks per second (`getconf CLK_TCK`).
-fn ticks_per_second() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
-}
-
-/// The parent pid and `utime + stime + cutime + cstime` in ticks, from the text of
-/// `/proc/PID/stat`. The children's fields hold the processes a process has reaped, so
-/// over a live tree the sum counts every process that ever ran in it exactly once.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    // Fields are counted from the last ')': the command name may hold spaces and ')'.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state (3), ppid (4), ... utime (14), stime, cutime, cstime (17).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let mut ticks = 0u64;
-    for i in 11..15 {
-        ticks += fields.get(i)?.parse::<u64>().ok()?;
-    }
-    Some((ppid, ticks))
-}
-
-/// `root` and all its descendants, from `(pid, parent pid)` of every process.
-fn tree(parents: &[(u32, u32)], root: u32) -> Vec<u32> {
-    let mut tree = vec![root];
-    let mut i = 0;
-    while let Some(&p) = tree.get(i) {
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(pid, ppid)| *ppid == p && *pid != p)
-                .map(|(pid, _)| *pid),
-        );
-        i += 1;
-    }
-    tree
-}
-
-/// Ticks of `root` and all its descendants, from `(pid, stat text)` of every process.
-fn tree_ticks(stats: &[(u32, String)], root: u32) -> Option<u64> {
-    let parsed: Vec<(u32, u32, u64)> = stats
-        .iter()
-        .filter_map(|(pid, s)| parse_stat(s).map(|(ppid, t)| (*pid, ppid, t)))
-        .collect();
-    parsed.iter().find(|(pid, _, _)| *pid == root)?;
-    let parents: Vec<(u32, u32)> = parsed.iter().map(|(pid, ppid, _)| (*pid, *ppid)).collect();
-    let members = tree(&parents, root);
-    Some(
-        parsed
-            .iter()
-            .filter(|(pid, _, _)| members.contains(pid))
-            .map(|(_, _, t)| t)
-            .sum(),
-    )
-}
-
-/// Every process's stat text (a process may end while it is read: it is left out).
-fn all_stats() -> Result<Vec<(u32, String)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Ok(s) = std::fs::read_to_string(entry.path().join("stat")) {
-            out.push((pid, s));
-        }
-    }
-    Ok(out)
-}
-
-/// CPU time of `root`'s process tree so far, in microseconds.
-fn tree_cpu_micros(root: u32, ticks_per_s: u64) -> Result<u64> {
-    let ticks =
-        tree_ticks(&all_stats()?, root).with_context(|| format!("process {root} is gone"))?;
-    Ok(ticks * 1_000_000 / ticks_per_s)
-}
-
-/// The pids of `root`'s descendants.
-fn descendants(root: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = all_stats()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|(pid, s)| parse_stat(s).map(|(ppid, _)| (*pid, ppid)))
-        .collect();
-    tree(&parents, root).into_iter().skip(1).collect()
 }
 
 // --- LiteLLM -------------------------------------------------------------------------------
@@ -375,7 +264,7 @@ impl LiteLlm {
 impl Drop for LiteLlm {
     fn drop(&mut self) {
         // Its descendants first, by pid, then the proxy itself.
-        let pids: Vec<String> = descendants(self.child.id())
+        let pids: Vec<String> = process::descendants(self.child.id())
             .iter()
             .map(u32::to_string)
             .collect();
@@ -641,12 +530,12 @@ fn wrk(url: &str, script: &Path, connections: u32, secs: f64) -> Result<load::Lo
 
 /// Waits until the process tree is idle again (wrk leaves requests in flight when it
 /// stops), so that it does not take CPU 0 from the next measurement.
-fn settle(pid: u32, ticks_per_s: u64) -> Result<()> {
+fn settle(pid: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = tree_cpu_micros(pid, ticks_per_s)?;
+    let mut last = process::tree_cpu_micros(pid)?;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        let now = tree_cpu_micros(pid, ticks_per_s)?;
+        let now = process::tree_cpu_micros(pid)?;
         // Under 5 % of a CPU.
         if now - last <= 10_000 {
             break;
@@ -671,11 +560,10 @@ fn run() -> Result<()> {
         "{cores} CPU: the gateway and the load need one each"
     );
     let load_before = load_average();
-    pin_self(LOAD_CPU)?;
+    process::pin_self(LOAD_CPU)?;
     say(format!(
         "gateways on CPU {GATEWAY_CPU}; wrk, the upstream and this runner on CPU {LOAD_CPU}"
     ));
-    let ticks = ticks_per_second();
     let work = tempfile::tempdir()?;
     let (config_text, namespace, names) = filter_config(&a.config)?;
 
@@ -742,7 +630,7 @@ fn run() -> Result<()> {
     for (kind, _) in KINDS {
         for (i, p) in peers.iter().enumerate() {
             wrk(&p.url(""), script(kind, i), a.connections, a.warmup)?;
-            settle(p.pid(), ticks)?;
+            settle(p.pid())?;
         }
     }
     // samples[kind][peer]
@@ -756,10 +644,10 @@ fn run() -> Result<()> {
                 // Rotate the order each round, so that no gateway always runs first or last.
                 let i = (j + round) % peers.len();
                 let Some(p) = peers.get(i) else { continue };
-                let before = tree_cpu_micros(p.pid(), ticks)?;
+                let before = process::tree_cpu_micros(p.pid())?;
                 let l = wrk(&p.url(""), script(*kind, i), a.connections, a.seconds)?;
-                let used = tree_cpu_micros(p.pid(), ticks)? - before;
-                settle(p.pid(), ticks)?;
+                let used = process::tree_cpu_micros(p.pid())? - before;
+                settle(p.pid())?;
                 let s = Sample {
                     rps: l.requests_per_second(),
                     cpu_us: used as f64 / l.requests as f64,
@@ -1098,26 +986,6 @@ mod tests {
                 .unwrap();
         assert_eq!(body["model"], "gpt-4o-sse-usage");
         assert_eq!(body["stream_options"]["include_usage"], true);
-    }
-
-    #[test]
-    fn a_process_tree_sums_its_members_only() {
-        let stat = |pid: u32, name: &str, ppid: u32, ticks: [u64; 4]| {
-            let [u, s, cu, cs] = ticks;
-            (pid, format!("{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194560 9073 0 0 0 {u} {s} {cu} {cs} 20 0 18 0 123 0"))
-        };
-        let stats = vec![
-            stat(1, "init", 0, [5, 5, 0, 0]),
-            stat(10, "python (x) y", 1, [100, 20, 7, 3]),
-            stat(11, "worker", 10, [40, 10, 0, 0]),
-            stat(12, "helper", 11, [1, 1, 0, 0]),
-            stat(20, "other", 1, [900, 0, 0, 0]),
-        ];
-        assert_eq!(parse_stat(&stats[1].1), Some((1, 130)));
-        assert_eq!(tree_ticks(&stats, 10), Some(130 + 50 + 2));
-        assert_eq!(tree_ticks(&stats, 12), Some(2));
-        assert_eq!(tree_ticks(&stats, 99), None);
-        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]
