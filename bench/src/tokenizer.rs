@@ -170,7 +170,10 @@ pub fn replay_instructions(program: &Path, kind: &str) -> Result<u64> {
     };
     let (i1, e1) = run(200)?;
     let (i2, e2) = run(400)?;
-    ensure!(e2 > e1 && i2 > i1, "callgrind runs of {kind} did not grow");
+    ensure!(
+        e2 > e1 && i2 > i1,
+        "callgrind runs of {kind} did not grow: {e1} then {e2} exchanges, {i1} then {i2} instructions"
+    );
     Ok((i2 - i1) / (e2 - e1))
 }
 
