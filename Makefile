@@ -172,10 +172,10 @@ bench-deps:
 
 bench-wasm: wasm-target
 	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
-	  --target wasm32-wasip1 -p noop -p readsonly -p tokcount -p replay
+	  --target wasm32-wasip1 -p noop -p readsonly -p tokcount -p replay -p tokcompare
 
 bench-native:
-	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount -p replay
+	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount -p replay -p tokcompare
 
 bench: tools node bench-deps
 	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native
