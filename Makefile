@@ -22,7 +22,7 @@ export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools browser alertmanager wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
-	bench bench-console bench-peers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
+	bench bench-console bench-peers bench-tokenizers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
 help:
 	@echo "make run    build everything, start Envoy with the filter in front of the example upstream and the collector with its console, send traffic, run a demo monitor, show the metrics and the console's address (RUN_ARGS=--exit to stop after)"
@@ -33,6 +33,7 @@ help:
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
 	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
 	@echo "make bench-peers  tokenmeter against LiteLLM's proxy: CPU per request and requests/s beside Envoy with tokenmeter and plain Envoy (BENCH_PEERS_ARGS to change)"
+	@echo "make bench-tokenizers  tiktoken-rs against bpe-openai, natively and in V8: tokens/s, equal counts, long repeats (JSON lines)"
 	@echo "make bench-console  what the console and rollups cost: rollups' CPU, the 30-day query over 10,000 series, the first render (BENCH_CONSOLE_ARGS to change)"
 	@echo "make fuzz   the fuzz campaign over the core, about 10 minutes, resumable (FUZZ_SECONDS per target, FUZZ_SEED, FUZZ_TARGETS)"
 	@echo "make fuzz-corpus  minimise what the campaign found into the committed corpus (fuzz/corpus)"
@@ -172,10 +173,10 @@ bench-deps:
 
 bench-wasm: wasm-target
 	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
-	  --target wasm32-wasip1 -p noop -p readsonly -p tokcount -p replay -p tokcompare
+	  --target wasm32-wasip1 -p noop -p readsonly -p tokcount -p replay
 
 bench-native:
-	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount -p replay -p tokcompare
+	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcount -p replay
 
 bench: tools node bench-deps
 	@$(MAKE) --no-print-directory -j3 wasm bench-wasm bench-native
@@ -186,6 +187,18 @@ bench: tools node bench-deps
 	  --tokcount $(BENCH_NATIVE)/tokcount --tokcount-wasm $(BENCH_WASM)/tokcount.wasm \
 	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)
+
+# The tokenizer, by measurement: tiktoken-rs (what the core counts with) against bpe-openai,
+# natively and in V8, on ordinary text and long repeats, counts compared (bench/wasm/tokcompare;
+# BENCHMARKS.md, "Estimates"). Not part of `make bench`: bpe-openai's embedded tables make a
+# 49 MB module that takes minutes to build. One JSON line per measurement.
+bench-tokenizers: wasm-target node
+	CARGO_TARGET_DIR=target/bench-native cargo build --release --manifest-path bench/wasm/Cargo.toml -p tokcompare
+	CARGO_TARGET_DIR=target/bench cargo build --release --manifest-path bench/wasm/Cargo.toml \
+	  --target wasm32-wasip1 -p tokcompare
+	$(BENCH_NATIVE)/tokcompare all
+	$(BENCH_NATIVE)/tokcompare crash
+	node --no-warnings $(WASI_RUNNER) $(BENCH_WASM)/tokcompare.wasm all
 
 # The fuzz campaign (not part of `make test`; see fuzz/campaign.sh): libFuzzer targets in a
 # cargo-fuzz project of their own (fuzz/), built with the nightly toolchain into target/fuzz,
