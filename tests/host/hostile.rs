@@ -6,6 +6,7 @@ use std::io::Write as _;
 
 use crate::harness::exchange::request_headers;
 use crate::harness::fixtures;
+use crate::harness::native::{counters, NativeVm};
 use crate::harness::{run, Call, Host, Reply, Stream};
 use serde_json::json;
 
@@ -389,4 +390,60 @@ fn series_are_bounded_per_metric_however_many_dimensions_clients_control() {
     );
     assert_eq!(m.sum("llm_tokens_total", &[]), 2700);
     assert!(m.sum("llm_overflow_total", &[("dimension", "team")]) > 0);
+}
+
+/// A run of about a million spaces overflows the backtracking stack of the encodings'
+/// pre-tokenizer (`\s+(?!\S)` takes one entry per character; for cl100k_base only when a
+/// word follows), and `tiktoken-rs` unwraps that error: a trap, had the text reached it
+/// whole. The core hands the tokenizer segments of at most 2048 bytes, so such a prompt and
+/// such an answer are estimated like any other text, in both encodings, and the VM lives on.
+#[test]
+fn a_million_spaces_to_estimate_do_not_trap_the_vm() {
+    let config = r#"{"max_body_bytes": 2097152, "max_vm_bytes": 16777216,
+        "dimensions":[{"name":"model"},{"name":"usage_source"}]}"#;
+    let spaces = " ".repeat(1_000_000);
+    for model in ["gpt-4o", "gpt-4-turbo"] {
+        let host = Host::new();
+        let mut vm = host.vm(config);
+        let mut native = NativeVm::new(config);
+        let request = json!({"model": model, "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": format!("{spaces}word")}]})
+        .to_string();
+        // The answer: the same run, 2,000 spaces an event, then a word; no usage comes.
+        let chunk = |content: &str| {
+            let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": {"content": content}}]});
+            format!("data: {c}\n\n")
+        };
+        let mut sse = chunk("Spaces:");
+        for _ in 0..500 {
+            sse.push_str(&chunk(&spaces[..2000]));
+        }
+        sse.push_str(&chunk("word"));
+        sse.push_str("data: [DONE]\n\n");
+        let cuts: Vec<usize> = (65_536..request.len()).step_by(65_536).collect();
+        let call = Call::post("/v1/chat/completions", request.as_bytes()).cuts(&cuts);
+        let cuts: Vec<usize> = (16_384..sse.len()).step_by(16_384).collect();
+        let reply = Reply::sse(sse.as_bytes()).cuts(&cuts);
+        let out = run(&mut vm, &call, &reply);
+        native.run(&call, &reply);
+        out.assert_flowed();
+        assert_eq!(out.client_body, sse.as_bytes(), "{model}");
+        let m = host.metrics();
+        assert_eq!(
+            m.sum("llm_requests_total", &[("usage_source", "estimated")]),
+            1,
+            "{model}: {}",
+            m.dump()
+        );
+        // The run of spaces is many tokens in either encoding, none lost.
+        assert!(m.sum("llm_prompt_tokens_total", &[]) > 400, "{}", m.dump());
+        assert!(
+            m.sum("llm_completion_tokens_total", &[]) > 400,
+            "{}",
+            m.dump()
+        );
+        assert_eq!(counters(&m), native.metrics, "{model}");
+    }
 }
