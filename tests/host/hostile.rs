@@ -7,7 +7,7 @@ use std::io::Write as _;
 use crate::harness::exchange::request_headers;
 use crate::harness::fixtures;
 use crate::harness::native::{counters, NativeVm};
-use crate::harness::{run, Call, Host, Reply, Stream};
+use crate::harness::{run, Call, Host, Manners, Reply, Stream};
 use serde_json::json;
 
 const CONFIG: &str = r#"{"dimensions":[{"name":"model"},{"name":"usage_source"}]}"#;
@@ -446,4 +446,71 @@ fn a_million_spaces_to_estimate_do_not_trap_the_vm() {
         );
         assert_eq!(counters(&m), native.metrics, "{model}");
     }
+}
+
+/// A host whose `proxy_set_buffer_bytes` keeps only as many new bytes as it replaces
+/// (ngx_wasm_module): the rewritten request and the edited stream still arrive whole, the
+/// same as on Envoy, because longer replacements are written in two steps.
+#[test]
+fn rewrites_arrive_whole_on_a_host_that_truncates_buffer_replaces() {
+    let line = |content: &str, usage: &str| {
+        let c = json!({"id": "c1", "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "delta": {"content": content}}]})
+        .to_string();
+        if usage.is_empty() {
+            format!("data: {c}\n\n")
+        } else {
+            format!("data: {},\"usage\":{usage}}}\n\n", &c[..c.len() - 1])
+        }
+    };
+    let counts = r#"{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}"#;
+    let sent = line("Hel", "null")
+        + &line("lo", "null")
+        + &format!("data: {{\"id\":\"c1\",\"choices\":[],\"usage\":{counts}}}\n\n")
+        + "data: [DONE]\n\n";
+    let want = line("Hel", "") + &line("lo", "") + "data: [DONE]\n\n";
+    let request = chat_request(true);
+    let mut upstream = Vec::new();
+    for manners in [Manners::Envoy, Manners::Ngx] {
+        let host = Host::with_manners(manners);
+        let mut vm = host.vm(CONFIG);
+        // Cut inside lines, so that held bytes come out with a later, shorter chunk.
+        for cuts in [&[][..], &[5, 30, 90, 91, 150, 200][..]] {
+            let out = run(
+                &mut vm,
+                &Call::post("/v1/chat/completions", &request).cuts(&cuts[..cuts.len().min(2)]),
+                &Reply::sse(sent.as_bytes()).cuts(cuts),
+            );
+            out.assert_flowed();
+            let asked: serde_json::Value = serde_json::from_slice(&out.upstream_body)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{manners:?}: the upstream got {:?}: {e}",
+                        String::from_utf8_lossy(&out.upstream_body)
+                    )
+                });
+            assert_eq!(
+                asked["stream_options"]["include_usage"], true,
+                "{manners:?}"
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.client_body),
+                want,
+                "{manners:?}, cuts {cuts:?}"
+            );
+            upstream.push(out.upstream_body);
+        }
+        let m = host.metrics();
+        assert_eq!(
+            m.sum("llm_requests_total", &[("usage_source", "reported")]),
+            2,
+            "{}",
+            m.dump()
+        );
+        assert_eq!(m.sum("llm_tokens_total", &[]), 24, "{}", m.dump());
+    }
+    assert!(
+        upstream.windows(2).all(|w| w[0] == w[1]),
+        "the same request upstream on both hosts"
+    );
 }

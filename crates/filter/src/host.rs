@@ -183,9 +183,21 @@ pub fn record_metric(id: u32, value: u64) -> bool {
     unsafe { proxy_record_metric(id, value) == OK }
 }
 
-/// Replaces `size` bytes at `start` of a buffer with `data`.
-pub fn set_buffer(kind: BufferType, start: usize, size: usize, data: &[u8]) -> bool {
-    unsafe { proxy_set_buffer_bytes(kind as u32, start, size, data.as_ptr(), data.len()) == OK }
+/// Replaces the whole current buffer, `size` bytes, with `data`.
+///
+/// In two steps when `data` is longer: the first `size` bytes replace the buffer, then the
+/// rest is appended at its end. The ABI lets one call replace `size` bytes with data of any
+/// length, and Envoy does, but ngx_wasm_module keeps only `size` of the new bytes (a
+/// rewritten request would reach the upstream cut off); both hosts append at the end alike.
+pub fn replace_buffer(kind: BufferType, size: usize, data: &[u8]) -> bool {
+    let (head, tail) = data.split_at(size.min(data.len()));
+    let write = |start: usize, size: usize, bytes: &[u8]| unsafe {
+        proxy_set_buffer_bytes(kind as u32, start, size, bytes.as_ptr(), bytes.len()) == OK
+    };
+    if size == 0 || tail.is_empty() {
+        return write(0, size, data);
+    }
+    write(0, size, head) && write(size, 0, tail)
 }
 
 /// Sets a header (adding it when absent).

@@ -255,8 +255,8 @@ impl core_host::Host for EnvoyHost<'_> {
         host::buffer(buffer(side), start, len)
     }
 
-    fn set_body(&mut self, side: Side, start: usize, len: usize, bytes: &[u8]) -> bool {
-        host::set_buffer(buffer(side), start, len, bytes)
+    fn replace_body(&mut self, side: Side, len: usize, bytes: &[u8]) -> bool {
+        host::replace_buffer(buffer(side), len, bytes)
     }
 
     fn set_property(&mut self, name: &str, value: &[u8]) {

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use wasmtime::{Caller, Engine, FuncType, Linker, Memory, ValType};
 
 use super::abi::{self, buffer, errno, map, status, LogLevel, MetricType, Ty};
-use super::state::{Headers, HostState, HttpCall, StreamState};
+use super::state::{Headers, HostState, HttpCall, Manners, StreamState};
 
 type C<'a> = Caller<'a, HostState>;
 
@@ -262,8 +262,12 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
         m,
         add("proxy_set_buffer_bytes"),
         |mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u32, len: u32| -> Result<u32> {
-            let data = read(&mut c, ptr, len)?;
+            let mut data = read(&mut c, ptr, len)?;
             let s = c.data_mut();
+            if s.shared.manners == Manners::Ngx && size > 0 {
+                // ngx_wasm_module writes no more new bytes than it replaces.
+                data.truncate(size as usize);
+            }
             if matches!(
                 kind,
                 buffer::VM_CONFIGURATION

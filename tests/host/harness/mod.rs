@@ -6,7 +6,9 @@
 //!   others trap, naming themselves).
 //! - `module`: the engine and the compiled module, once per test binary.
 //! - [`vm`]: a [`Host`] (what VMs share, like Envoy's workers: metrics, shared data, clock)
-//!   and its [`Vm`]s (lifecycle, calls into the guest, logs, memory).
+//!   and its [`Vm`]s (lifecycle, calls into the guest, logs, memory). A host behaves as
+//!   Envoy does unless made with other [`Manners`]: a model of another proxy-wasm host's
+//!   observed behaviour where it differs, not that host.
 //! - [`stream`]: one HTTP stream, callback by callback, with Envoy's buffering rules.
 //! - [`exchange`]: a whole request and response in one call.
 //! - [`fixtures`]: recorded OpenAI wire data in `tests/data`.
@@ -30,6 +32,6 @@ pub mod vm;
 
 pub use abi::{Action, LogLevel};
 pub use exchange::{chunks, run, Call, Ending, Outcome, Reply};
-pub use state::Headers;
+pub use state::{Headers, Manners};
 pub use stream::Stream;
 pub use vm::{Host, Vm};

@@ -76,16 +76,15 @@ impl host::Host for NativeHost<'_> {
         b.get(start..end).map(<[u8]>::to_vec)
     }
 
-    fn set_body(&mut self, side: Side, start: usize, len: usize, bytes: &[u8]) -> bool {
+    fn replace_body(&mut self, side: Side, len: usize, bytes: &[u8]) -> bool {
         let b = match side {
             Side::Request => &mut self.request_body,
             Side::Response => &mut self.response_body,
         };
-        let end = start.saturating_add(len).min(b.len());
-        if start > end {
+        if len != b.len() {
             return false;
         }
-        b.splice(start..end, bytes.iter().copied());
+        *b = bytes.to_vec();
         true
     }
 

@@ -197,9 +197,22 @@ pub struct SharedData {
     pub entries: HashMap<String, (Vec<u8>, u32)>,
 }
 
+/// Whose behaviour the test host copies where proxy-wasm hosts differ. Each is a model
+/// written from behaviour observed in that host, not the host itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Manners {
+    /// Envoy's, which follow the ABI specification.
+    #[default]
+    Envoy,
+    /// ngx_wasm_module's (Kong; observed with nginx 1.27.4): `proxy_set_buffer_bytes`
+    /// keeps only as many of the new bytes as it replaces.
+    Ngx,
+}
+
 /// The parts of a host its VMs share, like Envoy's workers.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    pub manners: Manners,
     pub metrics: Arc<Mutex<Registry>>,
     pub data: Arc<Mutex<SharedData>>,
     /// Virtual time in nanoseconds since the epoch.

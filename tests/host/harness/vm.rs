@@ -10,7 +10,7 @@ use wasmtime::{Func, Instance, Store, TypedFunc, WasmParams, WasmResults};
 use super::abi::{Action, LogLevel, MetricType};
 use super::metrics::{Metrics, Registry};
 use super::module::{loaded, Loaded};
-use super::state::{CalloutResponse, HostState, LogLine, Shared, StreamState};
+use super::state::{CalloutResponse, HostState, LogLine, Manners, Shared, StreamState};
 
 /// 2026-01-01T00:00:00Z, where every host's clock starts.
 pub const EPOCH_NS: u64 = 1_767_225_600_000_000_000;
@@ -29,8 +29,14 @@ impl Default for Host {
 
 impl Host {
     pub fn new() -> Host {
+        Host::with_manners(Manners::Envoy)
+    }
+
+    /// A host that behaves as `manners` says where hosts differ.
+    pub fn with_manners(manners: Manners) -> Host {
         Host {
             shared: Shared {
+                manners,
                 metrics: Arc::new(Mutex::new(Registry::default())),
                 data: Arc::default(),
                 clock: Arc::new(AtomicU64::new(EPOCH_NS)),

@@ -103,7 +103,7 @@ impl host::Host for Replay<'_> {
         b.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
     }
 
-    fn set_body(&mut self, _side: Side, _start: usize, _len: usize, bytes: &[u8]) -> bool {
+    fn replace_body(&mut self, _side: Side, _len: usize, bytes: &[u8]) -> bool {
         self.check += bytes.len() as u64;
         true
     }

@@ -170,7 +170,7 @@ impl Driver {
             return Action::Continue;
         }
         if let Some(rewritten) = ex.request_complete(config) {
-            if !host.set_body(Side::Request, 0, body_size, &rewritten) {
+            if !host.replace_body(Side::Request, body_size, &rewritten) {
                 ex.injection_failed();
             }
         }
@@ -236,7 +236,7 @@ impl Driver {
             }
         }
         if let Some(bytes) = replacement {
-            host.set_body(Side::Response, 0, body_size, &bytes);
+            host.replace_body(Side::Response, body_size, &bytes);
         }
         if end_of_stream {
             self.settle(plugin, host);
@@ -353,7 +353,7 @@ mod tests {
             b.get(start..start + len).map(<[u8]>::to_vec)
         }
 
-        fn set_body(&mut self, side: Side, _start: usize, _len: usize, bytes: &[u8]) -> bool {
+        fn replace_body(&mut self, side: Side, _len: usize, bytes: &[u8]) -> bool {
             self.replaced.push((side, bytes.to_vec()));
             true
         }

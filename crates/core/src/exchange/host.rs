@@ -28,8 +28,9 @@ pub trait Host: Properties {
     fn remove_header(&mut self, side: Side, name: &str);
     /// `len` bytes of the host's current body buffer of `side` from `start`.
     fn body(&self, side: Side, start: usize, len: usize) -> Option<Vec<u8>>;
-    /// Replaces `len` bytes from `start` of the current body buffer; `false` if refused.
-    fn set_body(&mut self, side: Side, start: usize, len: usize, bytes: &[u8]) -> bool;
+    /// Replaces the whole current body buffer of `side`, `len` bytes, with `bytes`; `false`
+    /// if refused.
+    fn replace_body(&mut self, side: Side, len: usize, bytes: &[u8]) -> bool;
     /// Sets a stream property (the access-log summary).
     fn set_property(&mut self, name: &str, value: &[u8]);
     /// Records a settlement's metric points.
