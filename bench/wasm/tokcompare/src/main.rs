@@ -31,8 +31,8 @@ use std::time::Instant;
 #[cfg(not(any(feature = "tiktoken", feature = "bpe")))]
 compile_error!("tokcompare needs the feature `tiktoken`, `bpe` or both");
 
-/// The core's segment length (`crates/core/src/tokens/tokenizer.rs`).
-const SEGMENT_BYTES: usize = 2048;
+/// The core's segment length.
+const SEGMENT_BYTES: usize = tokenmeter_core::tokens::tokenizer::SEGMENT_BYTES;
 
 // ---------------------------------------------------------------------------------------
 // Segmentation, as the core does it.
@@ -51,33 +51,8 @@ fn segments(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// A cut point at most `max` bytes into `text`: before the last space that starts a word,
-/// else at the last character boundary. The core's function, unchanged.
-fn safe_cut(text: &str, max: usize) -> usize {
-    if text.len() <= max {
-        return text.len();
-    }
-    let bytes = text.as_bytes();
-    let mut i = max;
-    while i > 0 {
-        if bytes.get(i) == Some(&b' ')
-            && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric())
-            && bytes.get(i - 1).is_some_and(|b| !b.is_ascii_whitespace())
-        {
-            return i;
-        }
-        i -= 1;
-    }
-    let mut i = max;
-    while i > 0 && !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    if i == 0 {
-        text.char_indices().nth(1).map_or(text.len(), |(j, _)| j)
-    } else {
-        i
-    }
-}
+// The core's own cut point, so that segments are exactly the core's.
+use tokenmeter_core::tokens::tokenizer::safe_cut;
 
 // ---------------------------------------------------------------------------------------
 // The two implementations.
