@@ -24,15 +24,27 @@ fn ticks_per_second() -> u64 {
     })
 }
 
-/// `utime + stime` in ticks from the text of `/proc/PID/stat`.
+/// The fields of `/proc/PID/stat` after the command name, from field 3 (the state) on.
+/// The name (field 2) may hold spaces and parentheses, so they are counted from the last ')'.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(
+        stat.get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect(),
+    )
+}
+
+/// The sum of the numbers in fields `from..to` of `/proc/PID/stat` (numbered as in proc(5)).
+fn stat_sum(fields: &[&str], from: usize, to: usize) -> Option<u64> {
+    // Field 3 is the first after the name.
+    (from..to).try_fold(0u64, |sum, f| {
+        Some(sum + fields.get(f.checked_sub(3)?)?.parse::<u64>().ok()?)
+    })
+}
+
+/// `utime + stime` (fields 14 and 15) in ticks from the text of `/proc/PID/stat`.
 pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces and parentheses: fields are counted from
-    // the last ')'. utime and stime are fields 14 and 15, so the 12th and 13th after it.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    stat_sum(&stat_fields(stat)?, 14, 16)
 }
 
 /// CPU time the process has used so far, in microseconds.
@@ -73,16 +85,10 @@ pub fn pin_self(cpus: &str) -> Result<()> {
 /// `/proc/PID/stat`. The children's fields hold the processes a process has reaped, so
 /// over a live tree the sum counts every process that ever ran in it exactly once.
 fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    // Fields are counted from the last ')': the command name may hold spaces and ')'.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state (3), ppid (4), ... utime (14), stime, cutime, cstime (17).
+    let fields = stat_fields(stat)?;
+    // ppid is field 4; utime, stime, cutime, cstime are 14 to 17.
     let ppid = fields.get(1)?.parse().ok()?;
-    let mut ticks = 0u64;
-    for i in 11..15 {
-        ticks += fields.get(i)?.parse::<u64>().ok()?;
-    }
-    Some((ppid, ticks))
+    Some((ppid, stat_sum(&fields, 14, 18)?))
 }
 
 /// `root` and all its descendants, from `(pid, parent pid)` of every process.
