@@ -28,31 +28,11 @@
 
 use std::time::Instant;
 
+// The core's own segments, so that segmented counts are exactly the core's.
+use tokenmeter_core::tokens::tokenizer::segments;
+
 #[cfg(not(any(feature = "tiktoken", feature = "bpe")))]
 compile_error!("tokcompare needs the feature `tiktoken`, `bpe` or both");
-
-/// The core's segment length.
-const SEGMENT_BYTES: usize = tokenmeter_core::tokens::tokenizer::SEGMENT_BYTES;
-
-// ---------------------------------------------------------------------------------------
-// Segmentation, as the core does it.
-
-/// Cuts text into pieces of at most [`SEGMENT_BYTES`].
-fn segments(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let cut = safe_cut(rest, SEGMENT_BYTES);
-        let (head, tail) = rest.split_at(cut);
-        rest = tail;
-        Some(head)
-    })
-}
-
-// The core's own cut point, so that segments are exactly the core's.
-use tokenmeter_core::tokens::tokenizer::safe_cut;
 
 // ---------------------------------------------------------------------------------------
 // The two implementations.

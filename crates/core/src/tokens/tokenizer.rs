@@ -62,8 +62,9 @@ impl Encoding {
     }
 }
 
-/// Cuts text into pieces of at most [`SEGMENT_BYTES`] (see the module docs).
-fn segments(text: &str) -> impl Iterator<Item = &str> {
+/// Cuts text into pieces of at most [`SEGMENT_BYTES`] (see the module docs): what the
+/// tokenizer is handed, one at a time.
+pub fn segments(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
         if rest.is_empty() {
