@@ -83,6 +83,8 @@ run: tools build
 # Lints first: a change that breaks the no-trap rules or the formatting fails here.
 test: tools node browser alertmanager lint wasm
 	cargo test --workspace --no-fail-fast
+	@# The filter's host suite again, the test host modelling ngx_wasm_module (Kong).
+	TOKENMETER_TEST_HOST=ngx cargo test -p tokenmeter-filter --test host
 	@# The bench's own Wasm tools live outside the workspace: keep them compiling.
 	CARGO_TARGET_DIR=target/bench-native cargo check --manifest-path bench/wasm/Cargo.toml --workspace --all-targets
 	@$(MAKE) --no-print-directory test-wasm-core
@@ -93,6 +95,7 @@ test-wasm: test-wasm-host test-wasm-core
 
 test-wasm-host: wasm
 	cargo test -p tokenmeter-filter --test host
+	TOKENMETER_TEST_HOST=ngx cargo test -p tokenmeter-filter --test host
 
 test-wasm-core: wasm-target node
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --disable-warning=ExperimentalWarning $(WASI_RUNNER)" \

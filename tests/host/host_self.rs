@@ -1,7 +1,7 @@
 //! The test host itself: the module's imports are all provided with its signatures, and
 //! the host functions behave as Envoy's do.
 
-use crate::harness::{abi, module, Headers, Host};
+use crate::harness::{abi, module, Headers, Host, Manners};
 
 #[test]
 fn every_import_of_the_module_is_provided_with_its_signature() {
@@ -150,7 +150,16 @@ fn vms_share_metrics_and_clock_but_not_contexts() {
     assert_eq!(a.advance(&host, 1500), 0, "no tick period set");
     assert_eq!(host.now_ns(), t0 + 1_500_000_000);
     assert_eq!(a.root, b.root);
-    assert!(a.logs().is_empty() && b.logs().is_empty());
+    // Each VM says once at start what it made of its host, and nothing else.
+    for vm in [&a, &b] {
+        let lines: Vec<_> = vm.logs().iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let host_line = match host.manners() {
+            Manners::Envoy => "tokenmeter: host envoy; cardinality caps in shared data",
+            Manners::Ngx => "tokenmeter: host nginx; cardinality caps per VM",
+        };
+        assert!(lines[0].starts_with(host_line), "{lines:?}");
+    }
     assert!(a.memory_pages() > 0);
 }
 

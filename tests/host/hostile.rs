@@ -7,7 +7,7 @@ use std::io::Write as _;
 use crate::harness::exchange::request_headers;
 use crate::harness::fixtures;
 use crate::harness::native::{counters, NativeVm};
-use crate::harness::{run, Call, Host, Manners, Reply, Stream};
+use crate::harness::{run, Call, Ending, Host, Manners, Reply, Stream};
 use serde_json::json;
 
 const CONFIG: &str = r#"{"dimensions":[{"name":"model"},{"name":"usage_source"}]}"#;
@@ -513,4 +513,172 @@ fn rewrites_arrive_whole_on_a_host_that_truncates_buffer_replaces() {
         upstream.windows(2).all(|w| w[0] == w[1]),
         "the same request upstream on both hosts"
     );
+}
+
+/// ngx_wasm_module without an `shm_kv` zone, with its default 256-byte metric names and
+/// none of Envoy's `xds.*` or `response.code_details`: every call the filter makes there is
+/// one the host answers (a trap would panic the test), the counts are exact, the labels
+/// come from nginx's own properties and the access-log summary lands in `$tokenmeter`.
+#[test]
+fn an_nginx_host_without_shared_data_or_xds_meters_without_a_trap() {
+    let config = r#"{"dimensions": [{"name": "API ID"}, {"name": "Backend ID"},
+        {"name": "model"}, {"name": "team", "value": "{request.header.x-team|none}"}]}"#;
+    let host = Host::ngx(false, 256);
+    let mut vm = host.vm(config);
+    vm.set_property(&["xds", "route_name"], b"never-read-on-nginx");
+    vm.set_property(&["ngx", "proxy_host"], b"api.openai.test:443");
+    let start = vm.log_text();
+    assert!(start.contains("tokenmeter: host nginx"), "{start}");
+    assert!(start.contains("metric names at most 242 bytes"), "{start}");
+    let chat = fixtures::bytes("chat.json");
+    let out = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(false)).header("x-team", "blue"),
+        &Reply::json(200, &chat),
+    );
+    out.assert_flowed();
+    let sse = fixtures::bytes("chat-stream-usage.sse");
+    let asks = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hi"}]}"#;
+    let out2 = run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", asks).header("x-team", "blue"),
+        &Reply::sse(&sse).cuts(&[7, 300, 301, 1000]),
+    );
+    out2.assert_flowed();
+    assert_eq!(out2.client_body, sse, "the stream passes byte for byte");
+    let m = host.metrics();
+    let labels = [
+        ("api_id", "unknown"),
+        ("backend_id", "api.openai.test:443"),
+        ("team", "blue"),
+    ];
+    assert_eq!(m.sum("llm_requests_total", &labels), 2, "{}", m.dump());
+    assert_eq!(m.sum("llm_tokens_total", &labels), 41 + 41, "{}", m.dump());
+    assert!(!m.dump().contains("never-read"), "{}", m.dump());
+    for out in [&out, &out2] {
+        let summary: serde_json::Value =
+            serde_json::from_slice(out.access_log.as_deref().expect("$tokenmeter is set")).unwrap();
+        assert_eq!(summary["total"], 41, "{summary}");
+    }
+    assert!(
+        vm.refused_properties().is_empty(),
+        "the filter set a property nginx refuses: {:?}",
+        vm.refused_properties()
+    );
+}
+
+/// Where `response.code_details` is missing, a reset is not an upstream error and a client
+/// that hangs up is not a success: the error type comes from the status nginx logs and
+/// whether the upstream answered at all (`$upstream_header_time`).
+#[test]
+fn errors_on_a_host_without_code_details_are_inferred_from_status_and_timing() {
+    let sse = fixtures::bytes("chat-stream-usage.sse");
+    let chat = fixtures::bytes("chat.json");
+    let error = |status: &str| {
+        Reply::json(
+            status.parse().unwrap(),
+            br#"{"error":{"message":"bad gateway","type":"server_error"}}"#,
+        )
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Reply, &str, &[u8], &str)> = vec![
+        // The user stopped the stream: nginx keeps logging the 200 it had begun with.
+        ("hung-up-midway", Reply::sse(&sse[..900]).ending(Ending::Reset), "200", b"0.004", "client_cancelled"),
+        ("hung-up-before", Reply::json(200, &chat).ending(Ending::Reset), "499", b"-", "client_cancelled"),
+        // nginx's own 502 and 504: the upstream never sent a header.
+        ("reset", error("502"), "502", b"-", "upstream_reset"),
+        ("timed-out", error("504"), "504", b"", "timeout"),
+        // The upstream's own 502 stays an upstream error.
+        ("upstream-502", error("502"), "502", b"0.020", "upstream_error"),
+    ];
+    for (name, reply, code, header_time, want) in cases {
+        let host = Host::ngx(false, 256);
+        let mut vm = host.vm("{}");
+        vm.set_property(&["response", "code"], code.as_bytes());
+        vm.set_property(&["ngx", "upstream_header_time"], header_time);
+        // Present in the model's store, never asked for on nginx.
+        vm.set_property(&["response", "code_details"], b"via_upstream");
+        let out = run(
+            &mut vm,
+            &Call::post("/v1/chat/completions", &chat_request(true)),
+            &reply,
+        );
+        out.assert_flowed();
+        let m = host.metrics();
+        assert_eq!(
+            m.sum("llm_errors_total", &[("error_type", want)]),
+            1,
+            "{name}\n{}",
+            m.dump()
+        );
+        assert_eq!(m.sum("llm_errors_total", &[]), 1, "{name}\n{}", m.dump());
+    }
+}
+
+/// ngx_wasm_module traps a metric name longer than its limit (256 bytes with the
+/// `pw:NAME:` prefix). Long values are cut to a start and a hash so every name fits, two
+/// values never merge, and each cut is counted; a configuration whose names cannot fit
+/// at all is refused at load, naming the field to change.
+#[test]
+fn metric_names_fit_the_hosts_limit_without_merging_series() {
+    let config = r#"{"dimensions": [{"name": "model"},
+        {"name": "team", "value": "{request.header.x-team}"},
+        {"name": "project", "value": "{request.header.x-project}"},
+        {"name": "who", "value": "{request.header.x-who}"}]}"#;
+    let host = Host::ngx(false, 256);
+    let mut vm = host.vm(config);
+    let chat = fixtures::bytes("chat.json");
+    // Two teams that differ only past what a cut keeps.
+    let team = |tail: &str| format!("{}{tail}", "t".repeat(59));
+    for tail in ["alpha", "omega"] {
+        let out = run(
+            &mut vm,
+            &Call::post("/v1/chat/completions", &chat_request(false))
+                .header("x-team", &team(tail))
+                .header("x-project", &"p".repeat(64))
+                .header("x-who", &"w".repeat(64)),
+            &Reply::json(200, &chat),
+        );
+        out.assert_flowed();
+    }
+    let m = host.metrics();
+    let names: Vec<String> = vm.define_counts().into_keys().collect();
+    for name in &names {
+        assert!(
+            "pw:tokenmeter:".len() + name.len() <= 256,
+            "{} bytes: {name}",
+            name.len()
+        );
+    }
+    let totals: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("llm_tokens_total."))
+        .collect();
+    assert_eq!(totals.len(), 2, "two long values, two series: {totals:?}");
+    assert_eq!(m.sum("llm_tokens_total", &[]), 82, "{}", m.dump());
+    assert!(
+        m.sum("llm_label_values_shortened_total", &[]) >= 2,
+        "{}",
+        m.dump()
+    );
+
+    let ten: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"name": "dimension_{i}", "value": "{{request.header.x-{i}}}"}}"#))
+        .collect();
+    let ten = format!(r#"{{"dimensions": [{}]}}"#, ten.join(","));
+    let (refused, _, configured) = host.try_vm(&ten);
+    assert!(!configured, "ten dimensions cannot fit 242 bytes");
+    let log = refused.log_text();
+    assert!(log.contains("max_metric_name_bytes"), "{log}");
+    // Told the host's raised limit, the same configuration loads and meters.
+    let host = Host::ngx(false, 1024);
+    let raised = ten.replacen('{', r#"{"max_metric_name_bytes": 1000, "#, 1);
+    let mut vm = host.vm(&raised);
+    run(
+        &mut vm,
+        &Call::post("/v1/chat/completions", &chat_request(false)),
+        &Reply::json(200, &chat),
+    )
+    .assert_flowed();
+    assert_eq!(host.metrics().sum("llm_tokens_total", &[]), 41);
 }

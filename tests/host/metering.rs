@@ -4,7 +4,9 @@
 
 use crate::harness::fixtures;
 use crate::harness::native::{counters, NativeVm};
-use crate::harness::{run, Action, Call, Ending, Headers, Host, LogLevel, Reply, Stream, Vm};
+use crate::harness::{
+    run, Action, Call, Ending, Headers, Host, LogLevel, Manners, Reply, Stream, Vm,
+};
 use serde_json::json;
 
 const CASE_CONFIG: &str = r#"{"dimensions":[{"name":"Operation ID"},{"name":"model"},
@@ -168,13 +170,28 @@ fn dimensions_come_from_headers_bodies_properties_and_builtins() {
         {"name": "team", "value": "{request.header.x-team|no-team}"},
         {"name": "project", "value": "{request.body.metadata.project|none}"},
         {"name": "fingerprint", "value": "{response.body.system_fingerprint}"}]}"#;
-    let host = Host::new();
+    let ngx = Manners::from_env() == Manners::Ngx;
+    // Ten dimensions need more than ngx_wasm_module's default 256-byte names: there the
+    // limit is raised, and the filter told (`max_metric_name_bytes`).
+    let (host, config) = if ngx {
+        (
+            Host::ngx(false, 1024),
+            config.replacen('{', r#"{"max_metric_name_bytes": 1010, "#, 1),
+        )
+    } else {
+        (Host::new(), config.to_string())
+    };
+    let config = config.as_str();
     let mut vm = host.vm(config);
     vm.set_property(&["xds", "route_name"], b"llm-default");
     vm.set_property(&["xds", "virtual_host_name"], b"llm");
     vm.set_property(&["xds", "node", "locality", "region"], b"westeurope");
     vm.set_property(&["xds", "node", "id"], b"gw-test-1");
     vm.set_property(&["xds", "cluster_name"], b"llm_upstream");
+    // nginx's own counterparts (its server_name, hostname and proxy_pass host).
+    vm.set_property(&["ngx", "server_name"], b"llm.example");
+    vm.set_property(&["ngx", "hostname"], b"gw-ngx-1");
+    vm.set_property(&["ngx", "proxy_host"], b"api.openai.test:443");
     let chat = fixtures::bytes("chat.json");
     let body = json!({"model": "gpt-4o", "user": "user-42", "metadata": {"project": "apollo"},
         "messages": [{"role": "user", "content": "dimension test"}]});
@@ -187,14 +204,32 @@ fn dimensions_come_from_headers_bodies_properties_and_builtins() {
     );
     out.assert_flowed();
     let sub = tokenmeter_core::series::dimensions::subscription_id("sk-test-123");
+    // No xds.* on nginx: no route or locality there.
+    let (api, product, location, gateway, backend) = if ngx {
+        (
+            "unknown",
+            "llm.example",
+            "unknown",
+            "gw-ngx-1",
+            "api.openai.test:443",
+        )
+    } else {
+        (
+            "llm-default",
+            "llm",
+            "westeurope",
+            "gw-test-1",
+            "llm_upstream",
+        )
+    };
     let first = [
-        ("api_id", "llm-default"),
-        ("product_id", "llm"),
+        ("api_id", api),
+        ("product_id", product),
         ("user_id", "user-42"),
         ("subscription_id", sub.as_str()),
-        ("location", "westeurope"),
-        ("gateway_id", "gw-test-1"),
-        ("backend_id", "llm_upstream"),
+        ("location", location),
+        ("gateway_id", gateway),
+        ("backend_id", backend),
         ("team", "Blue Team"),
         ("project", "apollo"),
         ("fingerprint", "fp_07871e2ad8"),
@@ -705,7 +740,15 @@ fn cardinality_caps_fold_new_values_into_other() {
 fn caps_hold_across_vms_through_shared_data() {
     let config =
         r#"{"dimensions":[{"name":"team","value":"{request.header.x-team}","max_values":2}]}"#;
-    let host = Host::new();
+    // ngx_wasm_module shares data when told it has an shm_kv zone.
+    let (host, config) = match Manners::from_env() {
+        Manners::Envoy => (Host::new(), config.to_string()),
+        Manners::Ngx => (
+            Host::ngx(true, 256),
+            config.replacen('{', r#"{"host": {"shared_data": true}, "#, 1),
+        ),
+    };
+    let config = config.as_str();
     let mut workers = [host.vm(config), host.vm(config)];
     let chat = fixtures::bytes("chat.json");
     // Worker 0 admits a and b; worker 1 then sees c, d (folded) and a (admitted already).
@@ -728,4 +771,45 @@ fn caps_hold_across_vms_through_shared_data() {
     assert_eq!(m.sum("llm_requests_total", &[("team", "other")]), 3);
     assert_eq!(m.sum("llm_overflow_total", &[("dimension", "team")]), 3);
     assert!(!m.dump().contains("team=.=c;"));
+}
+
+/// Without a zone for shared data (ngx_wasm_module without `shm_kv`) the filter makes no
+/// shared-data call, which would trap there: each worker keeps its own cap.
+#[test]
+fn caps_hold_per_worker_on_a_host_without_shared_data() {
+    let config =
+        r#"{"dimensions":[{"name":"team","value":"{request.header.x-team}","max_values":2}]}"#;
+    let host = Host::ngx(false, 256);
+    let mut workers = [host.vm(config), host.vm(config)];
+    let chat = fixtures::bytes("chat.json");
+    for (w, team) in [(0, "a"), (0, "b"), (1, "c"), (1, "d"), (1, "a"), (0, "e")] {
+        let out = run(
+            &mut workers[w],
+            &Call::post("/v1/chat/completions", &chat_request("gpt-4o")).header("x-team", team),
+            &Reply::json(200, &chat),
+        );
+        out.assert_flowed();
+    }
+    for w in &workers {
+        assert!(
+            w.log_text().contains("cardinality caps per VM"),
+            "the start line says where caps hold\n{}",
+            w.log_text()
+        );
+    }
+    let m = host.metrics();
+    let count = |team: &str| m.sum("llm_requests_total", &[("team", team)]);
+    // Worker 0 admits a and b, worker 1 c and d; a and e are past their worker's cap.
+    assert_eq!(
+        [
+            count("a"),
+            count("b"),
+            count("c"),
+            count("d"),
+            count("other")
+        ],
+        [1, 1, 1, 1, 2],
+        "{}",
+        m.dump()
+    );
 }

@@ -150,12 +150,17 @@ pub fn header_pairs(map: MapType) -> Option<HeaderPairs> {
 }
 
 pub fn property(path: &[String]) -> Option<Vec<u8>> {
-    let mut serialized = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
+    property_of(path).ok().flatten()
+}
+
+/// A property, telling an answered empty value (`Ok(None)`) from an unanswered path.
+pub fn property_of<S: AsRef<str>>(path: &[S]) -> Result<Option<Vec<u8>>, u32> {
+    let mut serialized = Vec::with_capacity(path.iter().map(|p| p.as_ref().len() + 1).sum());
     for (i, part) in path.iter().enumerate() {
         if i > 0 {
             serialized.push(0);
         }
-        serialized.extend_from_slice(part.as_bytes());
+        serialized.extend_from_slice(part.as_ref().as_bytes());
     }
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
@@ -163,7 +168,11 @@ pub fn property(path: &[String]) -> Option<Vec<u8>> {
         let status =
             proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size);
         let bytes = take(data, size);
-        (status == OK).then_some(bytes).flatten()
+        if status == OK {
+            Ok(bytes)
+        } else {
+            Err(status)
+        }
     }
 }
 

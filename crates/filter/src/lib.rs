@@ -20,11 +20,13 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use tokenmeter_core::config::Config;
+use tokenmeter_core::config::host::{HostAnswers, Lookup};
+use tokenmeter_core::config::{Config, ConfigError};
 use tokenmeter_core::exchange::driver::{self, Driver, Plugin};
 use tokenmeter_core::exchange::host::{self as core_host, Properties, Side};
 use tokenmeter_core::host_abi::headers::HeaderPairs;
-use tokenmeter_core::series::metrics::Point;
+use tokenmeter_core::series::cardinality::{LocalRegistry, Registry};
+use tokenmeter_core::series::metrics::{self, Point};
 
 use store::MetricStore;
 
@@ -126,13 +128,17 @@ impl RootContext for Root {
             )
             .unwrap_or_default()
         };
-        match Config::parse(&text) {
+        match Config::parse(&text).and_then(settle_host) {
             Ok(config) => {
-                let registry = shared::SharedRegistry::new(&config.namespace);
+                let registry: Box<dyn Registry> = if config.host.shared_data() {
+                    Box::new(shared::SharedRegistry::new(&config.namespace))
+                } else {
+                    Box::new(LocalRegistry::default())
+                };
                 if config.collect.is_some() {
                     host::set_tick_period_ms(outbox::FLUSH_MS);
                 }
-                let plugin = Plugin::new(config, Box::new(registry));
+                let plugin = Plugin::new(config, registry);
                 plugin.name_vm(&rollups::vm_id());
                 self.vm = Some(Rc::new(Vm {
                     plugin,
@@ -182,6 +188,25 @@ impl RootContext for Root {
     }
 }
 
+/// Settles what depends on the host, from what it answers without harm (see
+/// [`tokenmeter_core::config::host`]), and says so in one log line.
+fn settle_host(mut config: Config) -> Result<Config, ConfigError> {
+    let answers = HostAnswers {
+        vm_id: host::property_of(&["plugin_vm_id"]).is_ok(),
+        plugin_name: host::property_of(&["plugin_name"])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok()),
+    };
+    let limit = config.host.resolve(&answers);
+    metrics::settle_name_cap(&mut config, limit)?;
+    host::log(
+        LogLevel::Info,
+        &config.host.describe(config.max_metric_name_bytes),
+    );
+    Ok(config)
+}
+
 struct HttpFilter {
     /// `None` only if the host creates streams on a VM whose configuration failed.
     vm: Option<Rc<Vm>>,
@@ -222,7 +247,11 @@ fn buffer(side: Side) -> BufferType {
 
 impl Properties for EnvoyHost<'_> {
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
-        host::property(path)
+        match self.vm.plugin.config.host.lookup(path) {
+            Lookup::Same => host::property(path),
+            Lookup::At(other) => host::property_of(other).ok().flatten(),
+            Lookup::Absent => None,
+        }
     }
 }
 

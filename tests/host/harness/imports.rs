@@ -143,6 +143,15 @@ fn body_buffer(stream: &mut StreamState, buffer_type: u32) -> Option<&mut Vec<u8
 
 /// Adds every host function to `linker`. `implemented` receives the names that have real
 /// behaviour (the rest trap).
+/// ngx_wasm_module traps shared-data calls when no `shm_kv` zone is declared.
+fn no_zone_trap(c: &C<'_>, call: &str, key: &str) -> Result<()> {
+    let shared = &c.data().shared;
+    if shared.manners == Manners::Ngx && !shared.kv_zone {
+        bail!("{call}({key:?}): no shm_kv zone declared");
+    }
+    Ok(())
+}
+
 pub fn define(linker: &mut Linker<HostState>) -> Result<HashSet<&'static str>> {
     let mut implemented = HashSet::new();
     define_proxy(linker, &mut implemented)?;
@@ -414,7 +423,22 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
         add("proxy_get_property"),
         |mut c: C<'_>, pp: u32, pl: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
             let p = path(&read(&mut c, pp, pl)?);
-            let Some(value) = c.data().property(&p) else {
+            let s = c.data();
+            let ngx = s.shared.manners == Manners::Ngx;
+            let first = p.first().map(String::as_str);
+            let value = match first {
+                // Every host names the plugin; Envoy also answers its VM id.
+                Some("plugin_name") if p.len() == 1 => Some(b"tokenmeter".to_vec()),
+                Some("plugin_vm_id") if p.len() == 1 && !ngx => Some(Vec::new()),
+                Some("plugin_vm_id") if p.len() == 1 => None,
+                // ngx_wasm_module has no xds.* and no response.code_details, and its
+                // nginx variables exist only in a request.
+                Some("xds") if ngx => None,
+                Some("response") if ngx && p.get(1).is_some_and(|d| d == "code_details") => None,
+                Some("ngx") if ngx && s.stream_ref().is_none() => None,
+                _ => s.property(&p),
+            };
+            let Some(value) = value else {
                 return Ok(status::NOT_FOUND);
             };
             give(&mut c, &value, ptr_ptr, size_ptr)?;
@@ -426,9 +450,27 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
         m,
         add("proxy_set_property"),
         |mut c: C<'_>, pp: u32, pl: u32, vp: u32, vl: u32| -> Result<u32> {
-            let p = path(&read(&mut c, pp, pl)?);
+            let mut p = path(&read(&mut c, pp, pl)?);
             let value = read(&mut c, vp, vl)?;
             let s = c.data_mut();
+            if s.shared.manners == Manners::Ngx {
+                // It reads NULs and dots alike: `ngx.tokenmeter` is the variable `$tokenmeter`.
+                p = p.join(".").split('.').map(str::to_string).collect();
+                // Only declared nginx variables (in a request) and wasmx.* are writable.
+                let writable = match p.first().map(String::as_str) {
+                    Some("ngx") => {
+                        p.len() == 2
+                            && s.stream_ref().is_some()
+                            && s.shared.ngx_variables.contains(&p[1])
+                    }
+                    Some("wasmx") => true,
+                    _ => false,
+                };
+                if !writable {
+                    s.refused_properties.push(p.join("."));
+                    return Ok(status::NOT_FOUND);
+                }
+            }
             match s.stream() {
                 Some(stream) => {
                     stream.properties.insert(p, value);
@@ -452,6 +494,7 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
          cas_ptr: u32|
          -> Result<u32> {
             let key = read_string(&mut c, kp, kl)?;
+            no_zone_trap(&c, "proxy_get_shared_data", &key)?;
             let entry = {
                 let data = c.data().shared.data.lock().unwrap();
                 data.entries.get(&key).cloned()
@@ -470,6 +513,7 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
         add("proxy_set_shared_data"),
         |mut c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| -> Result<u32> {
             let key = read_string(&mut c, kp, kl)?;
+            no_zone_trap(&c, "proxy_set_shared_data", &key)?;
             let value = read(&mut c, vp, vl)?;
             let mut data = c.data().shared.data.lock().unwrap();
             let current = data.entries.get(&key).map_or(0, |(_, cas)| *cas);
@@ -608,6 +652,17 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
         |mut c: C<'_>, kind: u32, np: u32, nl: u32, id_ptr: u32| -> Result<u32> {
             let name = read_string(&mut c, np, nl)?;
             let s = c.data_mut();
+            if s.shared.manners == Manners::Ngx {
+                // Its names carry a `pw:NAME:` prefix and must fit `max_metric_name_length`.
+                let full = format!("pw:tokenmeter:{name}");
+                if full.len() > s.shared.ngx_metric_name_length {
+                    bail!(
+                        "metric name too long ({} bytes, the limit is {}): {full}",
+                        full.len(),
+                        s.shared.ngx_metric_name_length
+                    );
+                }
+            }
             let Some(kind) = MetricType::from_u32(kind) else {
                 return Ok(status::BAD_ARGUMENT);
             };

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use tokenmeter_core::config::host::{HostAnswers, HostSettings, Lookup};
 use tokenmeter_core::config::Config;
 use tokenmeter_core::exchange::driver::{Action, Driver, Plugin};
 use tokenmeter_core::exchange::host::{self, Properties, Side};
@@ -15,7 +16,7 @@ use tokenmeter_core::series::cardinality::LocalRegistry;
 use tokenmeter_core::series::metrics::Point;
 
 use super::exchange::{chunks, Call, Ending, Reply};
-use super::state::Headers;
+use super::state::{Headers, Manners};
 
 /// A native model of one VM: the driver's plugin state, properties and the points recorded.
 pub struct NativeVm {
@@ -32,6 +33,8 @@ pub struct NativeVm {
 /// The host for one stream.
 struct NativeHost<'a> {
     props: &'a HashMap<Vec<String>, Vec<u8>>,
+    /// Where the host keeps each property (the filter's glue asks the same way).
+    settings: &'a HostSettings,
     request_headers: &'a Headers,
     response_headers: Option<&'a Headers>,
     /// The host's current body buffers: the last chunk, or all that is held while paused.
@@ -45,7 +48,14 @@ struct NativeHost<'a> {
 
 impl Properties for NativeHost<'_> {
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
-        self.props.get(path).cloned()
+        match self.settings.lookup(path) {
+            Lookup::Same => self.props.get(path).cloned(),
+            Lookup::At(other) => {
+                let other: Vec<String> = other.iter().map(|s| s.to_string()).collect();
+                self.props.get(&other).cloned()
+            }
+            Lookup::Absent => None,
+        }
     }
 }
 
@@ -118,7 +128,14 @@ fn body_calls<'b>(body: &'b [u8], cuts: &[usize], ending: &Ending) -> Vec<(&'b [
 
 impl NativeVm {
     pub fn new(config: &str) -> NativeVm {
-        let config = Config::parse(config.as_bytes()).expect("a valid configuration");
+        let mut config = Config::parse(config.as_bytes()).expect("a valid configuration");
+        // Settled for the host the suite models, as the filter settles it at start-up.
+        let limit = config.host.resolve(&HostAnswers {
+            vm_id: Manners::from_env() == Manners::Envoy,
+            plugin_name: Some("tokenmeter".to_string()),
+        });
+        tokenmeter_core::series::metrics::settle_name_cap(&mut config, limit)
+            .expect("names that fit");
         NativeVm {
             plugin: Plugin::new(config, Box::new(LocalRegistry::default())),
             props: HashMap::new(),
@@ -139,6 +156,7 @@ impl NativeVm {
     pub fn run(&mut self, call: &Call, reply: &Reply) {
         let mut host = NativeHost {
             props: &self.props,
+            settings: &self.plugin.config.host,
             request_headers: &call.headers,
             response_headers: None,
             request_body: Vec::new(),

@@ -205,14 +205,36 @@ pub enum Manners {
     #[default]
     Envoy,
     /// ngx_wasm_module's (Kong; observed with nginx 1.27.4): `proxy_set_buffer_bytes`
-    /// keeps only as many of the new bytes as it replaces.
+    /// keeps only as many of the new bytes as it replaces; no `xds.*`,
+    /// `response.code_details` or `plugin_vm_id`; only declared `ngx.*` variables and
+    /// `wasmx.*` can be set; metric names past `max_metric_name_length` (256 with the
+    /// `pw:NAME:` prefix) trap, and so do shared-data calls without an `shm_kv` zone;
+    /// histograms cannot be read back.
     Ngx,
+}
+
+impl Manners {
+    /// The manners tests run under: `TOKENMETER_TEST_HOST=ngx` runs the suites as
+    /// ngx_wasm_module would host the filter; Envoy's otherwise.
+    pub fn from_env() -> Manners {
+        match std::env::var("TOKENMETER_TEST_HOST").as_deref() {
+            Ok("ngx") => Manners::Ngx,
+            Ok("envoy") | Ok("") | Err(_) => Manners::Envoy,
+            Ok(other) => panic!("TOKENMETER_TEST_HOST={other:?}: use envoy or ngx"),
+        }
+    }
 }
 
 /// The parts of a host its VMs share, like Envoy's workers.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub manners: Manners,
+    /// ngx_wasm_module: whether an `shm_kv` zone is declared.
+    pub kv_zone: bool,
+    /// ngx_wasm_module: `metrics { max_metric_name_length }`.
+    pub ngx_metric_name_length: usize,
+    /// ngx_wasm_module: the nginx variables the configuration declares (settable).
+    pub ngx_variables: Vec<String>,
     pub metrics: Arc<Mutex<Registry>>,
     pub data: Arc<Mutex<SharedData>>,
     /// Virtual time in nanoseconds since the epoch.
@@ -260,6 +282,8 @@ pub struct HostState {
     pub callout_response: Option<CalloutResponse>,
     pub done_calls: u32,
     pub rng: u64,
+    /// Properties the host refused to set (ngx_wasm_module's manners).
+    pub refused_properties: Vec<String>,
 }
 
 impl HostState {
@@ -290,11 +314,16 @@ impl HostState {
             callout_response: None,
             done_calls: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
+            refused_properties: Vec::new(),
         }
     }
 
     pub fn stream(&mut self) -> Option<&mut StreamState> {
         self.streams.get_mut(&self.current_context)
+    }
+
+    pub fn stream_ref(&self) -> Option<&StreamState> {
+        self.streams.get(&self.current_context)
     }
 
     /// A property: the current stream's first, then the VM's.

@@ -11,7 +11,7 @@
 //! - `on_log` runs before `on_done`, then `on_delete`.
 
 use super::abi::{stream_type, Action};
-use super::state::{Headers, LocalResponse, StreamState};
+use super::state::{Headers, LocalResponse, Manners, StreamState};
 use super::vm::Vm;
 
 /// Envoy's default buffer limit for a paused body.
@@ -308,7 +308,11 @@ impl<'a> Stream<'a> {
         let id = self.id;
         self.vm.call::<u32, ()>(id, "proxy_on_log", id);
         // What the filter left for the access loggers, which run after `on_log`.
-        let key = vec!["tokenmeter".to_string()];
+        let key: Vec<String> = match self.vm.manners() {
+            Manners::Envoy => vec!["tokenmeter".to_string()],
+            // ngx_wasm_module writes only nginx variables: `set $tokenmeter "";`.
+            Manners::Ngx => vec!["ngx".to_string(), "tokenmeter".to_string()],
+        };
         self.access_log = self.state().properties.get(&key).cloned();
         self.vm.finish_context(id);
     }

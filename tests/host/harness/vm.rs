@@ -28,15 +28,20 @@ impl Default for Host {
 }
 
 impl Host {
+    /// A host with the manners the suite runs under ([`Manners::from_env`]).
     pub fn new() -> Host {
-        Host::with_manners(Manners::Envoy)
+        Host::with_manners(Manners::from_env())
     }
 
-    /// A host that behaves as `manners` says where hosts differ.
+    /// A host that behaves as `manners` says where hosts differ (ngx_wasm_module without
+    /// an `shm_kv` zone, with `set $tokenmeter "";` and the default metric-name limit).
     pub fn with_manners(manners: Manners) -> Host {
         Host {
             shared: Shared {
                 manners,
+                kv_zone: false,
+                ngx_metric_name_length: 256,
+                ngx_variables: vec!["tokenmeter".to_string()],
                 metrics: Arc::new(Mutex::new(Registry::default())),
                 data: Arc::default(),
                 clock: Arc::new(AtomicU64::new(EPOCH_NS)),
@@ -112,6 +117,18 @@ impl Host {
         ) != 0;
         vm.store.data_mut().configuring = false;
         (vm, started, configured)
+    }
+
+    /// ngx_wasm_module's manners with an `shm_kv` zone and a metric-name limit.
+    pub fn ngx(kv_zone: bool, max_metric_name_length: usize) -> Host {
+        let mut host = Host::with_manners(Manners::Ngx);
+        host.shared.kv_zone = kv_zone;
+        host.shared.ngx_metric_name_length = max_metric_name_length;
+        host
+    }
+
+    pub fn manners(&self) -> Manners {
+        self.shared.manners
     }
 
     /// A snapshot of every VM's metrics.
@@ -273,6 +290,15 @@ impl Vm {
 
     pub fn set_log_level(&mut self, level: LogLevel) {
         self.store.data_mut().log_level = level;
+    }
+
+    pub fn manners(&self) -> Manners {
+        self.store.data().shared.manners
+    }
+
+    /// Properties the host refused to set.
+    pub fn refused_properties(&self) -> &[String] {
+        &self.store.data().refused_properties
     }
 
     pub fn logs(&self) -> &[LogLine] {

@@ -9,6 +9,7 @@
 //! of [`crate::series`] (`labels`, `dimensions`) it validates with.
 
 pub mod collect;
+pub mod host;
 
 use std::collections::HashSet;
 
@@ -63,6 +64,8 @@ struct RawConfig {
     decompress: Option<bool>,
     identity_encoding: Option<bool>,
     metric_names: Option<String>,
+    max_metric_name_bytes: Option<usize>,
+    host: Option<host::RawHost>,
     collect: Option<collect::RawCollect>,
 }
 
@@ -99,6 +102,11 @@ pub const MAX_VM_BYTES: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_SERIES: usize = 1000;
 pub const MAX_MAX_SERIES: usize = 100_000;
 
+/// The bounds of `max_metric_name_bytes` (whether a configuration's names fit under it is
+/// checked by [`crate::series::metrics::settle_name_cap`]).
+pub const MIN_METRIC_NAME_BYTES: usize = 64;
+pub const MAX_METRIC_NAME_BYTES: usize = 64 * 1024;
+
 /// Default for `max_event_bytes`: the largest server-sent event read.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
@@ -123,6 +131,11 @@ pub struct Config {
     /// Ask upstreams for uncompressed responses on metered requests.
     pub identity_encoding: bool,
     pub naming: Naming,
+    /// The longest metric name the filter defines; longer ones have their longest label
+    /// values shortened (see [`crate::series::metrics::settle_name_cap`]).
+    pub max_metric_name_bytes: Option<usize>,
+    /// Which host runs the filter, and what follows from it.
+    pub host: host::HostSettings,
     /// Sampled inference records for quality monitoring.
     pub collect: Option<collect::CollectConfig>,
 }
@@ -207,6 +220,8 @@ impl Default for Config {
             decompress: true,
             identity_encoding: false,
             naming: Naming::Tokenmeter,
+            max_metric_name_bytes: None,
+            host: host::HostSettings::default(),
             collect: None,
         }
     }
@@ -501,6 +516,15 @@ impl RawConfig {
         if let Some(name) = &self.default_encoding {
             encodings.default = encoding("default_encoding".into(), name)?;
         }
+        let max_metric_name_bytes = self.max_metric_name_bytes;
+        if let Some(n) = max_metric_name_bytes {
+            if !(MIN_METRIC_NAME_BYTES..=MAX_METRIC_NAME_BYTES).contains(&n) {
+                return Err(ConfigError::new(
+                    "max_metric_name_bytes",
+                    format!("{n} is out of range; use {MIN_METRIC_NAME_BYTES} to {MAX_METRIC_NAME_BYTES}"),
+                ));
+            }
+        }
         Ok(Config {
             namespace,
             dimensions: dims,
@@ -514,6 +538,8 @@ impl RawConfig {
             decompress: self.decompress.unwrap_or(true),
             identity_encoding: self.identity_encoding.unwrap_or(false),
             naming,
+            max_metric_name_bytes,
+            host: self.host.unwrap_or_default().validate()?,
             collect: self
                 .collect
                 .map(collect::RawCollect::validate)

@@ -77,8 +77,9 @@ impl Plugin {
     }
 }
 
-/// The property that carries the access-log summary (Envoy filter state `wasm.tokenmeter`).
-pub const SUMMARY_PROPERTY: &str = "tokenmeter";
+/// The property that carries the access-log summary on Envoy (filter state
+/// `wasm.tokenmeter`); other hosts take another ([`crate::config::host`]).
+pub const SUMMARY_PROPERTY: &str = crate::config::host::ENVOY_SUMMARY_PROPERTY;
 
 /// One request through the callbacks, from request headers to `on_log`.
 #[derive(Debug, Default)]
@@ -258,7 +259,9 @@ impl Driver {
             self.settle(plugin, host);
         } else {
             // Access log lines stay valid JSON for requests that are not LLM calls.
-            host.set_property(SUMMARY_PROPERTY, b"null");
+            if let Some(name) = plugin.config.host.summary_property() {
+                host.set_property(name, b"null");
+            }
         }
     }
 
@@ -287,10 +290,9 @@ impl Driver {
         if let Some(record) = settlement.record.take() {
             host.collect(record);
         }
-        host.set_property(
-            SUMMARY_PROPERTY,
-            access_log::summary(&settlement).as_bytes(),
-        );
+        if let Some(name) = config.host.summary_property() {
+            host.set_property(name, access_log::summary(&settlement).as_bytes());
+        }
     }
 }
 

@@ -48,7 +48,7 @@ use crate::tokens::tokenizer::Encoding;
 use bodies::{RequestBody, ResponseBody};
 pub use host::Properties;
 use response::Reader;
-pub use settlement::{error_type, Settlement};
+pub use settlement::{error_type, inferred_error_type, Settlement};
 
 /// What an injected stream's edit may take of the VM's memory budget at most.
 const INJECTION_BYTES: usize = crate::body::decode::DECODER_BYTES
@@ -556,13 +556,27 @@ impl Exchange {
         cardinality.admit_series(config, &mut labels, &mut folded);
         // A complete response with a success status needs no explanation; asking the host
         // costs a returned value, the dearest kind of host call.
-        let details = if self.complete && matches!(self.status, Some(100..=399)) {
+        let success = self.complete && matches!(self.status, Some(100..=399));
+        let error = if success {
             None
+        } else if config.host.has_code_details() {
+            let details = host
+                .property(&["response".to_string(), "code_details".to_string()])
+                .and_then(|b| String::from_utf8(b).ok());
+            error_type(self.status, details.as_deref())
         } else {
-            host.property(&["response".to_string(), "code_details".to_string()])
-                .and_then(|b| String::from_utf8(b).ok())
+            // The status the host logs (nginx: 499 when the client hung up) tells what
+            // Envoy's code details would have.
+            let text = |path: [&str; 2]| {
+                host.property(&path.map(str::to_string))
+                    .and_then(|b| dimensions::property_text(&b))
+            };
+            let logged = text(["response", "code"]).and_then(|t| t.trim().parse::<u16>().ok());
+            // nginx's `$upstream_header_time` is "-" or empty unless the upstream answered.
+            let answered = text(["ngx", "upstream_header_time"])
+                .is_some_and(|t| t.trim().split(',').any(|t| t.trim().parse::<f64>().is_ok()));
+            inferred_error_type(self.status, logged, self.complete, answered)
         };
-        let error = error_type(self.status, details.as_deref());
         let ttft_ms = self
             .first_content_ms
             .map(|t| t.saturating_sub(self.started_ms));

@@ -57,3 +57,78 @@ pub fn error_type(status: Option<u16>, details: Option<&str>) -> Option<&'static
         None => Some("client_cancelled"),
     }
 }
+
+/// Classifies a failed exchange on a host without `response.code_details`
+/// (ngx_wasm_module), from the status the response had, the status the host logs
+/// (`logged`: nginx logs 499 when the client hung up before the response began), whether
+/// the response reached its end, and whether the upstream answered at all (nginx's
+/// `$upstream_header_time`). A 502 or 504 the upstream never answered was made by the
+/// gateway: `upstream_reset` or `timeout`. A response cut after it began counts as
+/// `client_cancelled`, the usual cause (a user stopping a stream); such a host does not say
+/// whether the client or the upstream cut it, and nginx logs the status it had begun with.
+pub fn inferred_error_type(
+    status: Option<u16>,
+    logged: Option<u16>,
+    complete: bool,
+    upstream_answered: bool,
+) -> Option<&'static str> {
+    if logged == Some(499) {
+        return Some("client_cancelled");
+    }
+    match status.or(logged) {
+        Some(504) if !upstream_answered => Some("timeout"),
+        Some(502 | 503) if !upstream_answered => Some("upstream_reset"),
+        Some(100..=399) if !complete => Some("client_cancelled"),
+        s => error_type(s, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_code_details_the_error_is_inferred_from_status_and_timing() {
+        // The client hung up before the response began: nginx logs 499.
+        assert_eq!(
+            inferred_error_type(None, Some(499), false, false),
+            Some("client_cancelled")
+        );
+        assert_eq!(
+            inferred_error_type(Some(200), Some(499), false, true),
+            Some("client_cancelled")
+        );
+        // The gateway's own 502 and 504: the upstream never sent a header.
+        assert_eq!(
+            inferred_error_type(Some(502), Some(502), true, false),
+            Some("upstream_reset")
+        );
+        assert_eq!(
+            inferred_error_type(Some(504), Some(504), true, false),
+            Some("timeout")
+        );
+        // The upstream's own 502 and 504 stay upstream errors.
+        assert_eq!(
+            inferred_error_type(Some(502), Some(502), true, true),
+            Some("upstream_error")
+        );
+        assert_eq!(
+            inferred_error_type(Some(504), Some(504), true, true),
+            Some("upstream_error")
+        );
+        // A response cut after it began is not a success.
+        assert_eq!(
+            inferred_error_type(Some(200), Some(200), false, true),
+            Some("client_cancelled")
+        );
+        assert_eq!(inferred_error_type(Some(200), None, true, true), None);
+        assert_eq!(
+            inferred_error_type(Some(429), Some(429), true, true),
+            Some("rate_limited")
+        );
+        assert_eq!(
+            inferred_error_type(None, None, false, false),
+            Some("client_cancelled")
+        );
+    }
+}

@@ -82,6 +82,75 @@ pub fn sanitize_value(raw: &str) -> String {
     }
 }
 
+/// The shortest a value becomes when a metric-name cap shortens it: `~` and a hash.
+pub const SHORTENED_MIN_BYTES: usize = 1 + HASH_DIGITS;
+const HASH_DIGITS: usize = 10;
+
+/// Shortens a sanitised `value` to `len` bytes (at least [`SHORTENED_MIN_BYTES`]): its
+/// first `len - 11` bytes, `~`, and ten hex digits of a hash of the whole value (FNV-1a,
+/// 40 of its 64 bits). Two values that share the kept start still differ in the hash, and
+/// no sanitised value contains `~`, so a shortened value never equals a reported one.
+pub fn shorten_value(value: &str, len: usize) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let keep = len.saturating_sub(SHORTENED_MIN_BYTES).min(value.len());
+    // Sanitised values are ASCII, so any byte index is a character boundary.
+    let mut out = String::with_capacity(keep + SHORTENED_MIN_BYTES);
+    out.push_str(value.get(..keep).unwrap_or(""));
+    out.push('~');
+    let digits = format!("{:010x}", hash >> 24);
+    out.push_str(&digits);
+    out
+}
+
+/// Bytes `encode_labels` takes for these pairs.
+pub fn encoded_len<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+    let mut n = 0;
+    for (name, value) in pairs {
+        n += name.len() + value.len() + "=.=;.;".len();
+    }
+    if n > 0 {
+        n + 1
+    } else {
+        0
+    }
+}
+
+/// Shortens the longest of `values` (named by `names`) until their encoding takes at most
+/// `budget` bytes; returns the indexes shortened. Values at or under
+/// [`SHORTENED_MIN_BYTES`] are never touched, so the budget must leave room for every value
+/// at that length (checked when the configuration loads).
+pub fn shorten_to_fit(names: &[&str], values: &mut [String], budget: usize) -> Vec<usize> {
+    let mut shortened = Vec::new();
+    loop {
+        let len = encoded_len(names.iter().copied().zip(values.iter().map(String::as_str)));
+        if len <= budget {
+            return shortened;
+        }
+        let longest = values
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| v.len() > SHORTENED_MIN_BYTES && !shortened.contains(i))
+            .max_by_key(|(i, v)| (v.len(), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        let Some(i) = longest else {
+            return shortened;
+        };
+        let Some(value) = values.get_mut(i) else {
+            return shortened;
+        };
+        let target = value
+            .len()
+            .saturating_sub(len - budget)
+            .max(SHORTENED_MIN_BYTES);
+        *value = shorten_value(value, target);
+        shortened.push(i);
+    }
+}
+
 /// Appends `.label=.=value;.;label=.=value;.;` for the pairs (nothing when there are none);
 /// values must already be sanitised.
 pub fn encode_labels<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
@@ -105,6 +174,42 @@ pub fn extraction_regex(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortened_values_keep_their_start_and_differ_by_a_hash() {
+        let a = "a".repeat(40) + "1";
+        let b = "a".repeat(40) + "2";
+        let (sa, sb) = (shorten_value(&a, 20), shorten_value(&b, 20));
+        assert_eq!(sa.len(), 20);
+        assert!(sa.starts_with("aaaaaaaaa~"), "{sa}");
+        assert_ne!(sa, sb);
+        assert_eq!(
+            sa,
+            shorten_value(&a, 20),
+            "the same value shortens alike in every VM"
+        );
+        assert_eq!(shorten_value(&a, 3).len(), SHORTENED_MIN_BYTES);
+        assert!(
+            !is_clean_value(&sa),
+            "no reported value can look like a shortened one"
+        );
+    }
+
+    #[test]
+    fn the_longest_values_are_shortened_until_the_names_fit() {
+        let names = ["model", "user", "team"];
+        let mut values = vec!["gpt-4o".to_string(), "u".repeat(64), "t".repeat(30)];
+        let full = encoded_len(names.iter().copied().zip(values.iter().map(String::as_str)));
+        let budget = full - 60;
+        let done = shorten_to_fit(&names, &mut values, budget);
+        let len = encoded_len(names.iter().copied().zip(values.iter().map(String::as_str)));
+        assert!(len <= budget, "{len} > {budget}");
+        assert_eq!(values[0], "gpt-4o");
+        assert!(done.contains(&1), "{done:?}");
+        // Nothing left to shorten: the budget stays unmet rather than looping.
+        let mut tiny = vec!["abc".to_string()];
+        assert!(shorten_to_fit(&["x"], &mut tiny, 5).is_empty());
+    }
 
     #[test]
     fn label_names_are_normalised() {

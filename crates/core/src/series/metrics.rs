@@ -5,7 +5,7 @@
 //! dimensions, then the fixed labels of its family (`status_class`, `error_type`,
 //! `gen_ai_token_type`); `overflow_total` carries only `dimension`.
 
-use crate::config::{Config, Naming};
+use crate::config::{Config, ConfigError, Naming};
 use crate::exchange::settlement::Settlement;
 use crate::openai::usage::UsageSource;
 use crate::series::labels;
@@ -183,6 +183,13 @@ pub const ROLLUPS_DROPPED: Family = family(
     None,
     "Settled requests left out of the usage rollups: no row was free, or their batch waited past max_rollup_batches.",
 );
+pub const SHORTENED: Family = family(
+    "label_values_shortened_total",
+    Counter,
+    true,
+    Some("dimension"),
+    "Label values cut to a start and a hash so the metric name fits max_metric_name_bytes (the host's limit); each still names its own series.",
+);
 pub const SKIPPED_EVENTS: Family = family(
     "skipped_events_total",
     Counter,
@@ -233,6 +240,7 @@ pub fn families(config: &Config) -> Vec<&'static Family> {
         &AUDIO_PROMPT,
         &AUDIO_COMPLETION,
         &OVERFLOW,
+        &SHORTENED,
         &SKIPPED_EVENTS,
         &INVALID_USAGE,
         &OVER_BUDGET,
@@ -243,6 +251,85 @@ pub fn families(config: &Config) -> Vec<&'static Family> {
         &ROLLUPS_DROPPED,
     ];
     common.iter().chain(named).copied().collect()
+}
+
+/// Whether the family's series carry the configured dimensions.
+fn dimensional(f: &Family) -> bool {
+    ![
+        OVERFLOW.name,
+        SHORTENED.name,
+        RECORDS_SENT.name,
+        RECORDS_DROPPED.name,
+        ROLLUPS_SENT.name,
+        ROLLUPS_FAILED.name,
+        ROLLUPS_DROPPED.name,
+    ]
+    .contains(&f.name)
+}
+
+/// The longest value a family's own label takes.
+fn longest_fixed_value(config: &Config, label: &str) -> usize {
+    match label {
+        "status_class" => "none".len(),
+        "error_type" => "client_cancelled".len(),
+        "gen_ai_token_type" => "output".len(),
+        "reason" => "dispatch_failed".len(),
+        "dimension" => config.label_names().map(str::len).max().unwrap_or(0),
+        _ => labels::MAX_VALUE_CHARS,
+    }
+}
+
+/// Bytes a family's name takes besides the dimensions: its name and its own label.
+fn overhead(config: &Config, f: &Family) -> usize {
+    let fixed = f.fixed_label.map_or(0, |l| {
+        1 + l.len() + "=.=;.;".len() + longest_fixed_value(config, l)
+    });
+    family_name(config, f).len() + fixed
+}
+
+/// The bytes the dimensions may take in a name under `max_metric_name_bytes`.
+fn dims_budget(config: &Config) -> Option<usize> {
+    let cap = config.max_metric_name_bytes?;
+    let longest = families(config)
+        .into_iter()
+        .filter(|f| dimensional(f))
+        .map(|f| overhead(config, f))
+        .max()
+        .unwrap_or(0);
+    Some(cap.saturating_sub(longest))
+}
+
+/// Settles the metric-name cap: the configured `max_metric_name_bytes`, else the host's
+/// limit (`host_limit`), and refuses a configuration whose names cannot fit even with
+/// every dimension value shortened to [`labels::SHORTENED_MIN_BYTES`].
+pub fn settle_name_cap(config: &mut Config, host_limit: Option<usize>) -> Result<(), ConfigError> {
+    let from_host = config.max_metric_name_bytes.is_none() && host_limit.is_some();
+    config.max_metric_name_bytes = config.max_metric_name_bytes.or(host_limit);
+    let Some(cap) = config.max_metric_name_bytes else {
+        return Ok(());
+    };
+    let short = "x".repeat(labels::SHORTENED_MIN_BYTES);
+    let dims = labels::encoded_len(config.label_names().map(|l| (l, short.as_str())));
+    let longest = families(config)
+        .into_iter()
+        .map(|f| overhead(config, f) + if dimensional(f) { dims } else { 0 })
+        .max()
+        .unwrap_or(0);
+    if longest <= cap {
+        return Ok(());
+    }
+    let whose = if from_host {
+        format!("the host's limit of {cap} bytes (ngx_wasm_module: max_metric_name_length, less its pw:NAME: prefix)")
+    } else {
+        format!("{cap} bytes")
+    };
+    Err(ConfigError {
+        field: "max_metric_name_bytes".to_string(),
+        message: format!(
+            "{whose} cannot hold this configuration's metric names: with every label value shortened to {} bytes the longest still takes {longest}; raise the limit (and the host's), or use fewer dimensions or shorter dimension names",
+            labels::SHORTENED_MIN_BYTES
+        ),
+    })
 }
 
 /// The full name of a family under a configuration.
@@ -292,12 +379,27 @@ pub fn status_class(status: Option<u16>) -> String {
 /// Builds the points of a settled exchange. Zero increments are left out: hosts refuse
 /// them (Envoy answers `BadArgument`).
 pub fn points(config: &Config, s: &Settlement) -> Vec<Point> {
-    let mut dims = String::with_capacity(24 * s.labels.len());
+    let mut shortened_values = None;
+    let mut shortened = Vec::new();
+    if let Some(budget) = dims_budget(config) {
+        let names: Vec<&str> = config.label_names().collect();
+        if labels::encoded_len(
+            names
+                .iter()
+                .copied()
+                .zip(s.labels.iter().map(String::as_str)),
+        ) > budget
+        {
+            let mut values = s.labels.clone();
+            shortened = labels::shorten_to_fit(&names, &mut values, budget);
+            shortened_values = Some(values);
+        }
+    }
+    let values = shortened_values.as_ref().unwrap_or(&s.labels);
+    let mut dims = String::with_capacity(24 * values.len());
     labels::encode_labels(
         &mut dims,
-        config
-            .label_names()
-            .zip(s.labels.iter().map(String::as_str)),
+        config.label_names().zip(values.iter().map(String::as_str)),
     );
     let name = |f: &Family, fixed: Option<&str>| {
         let mut n = family_name(config, f);
@@ -363,9 +465,14 @@ pub fn points(config: &Config, s: &Settlement) -> Vec<Point> {
     }
     add(&SKIPPED_EVENTS, None, s.oversized_events);
     add(&OVER_BUDGET, None, u64::from(s.over_budget));
-    for &i in &s.folded {
+    let own = s
+        .folded
+        .iter()
+        .map(|&i| (&OVERFLOW, i))
+        .chain(shortened.iter().map(|&i| (&SHORTENED, i)));
+    for (family, i) in own {
         if let Some(label) = config.dimensions.get(i).map(|d| d.dimension.label.as_str()) {
-            let mut n = family_name(config, &OVERFLOW);
+            let mut n = family_name(config, family);
             labels::encode_labels(&mut n, [("dimension", label)]);
             out.push(Point {
                 name: n,
@@ -431,6 +538,83 @@ mod tests {
                 (format!("ai_time_per_output_token_ms{l}"), 40),
             ]
         );
+    }
+
+    fn ten_long_dimensions() -> Config {
+        let dims: Vec<String> = (0..10)
+            .map(|i| {
+                format!(r#"{{"name":"dimension_number_{i}","value":"{{request.header.x-d{i}}}"}}"#)
+            })
+            .collect();
+        Config::parse(format!(r#"{{"dimensions":[{}]}}"#, dims.join(",")).as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn names_over_the_cap_shorten_their_longest_values_and_never_merge() {
+        let mut config = ten_long_dimensions();
+        settle_name_cap(&mut config, Some(512)).unwrap();
+        let settle = |last: &str| Settlement {
+            labels: (0..9)
+                .map(|i| format!("value-{i}-").repeat(6))
+                .chain([last.to_string()])
+                .collect(),
+            usage: Some(usage(5, 7)),
+            status: Some(500),
+            error_type: Some("client_cancelled"),
+            duration_ms: 3,
+            ..Settlement::default()
+        };
+        let a = names(&config, &settle(&"z".repeat(60)));
+        let b = names(&config, &settle(&("z".repeat(59) + "y")));
+        for (name, _) in a.iter().chain(&b) {
+            assert!(name.len() <= 512, "{} bytes: {name}", name.len());
+        }
+        let tokens = |n: &[(String, u64)]| {
+            n.iter()
+                .find(|(name, _)| name.starts_with("llm_tokens_total."))
+                .cloned()
+                .unwrap()
+        };
+        assert_ne!(
+            tokens(&a).0,
+            tokens(&b).0,
+            "two long values became one series"
+        );
+        assert_eq!(tokens(&a).1, 12);
+        let shortened: Vec<_> = a
+            .iter()
+            .filter(|(n, _)| n.starts_with("llm_label_values_shortened_total."))
+            .collect();
+        assert!(!shortened.is_empty(), "{a:?}");
+        // Short values are left alone.
+        let small = Settlement {
+            labels: vec!["a".to_string(); 10],
+            duration_ms: 1,
+            ..Settlement::default()
+        };
+        assert!(names(&config, &small)
+            .iter()
+            .all(|(n, _)| !n.contains('~') && !n.contains("shortened")));
+    }
+
+    #[test]
+    fn a_cap_too_small_for_the_names_is_refused_at_load() {
+        let mut config = ten_long_dimensions();
+        let e = settle_name_cap(&mut config, Some(242)).unwrap_err();
+        assert_eq!(e.field, "max_metric_name_bytes");
+        assert!(e.message.contains("host's limit of 242"), "{}", e.message);
+        let mut config = Config::parse(
+            br#"{"max_metric_name_bytes": 100, "dimensions":[{"name":"model"},{"name":"team","value":"{request.header.x-team}"}]}"#,
+        )
+        .unwrap();
+        // A configured cap wins over the host's.
+        settle_name_cap(&mut config, Some(90_000)).unwrap();
+        assert_eq!(config.max_metric_name_bytes, Some(100));
+        let e = Config::parse(br#"{"max_metric_name_bytes": 10}"#).unwrap_err();
+        assert_eq!(e.field, "max_metric_name_bytes");
+        let mut plain = Config::default();
+        settle_name_cap(&mut plain, None).unwrap();
+        assert_eq!(plain.max_metric_name_bytes, None);
     }
 
     #[test]
