@@ -586,6 +586,15 @@ mod tests {
                 r#"data: { "usage" : null , "choices": [{"delta": {}}] }"#,
                 r#"data: { "choices": [{"delta": {}}] }"#,
             ),
+            // Tabs are JSON whitespace too, anywhere around the member.
+            (
+                "data: {\"choices\":[{\"delta\":{}}]\t,\t\"usage\"\t:\tnull\t}",
+                "data: {\"choices\":[{\"delta\":{}}]\t}",
+            ),
+            (
+                "data: {\t\"usage\":\tnull,\t\"choices\":[]\t,\"id\":\"c1\"}",
+                "data: {\t\"choices\":[]\t,\"id\":\"c1\"}",
+            ),
             // In the middle.
             (
                 r#"data: {"a":1,"usage":{"total_tokens":2},"choices":[{"delta":{}}]}"#,
