@@ -17,6 +17,7 @@ mod alerting;
 mod collector;
 mod commands;
 mod eval;
+mod gateways;
 mod monitor_serve;
 mod records;
 

@@ -16,6 +16,7 @@ mod common;
 mod collect;
 mod configs;
 mod counters;
+mod gateways;
 mod hostile;
 mod operations;
 mod streams;

@@ -62,21 +62,46 @@ pub fn access_log_json_format() -> String {
     format!("{{{}}}", fields.join(", "))
 }
 
-fn q(s: &str) -> String {
+/// `s` as a JSON string, which YAML reads as a double-quoted scalar: no value can break the
+/// document it is placed in.
+pub(crate) fn q(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-/// Every tag rule the configuration needs: one per dimension, plus the fixed labels.
-pub fn stats_tags(config: &Config) -> Vec<(String, String)> {
+/// Every label the filter's metrics can carry under `config`: the dimensions' labels, in
+/// order, then the fixed labels. Each host needs a rule for each (Envoy `stats_tags`, Istio
+/// `extraStatTags`, Kong `label_patterns`).
+pub fn label_names(config: &Config) -> Vec<String> {
     config
         .label_names()
         .map(str::to_string)
         .chain(metrics::FIXED_LABELS.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// Every tag rule the configuration needs: one per dimension, plus the fixed labels.
+pub fn stats_tags(config: &Config) -> Vec<(String, String)> {
+    label_names(config)
+        .into_iter()
         .map(|l| {
             let re = labels::extraction_regex(&l);
             (l, re)
         })
         .collect()
+}
+
+/// The `stats_config` block with [`stats_tags`], as YAML starting at column 0 (the
+/// bootstrap's top level).
+pub fn stats_config_yaml(config: &Config) -> String {
+    let tags = stats_tags(config);
+    let mut y = format!(
+        "stats_config:\n  stats_tags:{}\n",
+        if tags.is_empty() { " []" } else { "" }
+    );
+    for (name, regex) in tags {
+        let _ = writeln!(y, "  - tag_name: {}\n    regex: {}", q(&name), q(&regex));
+    }
+    y
 }
 
 /// Renders the bootstrap. `config` must be the parse of `spec.filter_config`.
@@ -107,15 +132,7 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
     if let Some(ms) = spec.stats_flush_ms {
         let _ = writeln!(y, "stats_flush_interval: {}.{:03}s", ms / 1000, ms % 1000);
     }
-    let tags = stats_tags(config);
-    let _ = writeln!(
-        y,
-        "stats_config:\n  stats_tags:{}",
-        if tags.is_empty() { " []" } else { "" }
-    );
-    for (name, regex) in tags {
-        let _ = writeln!(y, "  - tag_name: {}\n    regex: {}", q(&name), q(&regex));
-    }
+    y.push_str(&stats_config_yaml(config));
     let tls_host = if spec.upstream_tls {
         format!(
             "\n    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: {}",

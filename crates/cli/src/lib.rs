@@ -2,7 +2,8 @@
 //! parts are tested where they are (`src/main.rs` only calls [`main`]).
 //!
 //! - Pure logic: [`quality`] (monitor definitions, sampling, prompts, scores, aggregation,
-//!   reports), [`ingest`] (record batches), [`bootstrap`] (Envoy configuration rendering).
+//!   reports), [`ingest`] (record batches), [`bootstrap`] (Envoy configuration rendering),
+//!   [`nginx`], [`istio`] and [`envoy_gateway`] (the other gateways' configurations).
 //! - Edges, with `anyhow` errors: the commands below, the collector and store, the judge
 //!   client, the scheduler and the alerts.
 //!
@@ -10,7 +11,10 @@
 //! the record format, so that what it renders and accepts is what the filter does.
 
 pub mod bootstrap;
+pub mod envoy_gateway;
 pub mod ingest;
+pub mod istio;
+pub mod nginx;
 pub mod quality;
 
 mod alerts;
@@ -93,6 +97,90 @@ enum Command {
         /// collector cluster, and a `collect` block to the filter configuration if it has none.
         #[arg(long)]
         collector: Option<String>,
+    },
+    /// Print an nginx.conf that runs the filter in ngx_wasm_module (nginx with Kong's Wasm
+    /// module) in front of one upstream.
+    NginxConfig {
+        /// The filter configuration (JSON); the host keys nginx needs are added to it.
+        #[arg(long)]
+        filter_config: PathBuf,
+        /// Path of tokenmeter.wasm as nginx will see it.
+        #[arg(long)]
+        wasm: String,
+        /// Listener: PORT (on 127.0.0.1) or HOST:PORT.
+        #[arg(long)]
+        listen: String,
+        /// The LLM API upstream, HOST:PORT.
+        #[arg(long)]
+        upstream: String,
+        /// Use TLS to the upstream (implied by port 443), with SNI and Host set to its host.
+        #[arg(long)]
+        upstream_tls: bool,
+        /// The module name; ngx_wasm_module puts it in every metric name (pw:NAME:).
+        #[arg(long, default_value = nginx::DEFAULT_NAME)]
+        name: String,
+        /// ngx_wasm_module's `metrics { max_metric_name_length }`, its pw:NAME: prefix included.
+        #[arg(long, default_value_t = nginx::DEFAULT_MAX_METRIC_NAME_LENGTH)]
+        max_metric_name_length: usize,
+        /// Also write an access log with each request's token usage to this path.
+        #[arg(long)]
+        access_log: Option<String>,
+        /// Also write the filter's Kong metadata (the label patterns Kong's Prometheus plugin
+        /// reads) to this file; Kong wants it beside the module as NAME.meta.json.
+        #[arg(long)]
+        kong_meta: Option<PathBuf>,
+    },
+    /// Print Istio's WasmPlugin for the filter and the mesh configuration that labels its metrics.
+    IstioConfig {
+        /// The filter configuration (JSON).
+        #[arg(long)]
+        filter_config: PathBuf,
+        /// The module as an OCI image (oci://REGISTRY/NAME:TAG; oci:// is added when missing).
+        #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+        image: Option<String>,
+        /// The module as a file to download (https://, http:// or file://).
+        #[arg(long)]
+        url: Option<String>,
+        /// SHA-256 of the module, checked by Istio before it is loaded.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The WasmPlugin's name.
+        #[arg(long, default_value = "tokenmeter")]
+        name: String,
+        /// The WasmPlugin's namespace (the gateway's, or istio-system for every proxy).
+        #[arg(long, default_value = "istio-system")]
+        namespace: String,
+        /// A pod label of the proxies to run in, KEY=VALUE; repeat for several.
+        #[arg(long = "selector", default_value = "istio=ingressgateway")]
+        selectors: Vec<String>,
+    },
+    /// Print Envoy Gateway's EnvoyExtensionPolicy for the filter and the EnvoyProxy bootstrap
+    /// that labels its metrics.
+    EnvoyGatewayConfig {
+        /// The filter configuration (JSON).
+        #[arg(long)]
+        filter_config: PathBuf,
+        /// The module as an OCI image (REGISTRY/NAME:TAG).
+        #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+        image: Option<String>,
+        /// The module as a file to download (https:// or http://).
+        #[arg(long)]
+        url: Option<String>,
+        /// SHA-256 of the module, checked before it is loaded.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// A Gateway to attach the filter to; repeat for several.
+        #[arg(long = "gateway", required_unless_present = "routes")]
+        gateways: Vec<String>,
+        /// An HTTPRoute to attach the filter to; repeat for several.
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// The resources' name (the EnvoyProxy is NAME-proxy).
+        #[arg(long, default_value = "tokenmeter")]
+        name: String,
+        /// The resources' namespace: the Gateway's or the routes'.
+        #[arg(long, default_value = "default")]
+        namespace: String,
     },
     /// Collect records over HTTP into SQLite, and run monitors on their schedules.
     Serve {
@@ -265,14 +353,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     (text, config, None)
                 }
             };
-            let (listen_host, listen_port) = match listen.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), parse_port(p, "--listen")?),
-                None => ("127.0.0.1".to_string(), parse_port(&listen, "--listen")?),
-            };
-            let Some((upstream_host, port)) = upstream.rsplit_once(':') else {
-                bail!("--upstream must be HOST:PORT, got {upstream:?}");
-            };
-            let upstream_port = parse_port(port, "--upstream")?;
+            let (listen_host, listen_port) = listen_addr(&listen)?;
+            let (upstream_host, upstream_port) = host_port(&upstream, "--upstream")?;
             let spec = BootstrapSpec {
                 // One line: JSON strings cannot span lines, so trimming lines is lossless.
                 filter_config: text.lines().map(str::trim).collect(),
@@ -280,7 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 listen_host,
                 listen_port,
                 admin_port: admin,
-                upstream_host: upstream_host.to_string(),
+                upstream_host,
                 upstream_port,
                 upstream_tls: upstream_tls || upstream_port == 443,
                 node_id,
@@ -290,6 +372,122 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 collector,
             };
             print!("{}", bootstrap::render(&spec, &config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NginxConfig {
+            filter_config,
+            wasm,
+            listen,
+            upstream,
+            upstream_tls,
+            name,
+            max_metric_name_length,
+            access_log,
+            kong_meta,
+        } => {
+            let (listen_host, listen_port) = listen_addr(&listen)?;
+            let (upstream_host, upstream_port) = host_port(&upstream, "--upstream")?;
+            let spec = nginx::NginxSpec {
+                name,
+                wasm_path: wasm,
+                listen_host,
+                listen_port,
+                upstream_host,
+                upstream_port,
+                upstream_tls: upstream_tls || upstream_port == 443,
+                max_metric_name_length,
+                access_log,
+            };
+            let (text, config) = nginx::filter_config(&read_text(&filter_config)?, &spec)
+                .with_context(|| format!("{} for nginx", filter_config.display()))?;
+            if let Some(path) = kong_meta {
+                std::fs::write(&path, nginx::kong_meta_json(&config))
+                    .with_context(|| format!("cannot write --kong-meta {}", path.display()))?;
+            }
+            print!("{}", nginx::render(&spec, &text, &config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::IstioConfig {
+            filter_config,
+            image,
+            url,
+            sha256,
+            name,
+            namespace,
+            selectors,
+        } => {
+            let (value, config) = read_config_value(&filter_config)?;
+            let url = match (image, url) {
+                (Some(image), _) if image.starts_with("oci://") => image,
+                (Some(image), _) if image.contains("://") => {
+                    bail!("--image must be an OCI reference (oci://REGISTRY/NAME:TAG), got {image:?}; use --url for a file to download")
+                }
+                (Some(image), _) => format!("oci://{image}"),
+                (None, Some(url)) => {
+                    if !["https://", "http://", "file://"]
+                        .iter()
+                        .any(|s| url.starts_with(s))
+                    {
+                        bail!("--url must start with https://, http:// or file://, got {url:?}; use --image for an OCI image");
+                    }
+                    url
+                }
+                (None, None) => bail!("give --image or --url"),
+            };
+            let selector = selectors
+                .iter()
+                .map(|s| match s.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => bail!("--selector must be KEY=VALUE (a pod label), got {s:?}"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let spec = istio::IstioSpec {
+                name,
+                namespace,
+                selector,
+                url,
+                sha256,
+            };
+            print!("{}", istio::render(&spec, &value, &config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::EnvoyGatewayConfig {
+            filter_config,
+            image,
+            url,
+            sha256,
+            gateways,
+            routes,
+            name,
+            namespace,
+        } => {
+            let (value, config) = read_config_value(&filter_config)?;
+            let code = match (image, url) {
+                // Envoy Gateway takes the bare reference.
+                (Some(image), _) => {
+                    let image = image.strip_prefix("oci://").unwrap_or(&image).to_string();
+                    if image.contains("://") {
+                        bail!("--image must be an OCI reference (REGISTRY/NAME:TAG), got {image:?}; use --url for a file to download");
+                    }
+                    envoy_gateway::Code::Image(image)
+                }
+                (None, Some(url)) => {
+                    if !url.starts_with("https://") && !url.starts_with("http://") {
+                        bail!("--url must start with https:// or http://, got {url:?}; use --image for an OCI image");
+                    }
+                    envoy_gateway::Code::Http(url)
+                }
+                (None, None) => bail!("give --image or --url"),
+            };
+            let spec = envoy_gateway::EnvoyGatewaySpec {
+                name,
+                namespace,
+                gateways,
+                routes,
+                code,
+                sha256,
+            };
+            print!("{}", envoy_gateway::render(&spec, &value, &config));
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
@@ -367,6 +565,26 @@ fn with_collector(text: &str, cluster: &str) -> Result<String> {
     Ok(v.to_string())
 }
 
+/// `--listen`: PORT (on 127.0.0.1) or HOST:PORT.
+fn listen_addr(text: &str) -> Result<(String, u16)> {
+    match text.rsplit_once(':') {
+        Some(_) => host_port(text, "--listen"),
+        None => Ok(("127.0.0.1".to_string(), parse_port(text, "--listen")?)),
+    }
+}
+
+/// HOST:PORT, with an IPv6 host in brackets or bare (`[::1]:80`, `::1:80`).
+fn host_port(text: &str, flag: &str) -> Result<(String, u16)> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        bail!("{flag} must be HOST:PORT, got {text:?}");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{flag} must be HOST:PORT, got {text:?}");
+    }
+    Ok((host.to_string(), parse_port(port, flag)?))
+}
+
 fn parse_port(text: &str, flag: &str) -> Result<u16> {
     text.parse()
         .with_context(|| format!("{flag}: {text:?} is not a port number"))
@@ -375,6 +593,18 @@ fn parse_port(text: &str, flag: &str) -> Result<u16> {
 fn read_text(path: &PathBuf) -> Result<String> {
     std::fs::read_to_string(path)
         .with_context(|| format!("cannot read filter configuration {}", path.display()))
+}
+
+/// The configuration as a JSON value (for renderers that embed it as an object), and its parse.
+fn read_config_value(path: &PathBuf) -> Result<(serde_json::Value, Config)> {
+    let (text, config) = read_config(path)?;
+    // An empty file is a valid configuration (all defaults): an empty object.
+    let value = if text.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?
+    };
+    Ok((value, config))
 }
 
 fn read_config(path: &PathBuf) -> Result<(String, Config)> {
