@@ -20,7 +20,7 @@ WASI_RUNNER   := $(CURDIR)/testkit/run-wasi.mjs
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools browser alertmanager wasm-target envoy wasm build run test test-unit test-cli test-e2e lint clean \
+.PHONY: help tools browser alertmanager prometheus wasm-target envoy wasm build run dashboard test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
 	bench bench-console bench-peers bench-tokenizers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
@@ -30,6 +30,7 @@ help:
 	@echo "make test-wasm  the filter in the test host, and the core compiled to wasm under Node's V8"
 	@echo "make wasm   build $(WASM)"
 	@echo "make build  build the filter and the tokenmeter binary"
+	@echo "make dashboard  regenerate deploy/grafana/tokenmeter.json from the core's metric families"
 	@echo "make lint   clippy (the filter denies unwrap/expect/panic/indexing) and rustfmt check"
 	@echo "make bench  measure what the filter costs a gateway; writes BENCHMARKS.md (BENCH_ARGS=\"--rounds 3\" to change a run)"
 	@echo "make bench-peers  tokenmeter against LiteLLM's proxy: CPU per request and requests/s beside Envoy with tokenmeter and plain Envoy (BENCH_PEERS_ARGS to change)"
@@ -53,6 +54,14 @@ alertmanager:
 	  echo "installing Debian's prometheus-alertmanager (the alert tests)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager; }
+
+# Debian's Prometheus, with promtool: the real scrape in tests/envoy/prometheus.rs and the
+# rules' unit tests (deploy/prometheus, tests/cli/deploy.rs).
+prometheus:
+	@test -x /usr/bin/prometheus && test -x /usr/bin/promtool || { \
+	  echo "installing Debian's prometheus (the scrape and rule tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -80,8 +89,14 @@ run: tools build
 	cargo run --quiet --release -p tokenmeter-testkit --bin demo -- \
 	  --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) --config $(CONFIG) --dir target/demo $(RUN_ARGS)
 
+# The Grafana dashboard, generated from the core's metric families for
+# examples/filter-config.json (a test keeps the committed file equal to this output; for
+# another configuration: grafana-dashboard --config FILE --by LABEL,LABEL).
+dashboard:
+	cargo run --quiet -p tokenmeter-testkit --bin grafana-dashboard -- --out deploy/grafana/tokenmeter.json
+
 # Lints first: a change that breaks the no-trap rules or the formatting fails here.
-test: tools node browser alertmanager lint wasm
+test: tools node browser alertmanager prometheus lint wasm
 	cargo test --workspace --no-fail-fast
 	@# The filter's host suite again, the test host modelling ngx_wasm_module (Kong).
 	TOKENMETER_TEST_HOST=ngx cargo test -p tokenmeter-filter --test host
@@ -109,10 +124,10 @@ test-unit:
 	cargo test --workspace --lib --bins
 
 # One test binary per layer: the test host (host), the built binary (cli), the real Envoy.
-test-cli: alertmanager
+test-cli: alertmanager prometheus
 	cargo test -p tokenmeter-cli --test cli
 
-test-e2e: tools wasm
+test-e2e: tools prometheus wasm
 	cargo test -p tokenmeter-cli --test envoy
 
 # clippy for the native workspace and for the filter as Envoy loads it (the workspace's

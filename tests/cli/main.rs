@@ -1,6 +1,7 @@
 //! The CLI layer: the built `tokenmeter` binary run as a user runs it — configuration
 //! commands, the record collector and its store, record import and export, the quality
-//! evaluator against a local judge server, and scheduled monitors.
+//! evaluator against a local judge server, scheduled monitors, and the Prometheus rules and
+//! Grafana dashboard of deploy/.
 //!
 //! One test binary per layer keeps the build small.
 // Tests may panic: a failed assertion is how they report.
@@ -16,6 +17,7 @@ mod evaluation;
 mod alerting;
 mod collector;
 mod commands;
+mod deploy;
 mod eval;
 mod gateways;
 mod monitor_serve;
