@@ -711,3 +711,28 @@ fn envoy_gateway_config_takes_a_url_and_needs_a_target() {
         "dimensions[0].value",
     );
 }
+
+#[test]
+fn the_gateways_guide_shows_the_kong_metadata_nginx_config_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("tokenmeter.meta.json");
+    ok(&[
+        "nginx-config",
+        "--filter-config",
+        &example(),
+        "--wasm",
+        "/etc/nginx/tokenmeter.wasm",
+        "--listen",
+        "8080",
+        "--upstream",
+        "api.openai.com:443",
+        "--kong-meta",
+        meta.to_str().unwrap(),
+    ]);
+    let meta = std::fs::read_to_string(meta).unwrap();
+    let guide = std::fs::read_to_string(format!("{}/docs/gateways.md", crate::ROOT)).unwrap();
+    assert!(
+        guide.contains(&format!("```json\n{meta}```")),
+        "docs/gateways.md shows other label patterns than nginx-config writes for examples/filter-config.json:\n{meta}"
+    );
+}

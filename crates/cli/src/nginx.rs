@@ -227,16 +227,23 @@ pub fn kong_label_pattern(label: &str) -> String {
     format!("(%.?{label}=%.=(.-);%.;)")
 }
 
-/// The filter's `NAME.meta.json` for Kong: the label patterns of every label under `config`.
+/// The filter's `NAME.meta.json` for Kong: the label patterns of every label under `config`,
+/// one a line.
 pub fn kong_meta_json(config: &Config) -> String {
-    let patterns: Vec<Value> = crate::bootstrap::label_names(config)
+    let patterns: Vec<String> = crate::bootstrap::label_names(config)
         .iter()
-        .map(|l| json!({"label": l, "pattern": kong_label_pattern(l)}))
+        .map(|l| {
+            format!(
+                "  {{\"label\": {}, \"pattern\": {}}}",
+                crate::bootstrap::q(l),
+                crate::bootstrap::q(&kong_label_pattern(l))
+            )
+        })
         .collect();
-    let meta = json!({"metrics": {"label_patterns": patterns}});
-    let mut text = serde_json::to_string_pretty(&meta).unwrap_or_else(|_| meta.to_string());
-    text.push('\n');
-    text
+    format!(
+        "{{\"metrics\": {{\"label_patterns\": [\n{}\n]}}}}\n",
+        patterns.join(",\n")
+    )
 }
 
 /// Renders nginx.conf. `filter_config` and `config` must come from [`filter_config`].
