@@ -183,6 +183,23 @@ fn items(n: &Names) -> Vec<Item> {
         panel("Errors per second by type", ERRORS.help, "reqps")
             .target(n.rate(&ERRORS, &["error_type"]), "{{error_type}}"),
     ));
+    let ratio = |label: Option<&str>| {
+        let by: Vec<&str> = label.into_iter().collect();
+        // `or 0 * requests`: a value with no error is 0, not a gap.
+        format!(
+            "({errors} or 0 * {requests}) / {requests}",
+            errors = n.rate(&ERRORS, &by),
+            requests = n.rate(&REQUESTS, &by)
+        )
+    };
+    out.push(Item::Panel(
+        panel(
+            "Error ratio",
+            format!("Failed requests over metered requests. {}", ERRORS.help),
+            "percentunit",
+        )
+        .target(ratio(None), "errors"),
+    ));
     for label in &by {
         out.push(Item::Panel(
             panel(
@@ -192,6 +209,12 @@ fn items(n: &Names) -> Vec<Item> {
             )
             .target(n.rate(&REQUESTS, &[label]), format!("{{{{{label}}}}}")),
         ));
+        // Not by model: a failed request carries the model it asked for (its error body
+        // names none), an answered one the model the response names, often a dated
+        // version, so a ratio by model would set failures apart from their successes.
+        if *label == "model" {
+            continue;
+        }
         out.push(Item::Panel(
             panel(
                 format!("Error ratio by {label}"),
@@ -201,15 +224,7 @@ fn items(n: &Names) -> Vec<Item> {
                 ),
                 "percentunit",
             )
-            .target(
-                // `or 0 * requests`: a value with no error is 0, not a gap.
-                format!(
-                    "({errors} or 0 * {requests}) / {requests}",
-                    errors = n.rate(&ERRORS, &[label]),
-                    requests = n.rate(&REQUESTS, &[label])
-                ),
-                format!("{{{{{label}}}}}"),
-            ),
+            .target(ratio(Some(label)), format!("{{{{{label}}}}}")),
         ));
     }
 

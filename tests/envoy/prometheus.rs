@@ -298,7 +298,7 @@ fn prometheus_scrapes_exact_tokens_per_model_and_serves_quality() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 17, "{groups}");
+    assert_eq!(rules.len(), 18, "{groups}");
     for r in &rules {
         assert_eq!(r["health"], "ok", "{r}");
     }
