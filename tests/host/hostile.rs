@@ -555,6 +555,12 @@ fn an_nginx_host_without_shared_data_or_xds_meters_without_a_trap() {
     assert_eq!(m.sum("llm_requests_total", &labels), 2, "{}", m.dump());
     assert_eq!(m.sum("llm_tokens_total", &labels), 41 + 41, "{}", m.dump());
     assert!(!m.dump().contains("never-read"), "{}", m.dump());
+    let envoys: Vec<&String> = vm
+        .asked_properties()
+        .iter()
+        .filter(|p| p.starts_with("xds.") || *p == "response.code_details" || *p == "plugin_name")
+        .collect();
+    assert!(envoys.is_empty(), "asked nginx for {envoys:?}");
     for out in [&out, &out2] {
         let summary: serde_json::Value =
             serde_json::from_slice(out.access_log.as_deref().expect("$tokenmeter is set")).unwrap();

@@ -341,11 +341,16 @@ fn label_values_are_sanitised_and_cannot_forge_labels() {
         .into_iter()
         .map(|s| s.name)
         .collect();
+    // Cut to 64 characters; under ngx_wasm_module's 242 bytes, to its share of them.
+    let long_value = match host.manners() {
+        Manners::Envoy => "a".repeat(64),
+        Manners::Ngx => tokenmeter_core::series::labels::shorten_value(&"a".repeat(64), 51),
+    };
     assert_eq!(
         names,
         [
             "llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.=_n_ c_d_;.;status_class=.=2xx;.;".to_string(),
-            format!("llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.={};.;status_class=.=2xx;.;", "a".repeat(64)),
+            format!("llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.={long_value};.;status_class=.=2xx;.;"),
             "llm_requests_total.operation_id=.=chat.completions;.;model=.=gpt-4o-2024-08-06;.;case=.=x_._model_._forged_.__quote_;.;status_class=.=2xx;.;".to_string(),
         ]
     );

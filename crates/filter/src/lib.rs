@@ -20,7 +20,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use tokenmeter_core::config::host::{HostAnswers, Lookup};
+use tokenmeter_core::config::host::{HostAnswers, HostKind, Lookup};
 use tokenmeter_core::config::{Config, ConfigError};
 use tokenmeter_core::exchange::driver::{self, Driver, Plugin};
 use tokenmeter_core::exchange::host::{self as core_host, Properties, Side};
@@ -192,18 +192,17 @@ impl RootContext for Root {
 /// [`tokenmeter_core::config::host`]), and says so in one log line.
 fn settle_host(mut config: Config) -> Result<Config, ConfigError> {
     let answers = HostAnswers {
-        vm_id: host::property_of(&["plugin_vm_id"]).is_ok(),
-        plugin_name: host::property_of(&["plugin_name"])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok()),
+        vm_id: config.host.needs_answers() && host::property_of(&["plugin_vm_id"]).is_ok(),
     };
     let limit = config.host.resolve(&answers);
     metrics::settle_name_cap(&mut config, limit)?;
-    host::log(
-        LogLevel::Info,
-        &config.host.describe(config.max_metric_name_bytes),
-    );
+    // A guess about the host is worth a warning: the wrong one can trap.
+    let level = if config.host.detected() && config.host.kind != HostKind::Envoy {
+        LogLevel::Warn
+    } else {
+        LogLevel::Info
+    };
+    host::log(level, &config.host.describe(config.max_metric_name_bytes));
     Ok(config)
 }
 

@@ -423,9 +423,17 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
         add("proxy_get_property"),
         |mut c: C<'_>, pp: u32, pl: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
             let p = path(&read(&mut c, pp, pl)?);
+            c.data_mut().asked_properties.push(p.join("."));
             let s = c.data();
             let ngx = s.shared.manners == Manners::Ngx;
             let first = p.first().map(String::as_str);
+            if ngx && s.stream_ref().is_none() {
+                // Outside a request its nginx variables are an error (a trap), and older
+                // builds crash on `plugin_name`.
+                if matches!(first, Some("ngx" | "plugin_name")) {
+                    bail!("proxy_get_property({}) outside a request", p.join("."));
+                }
+            }
             let value = match first {
                 // Every host names the plugin; Envoy also answers its VM id.
                 Some("plugin_name") if p.len() == 1 => Some(b"tokenmeter".to_vec()),
@@ -435,7 +443,6 @@ fn define_proxy(linker: &mut Linker<HostState>, done: &mut HashSet<&'static str>
                 // nginx variables exist only in a request.
                 Some("xds") if ngx => None,
                 Some("response") if ngx && p.get(1).is_some_and(|d| d == "code_details") => None,
-                Some("ngx") if ngx && s.stream_ref().is_none() => None,
                 _ => s.property(&p),
             };
             let Some(value) = value else {

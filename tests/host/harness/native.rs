@@ -132,7 +132,6 @@ impl NativeVm {
         // Settled for the host the suite models, as the filter settles it at start-up.
         let limit = config.host.resolve(&HostAnswers {
             vm_id: Manners::from_env() == Manners::Envoy,
-            plugin_name: Some("tokenmeter".to_string()),
         });
         tokenmeter_core::series::metrics::settle_name_cap(&mut config, limit)
             .expect("names that fit");

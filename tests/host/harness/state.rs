@@ -284,6 +284,8 @@ pub struct HostState {
     pub rng: u64,
     /// Properties the host refused to set (ngx_wasm_module's manners).
     pub refused_properties: Vec<String>,
+    /// Every property path the guest asked for, dotted.
+    pub asked_properties: Vec<String>,
 }
 
 impl HostState {
@@ -315,6 +317,7 @@ impl HostState {
             done_calls: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
             refused_properties: Vec::new(),
+            asked_properties: Vec::new(),
         }
     }
 

@@ -306,14 +306,21 @@ impl<'a> Stream<'a> {
         }
         self.finished = true;
         let id = self.id;
-        self.vm.call::<u32, ()>(id, "proxy_on_log", id);
-        // What the filter left for the access loggers, which run after `on_log`.
-        let key: Vec<String> = match self.vm.manners() {
-            Manners::Envoy => vec!["tokenmeter".to_string()],
-            // ngx_wasm_module writes only nginx variables: `set $tokenmeter "";`.
-            Manners::Ngx => vec!["ngx".to_string(), "tokenmeter".to_string()],
-        };
-        self.access_log = self.state().properties.get(&key).cloned();
+        // What the filter left for the access loggers. Envoy runs them after `on_log`;
+        // nginx's access log runs before ngx_wasm_module's log-phase handler, so there only
+        // what was set before `on_log` is logged (and only nginx variables: `$tokenmeter`).
+        match self.vm.manners() {
+            Manners::Envoy => {
+                self.vm.call::<u32, ()>(id, "proxy_on_log", id);
+                let key = vec!["tokenmeter".to_string()];
+                self.access_log = self.state().properties.get(&key).cloned();
+            }
+            Manners::Ngx => {
+                let key = vec!["ngx".to_string(), "tokenmeter".to_string()];
+                self.access_log = self.state().properties.get(&key).cloned();
+                self.vm.call::<u32, ()>(id, "proxy_on_log", id);
+            }
+        }
         self.vm.finish_context(id);
     }
 

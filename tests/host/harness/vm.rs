@@ -296,6 +296,11 @@ impl Vm {
         self.store.data().shared.manners
     }
 
+    /// Every property path the guest asked for, dotted.
+    pub fn asked_properties(&self) -> &[String] {
+        &self.store.data().asked_properties
+    }
+
     /// Properties the host refused to set.
     pub fn refused_properties(&self) -> &[String] {
         &self.store.data().refused_properties

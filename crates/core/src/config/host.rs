@@ -35,14 +35,18 @@ impl HostKind {
     }
 }
 
-/// What the host answered at start-up, before any call that could trap.
+/// What the host answered at start-up, before any call that could trap. Asked only when
+/// `host.kind` is `auto`: ngx_wasm_module logs an alert for `plugin_vm_id` (not implemented
+/// there), and older builds crash reading `plugin_name` outside a request, so nothing else
+/// is asked in a root context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostAnswers {
     /// Whether `plugin_vm_id` was answered (Envoy does; ngx_wasm_module does not).
     pub vm_id: bool,
-    /// `plugin_name`: ngx_wasm_module's metric names carry it in their `pw:NAME:` prefix.
-    pub plugin_name: Option<String>,
 }
+
+/// The name ngx_wasm_module knows the filter by when `host.filter_name` does not say.
+pub const DEFAULT_FILTER_NAME: &str = "tokenmeter";
 
 /// ngx_wasm_module's default `max_metric_name_length`, its `pw:NAME:` prefix included.
 pub const NGX_METRIC_NAME_LENGTH: usize = 256;
@@ -54,6 +58,9 @@ pub struct HostSettings {
     shared_data: Option<bool>,
     /// `None`: the host's default; `Some("")`: no summary.
     summary_property: Option<String>,
+    /// The name in `proxy_wasm NAME` (nginx): its metric names carry `pw:NAME:`.
+    filter_name: Option<String>,
+    detected: bool,
 }
 
 impl Default for HostSettings {
@@ -62,6 +69,8 @@ impl Default for HostSettings {
             kind: HostKind::Auto,
             shared_data: None,
             summary_property: None,
+            filter_name: None,
+            detected: false,
         }
     }
 }
@@ -93,9 +102,20 @@ const NGINX_PROPERTIES: &[(&[&str], &[&str])] = &[
 ];
 
 impl HostSettings {
+    /// Whether the host must be asked who it is ([`HostAnswers`]).
+    pub fn needs_answers(&self) -> bool {
+        self.kind == HostKind::Auto
+    }
+
+    /// Whether the kind was decided from the host's answers rather than stated.
+    pub fn detected(&self) -> bool {
+        self.detected
+    }
+
     /// Settles `auto` from what the host answered: Envoy answers `plugin_vm_id`,
     /// ngx_wasm_module does not. Returns the metric-name limit the host imposes, if any.
     pub fn resolve(&mut self, answers: &HostAnswers) -> Option<usize> {
+        self.detected = self.kind == HostKind::Auto;
         if self.kind == HostKind::Auto {
             self.kind = if answers.vm_id {
                 HostKind::Envoy
@@ -105,7 +125,7 @@ impl HostSettings {
         }
         match self.kind {
             HostKind::Nginx => {
-                let name = answers.plugin_name.as_deref().unwrap_or("tokenmeter");
+                let name = self.filter_name.as_deref().unwrap_or(DEFAULT_FILTER_NAME);
                 Some(NGX_METRIC_NAME_LENGTH.saturating_sub("pw:".len() + name.len() + 1))
             }
             HostKind::Envoy | HostKind::Auto => None,
@@ -165,8 +185,13 @@ impl HostSettings {
             Some(n) => format!("metric names at most {n} bytes"),
             None => "metric names unbounded".to_string(),
         };
+        let how = if self.detected {
+            " (detected: set host.kind to state it)"
+        } else {
+            ""
+        };
         format!(
-            "tokenmeter: host {}; {caps}; {summary}; {names}",
+            "tokenmeter: host {}{how}; {caps}; {summary}; {names}",
             self.kind.as_str()
         )
     }
@@ -178,6 +203,7 @@ pub(crate) struct RawHost {
     kind: Option<String>,
     shared_data: Option<bool>,
     summary_property: Option<String>,
+    filter_name: Option<String>,
 }
 
 impl RawHost {
@@ -213,10 +239,20 @@ impl RawHost {
                 ));
             }
         }
+        if let Some(name) = &self.filter_name {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::new(
+                    "host.filter_name",
+                    format!("{name:?} is not a filter name; give the name of `proxy_wasm NAME` in the nginx configuration"),
+                ));
+            }
+        }
         Ok(HostSettings {
             kind,
             shared_data: self.shared_data,
             summary_property: self.summary_property,
+            filter_name: self.filter_name,
+            detected: false,
         })
     }
 }
@@ -236,10 +272,8 @@ mod tests {
     #[test]
     fn auto_becomes_envoy_when_the_vm_id_is_answered_and_nginx_otherwise() {
         let mut h = HostSettings::default();
-        let envoy = HostAnswers {
-            vm_id: true,
-            plugin_name: Some("tokenmeter".into()),
-        };
+        assert!(h.needs_answers());
+        let envoy = HostAnswers { vm_id: true };
         assert_eq!(h.resolve(&envoy), None);
         assert_eq!(h.kind, HostKind::Envoy);
         assert!(h.shared_data());
@@ -247,11 +281,8 @@ mod tests {
         assert!(h.has_code_details());
         assert_eq!(h.lookup(&path(&["xds", "route_name"])), Lookup::Same);
 
-        let mut h = HostSettings::default();
-        let ngx = HostAnswers {
-            vm_id: false,
-            plugin_name: Some("meter".into()),
-        };
+        let mut h = settings(r#"{"filter_name": "meter"}"#).unwrap();
+        let ngx = HostAnswers { vm_id: false };
         // 256 - "pw:meter:".
         assert_eq!(h.resolve(&ngx), Some(247));
         assert_eq!(h.kind, HostKind::Nginx);
@@ -263,10 +294,8 @@ mod tests {
     #[test]
     fn a_stated_kind_wins_over_what_the_host_answers() {
         let mut h = settings(r#"{"kind": "nginx", "shared_data": true}"#).unwrap();
-        h.resolve(&HostAnswers {
-            vm_id: true,
-            plugin_name: None,
-        });
+        assert!(!h.needs_answers(), "a stated host is not asked");
+        h.resolve(&HostAnswers { vm_id: true });
         assert_eq!(h.kind, HostKind::Nginx);
         assert!(h.shared_data());
         let mut h = settings(r#"{"kind": "envoy", "summary_property": ""}"#).unwrap();
@@ -306,6 +335,8 @@ mod tests {
         assert_eq!(e.field, "host.summary_property");
         assert!(e.message.contains("ngx."), "{}", e.message);
         assert!(settings(r#"{"kind": "nginx", "summary_property": "wasmx.tm"}"#).is_ok());
+        let e = settings(r#"{"filter_name": ""}"#).unwrap_err();
+        assert_eq!(e.field, "host.filter_name");
     }
 
     #[test]
@@ -317,5 +348,6 @@ mod tests {
         assert!(line.contains("per VM"), "{line}");
         assert!(line.contains("ngx.tokenmeter"), "{line}");
         assert!(line.contains("242 bytes"), "{line}");
+        assert!(line.contains("detected"), "{line}");
     }
 }

@@ -134,6 +134,9 @@ pub struct Config {
     /// The longest metric name the filter defines; longer ones have their longest label
     /// values shortened (see [`crate::series::metrics::settle_name_cap`]).
     pub max_metric_name_bytes: Option<usize>,
+    /// The longest label value a name keeps under that cap (set with it by
+    /// `settle_name_cap`); longer ones are cut to a start and a hash.
+    pub label_value_bytes: Option<usize>,
     /// Which host runs the filter, and what follows from it.
     pub host: host::HostSettings,
     /// Sampled inference records for quality monitoring.
@@ -221,6 +224,7 @@ impl Default for Config {
             identity_encoding: false,
             naming: Naming::Tokenmeter,
             max_metric_name_bytes: None,
+            label_value_bytes: None,
             host: host::HostSettings::default(),
             collect: None,
         }
@@ -539,6 +543,7 @@ impl RawConfig {
             identity_encoding: self.identity_encoding.unwrap_or(false),
             naming,
             max_metric_name_bytes,
+            label_value_bytes: None,
             host: self.host.unwrap_or_default().validate()?,
             collect: self
                 .collect

@@ -572,9 +572,10 @@ impl Exchange {
                     .and_then(|b| dimensions::property_text(&b))
             };
             let logged = text(["response", "code"]).and_then(|t| t.trim().parse::<u16>().ok());
-            // nginx's `$upstream_header_time` is "-" or empty unless the upstream answered.
+            // nginx's `$upstream_header_time` is "-" or empty unless an upstream answered;
+            // tries are separated by ", " and internal redirects by " : ".
             let answered = text(["ngx", "upstream_header_time"])
-                .is_some_and(|t| t.trim().split(',').any(|t| t.trim().parse::<f64>().is_ok()));
+                .is_some_and(|t| t.split([',', ':']).any(|t| t.trim().parse::<f64>().is_ok()));
             inferred_error_type(self.status, logged, self.complete, answered)
         };
         let ttft_ms = self

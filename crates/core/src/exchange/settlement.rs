@@ -72,12 +72,15 @@ pub fn inferred_error_type(
     complete: bool,
     upstream_answered: bool,
 ) -> Option<&'static str> {
+    // nginx logs 000 when no status was set at all.
+    let logged = logged.filter(|s| (100..600).contains(s));
     if logged == Some(499) {
         return Some("client_cancelled");
     }
     match status.or(logged) {
         Some(504) if !upstream_answered => Some("timeout"),
-        Some(502 | 503) if !upstream_answered => Some("upstream_reset"),
+        // Not 503: nginx's own limit_req and limit_conn answer it with no upstream at all.
+        Some(502) if !upstream_answered => Some("upstream_reset"),
         Some(100..=399) if !complete => Some("client_cancelled"),
         s => error_type(s, None),
     }

@@ -88,8 +88,10 @@ const HASH_DIGITS: usize = 10;
 
 /// Shortens a sanitised `value` to `len` bytes (at least [`SHORTENED_MIN_BYTES`]): its
 /// first `len - 11` bytes, `~`, and ten hex digits of a hash of the whole value (FNV-1a,
-/// 40 of its 64 bits). Two values that share the kept start still differ in the hash, and
-/// no sanitised value contains `~`, so a shortened value never equals a reported one.
+/// 40 of its 64 bits). Two values that share the kept start differ in the hash (unless
+/// they collide in 40 bits: about one chance in 10^12 for two given values; FNV is not made
+/// to resist values chosen to collide), and no sanitised value contains `~`, so a shortened
+/// value never equals a reported one.
 pub fn shorten_value(value: &str, len: usize) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in value.bytes() {
@@ -104,51 +106,6 @@ pub fn shorten_value(value: &str, len: usize) -> String {
     let digits = format!("{:010x}", hash >> 24);
     out.push_str(&digits);
     out
-}
-
-/// Bytes `encode_labels` takes for these pairs.
-pub fn encoded_len<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
-    let mut n = 0;
-    for (name, value) in pairs {
-        n += name.len() + value.len() + "=.=;.;".len();
-    }
-    if n > 0 {
-        n + 1
-    } else {
-        0
-    }
-}
-
-/// Shortens the longest of `values` (named by `names`) until their encoding takes at most
-/// `budget` bytes; returns the indexes shortened. Values at or under
-/// [`SHORTENED_MIN_BYTES`] are never touched, so the budget must leave room for every value
-/// at that length (checked when the configuration loads).
-pub fn shorten_to_fit(names: &[&str], values: &mut [String], budget: usize) -> Vec<usize> {
-    let mut shortened = Vec::new();
-    loop {
-        let len = encoded_len(names.iter().copied().zip(values.iter().map(String::as_str)));
-        if len <= budget {
-            return shortened;
-        }
-        let longest = values
-            .iter()
-            .enumerate()
-            .filter(|(i, v)| v.len() > SHORTENED_MIN_BYTES && !shortened.contains(i))
-            .max_by_key(|(i, v)| (v.len(), std::cmp::Reverse(*i)))
-            .map(|(i, _)| i);
-        let Some(i) = longest else {
-            return shortened;
-        };
-        let Some(value) = values.get_mut(i) else {
-            return shortened;
-        };
-        let target = value
-            .len()
-            .saturating_sub(len - budget)
-            .max(SHORTENED_MIN_BYTES);
-        *value = shorten_value(value, target);
-        shortened.push(i);
-    }
 }
 
 /// Appends `.label=.=value;.;label=.=value;.;` for the pairs (nothing when there are none);
@@ -193,22 +150,6 @@ mod tests {
             !is_clean_value(&sa),
             "no reported value can look like a shortened one"
         );
-    }
-
-    #[test]
-    fn the_longest_values_are_shortened_until_the_names_fit() {
-        let names = ["model", "user", "team"];
-        let mut values = vec!["gpt-4o".to_string(), "u".repeat(64), "t".repeat(30)];
-        let full = encoded_len(names.iter().copied().zip(values.iter().map(String::as_str)));
-        let budget = full - 60;
-        let done = shorten_to_fit(&names, &mut values, budget);
-        let len = encoded_len(names.iter().copied().zip(values.iter().map(String::as_str)));
-        assert!(len <= budget, "{len} > {budget}");
-        assert_eq!(values[0], "gpt-4o");
-        assert!(done.contains(&1), "{done:?}");
-        // Nothing left to shorten: the budget stays unmet rather than looping.
-        let mut tiny = vec!["abc".to_string()];
-        assert!(shorten_to_fit(&["x"], &mut tiny, 5).is_empty());
     }
 
     #[test]

@@ -287,49 +287,66 @@ fn overhead(config: &Config, f: &Family) -> usize {
     family_name(config, f).len() + fixed
 }
 
-/// The bytes the dimensions may take in a name under `max_metric_name_bytes`.
-fn dims_budget(config: &Config) -> Option<usize> {
-    let cap = config.max_metric_name_bytes?;
-    let longest = families(config)
-        .into_iter()
-        .filter(|f| dimensional(f))
-        .map(|f| overhead(config, f))
-        .max()
-        .unwrap_or(0);
-    Some(cap.saturating_sub(longest))
-}
-
 /// Settles the metric-name cap: the configured `max_metric_name_bytes`, else the host's
-/// limit (`host_limit`), and refuses a configuration whose names cannot fit even with
-/// every dimension value shortened to [`labels::SHORTENED_MIN_BYTES`].
+/// limit (`host_limit`). The bytes left for the dimensions, after the longest family name
+/// and its own label, are split evenly into a longest value per dimension
+/// (`Config::label_value_bytes`): a value over it is shortened whatever the other labels
+/// of its request are, so one value always has one spelling. A configuration that leaves
+/// less than [`labels::SHORTENED_MIN_BYTES`] per value is refused.
 pub fn settle_name_cap(config: &mut Config, host_limit: Option<usize>) -> Result<(), ConfigError> {
     let from_host = config.max_metric_name_bytes.is_none() && host_limit.is_some();
     config.max_metric_name_bytes = config.max_metric_name_bytes.or(host_limit);
+    config.label_value_bytes = None;
     let Some(cap) = config.max_metric_name_bytes else {
         return Ok(());
     };
-    let short = "x".repeat(labels::SHORTENED_MIN_BYTES);
-    let dims = labels::encoded_len(config.label_names().map(|l| (l, short.as_str())));
-    let longest = families(config)
-        .into_iter()
-        .map(|f| overhead(config, f) + if dimensional(f) { dims } else { 0 })
-        .max()
-        .unwrap_or(0);
-    if longest <= cap {
-        return Ok(());
-    }
     let whose = if from_host {
         format!("the host's limit of {cap} bytes (ngx_wasm_module: max_metric_name_length, less its pw:NAME: prefix)")
     } else {
         format!("{cap} bytes")
     };
-    Err(ConfigError {
+    let refuse = |needed: usize| {
+        ConfigError {
         field: "max_metric_name_bytes".to_string(),
         message: format!(
-            "{whose} cannot hold this configuration's metric names: with every label value shortened to {} bytes the longest still takes {longest}; raise the limit (and the host's), or use fewer dimensions or shorter dimension names",
+            "{whose} cannot hold this configuration's metric names: with every label value shortened to {} bytes the longest still takes {needed}; raise the limit (and the host's), or use fewer dimensions or shorter dimension names",
             labels::SHORTENED_MIN_BYTES
         ),
-    })
+    }
+    };
+    let families = families(config);
+    // Names without the dimensions (overflow, records, rollups) must fit as they are.
+    if let Some(n) = families
+        .iter()
+        .filter(|f| !dimensional(f))
+        .map(|f| overhead(config, f))
+        .find(|&n| n > cap)
+    {
+        return Err(refuse(n));
+    }
+    let count = config.dimensions.len();
+    if count == 0 {
+        return Ok(());
+    }
+    let longest = families
+        .iter()
+        .filter(|f| dimensional(f))
+        .map(|f| overhead(config, f))
+        .max()
+        .unwrap_or(0);
+    let names = config
+        .label_names()
+        .map(|l| l.len() + "=.=;.;".len())
+        .sum::<usize>()
+        + 1;
+    let per = cap.saturating_sub(longest + names) / count;
+    if per < labels::SHORTENED_MIN_BYTES {
+        return Err(refuse(
+            longest + names + count * labels::SHORTENED_MIN_BYTES,
+        ));
+    }
+    config.label_value_bytes = Some(per);
+    Ok(())
 }
 
 /// The full name of a family under a configuration.
@@ -381,17 +398,15 @@ pub fn status_class(status: Option<u16>) -> String {
 pub fn points(config: &Config, s: &Settlement) -> Vec<Point> {
     let mut shortened_values = None;
     let mut shortened = Vec::new();
-    if let Some(budget) = dims_budget(config) {
-        let names: Vec<&str> = config.label_names().collect();
-        if labels::encoded_len(
-            names
-                .iter()
-                .copied()
-                .zip(s.labels.iter().map(String::as_str)),
-        ) > budget
-        {
+    if let Some(per) = config.label_value_bytes {
+        if s.labels.iter().any(|v| v.len() > per) {
             let mut values = s.labels.clone();
-            shortened = labels::shorten_to_fit(&names, &mut values, budget);
+            for (i, v) in values.iter_mut().enumerate() {
+                if v.len() > per {
+                    *v = labels::shorten_value(v, per);
+                    shortened.push(i);
+                }
+            }
             shortened_values = Some(values);
         }
     }
@@ -586,6 +601,16 @@ mod tests {
             .filter(|(n, _)| n.starts_with("llm_label_values_shortened_total."))
             .collect();
         assert!(!shortened.is_empty(), "{a:?}");
+        // A value has one spelling, whatever the other labels of its request are.
+        let mut lone = settle(&"z".repeat(60));
+        for v in lone.labels.iter_mut().take(9) {
+            *v = "a".to_string();
+        }
+        let spelling = |n: &[(String, u64)]| {
+            let name = tokens(n).0;
+            name[name.find("dimension_number_9=.=").unwrap()..].to_string()
+        };
+        assert_eq!(spelling(&names(&config, &lone)), spelling(&a));
         // Short values are left alone.
         let small = Settlement {
             labels: vec!["a".to_string(); 10],
