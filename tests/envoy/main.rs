@@ -14,6 +14,7 @@
 
 mod common;
 
+mod chain;
 mod collect;
 mod configs;
 mod counters;
