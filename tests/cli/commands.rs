@@ -29,6 +29,13 @@ fn check_config_accepts_the_example() {
     );
 }
 
+fn ten_dimensions(extra: &str) -> String {
+    let dims: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"name": "dimension_{i}", "value": "{{request.header.x-{i}}}"}}"#))
+        .collect();
+    format!(r#"{{{extra}, "dimensions": [{}]}}"#, dims.join(","))
+}
+
 #[test]
 fn check_config_names_the_bad_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,6 +48,15 @@ fn check_config_names_the_bad_field() {
         (
             r#"{"dimensions": [{"name": "x", "value": "{request.header.x}", "max_values": "many"}]}"#,
             "dimensions[0].max_values",
+        ),
+        // Names nginx's default 256 bytes cannot hold, however short the values are cut.
+        (
+            &ten_dimensions(r#""host": {"kind": "nginx"}"#),
+            "max_metric_name_bytes",
+        ),
+        (
+            &ten_dimensions(r#""max_metric_name_bytes": 300"#),
+            "max_metric_name_bytes",
         ),
     ] {
         let path = dir.path().join("bad.json");

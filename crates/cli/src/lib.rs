@@ -307,7 +307,17 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => {
-            let (_, config) = read_config(&file)?;
+            let (_, mut config) = read_config(&file)?;
+            // The metric-name cap as the filter settles it at start-up: a stated nginx host
+            // brings its limit; any host, a configured max_metric_name_bytes.
+            let limit = match config.host.kind {
+                tokenmeter_core::config::host::HostKind::Nginx => config
+                    .host
+                    .resolve(&tokenmeter_core::config::host::HostAnswers { vm_id: false }),
+                _ => None,
+            };
+            tokenmeter_core::series::metrics::settle_name_cap(&mut config, limit)
+                .with_context(|| format!("{}", file.display()))?;
             let labels: Vec<&str> = config.label_names().collect();
             println!(
                 "{}: ok (namespace {:?}, labels [{}])",
