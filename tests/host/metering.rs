@@ -741,6 +741,19 @@ fn cardinality_caps_fold_new_values_into_other() {
     assert!(!m.dump().contains("alice"));
 }
 
+/// Teams a, b on worker 0, then c, d, a on worker 1, then e on worker 0.
+fn teams_across_two_workers(workers: &mut [Vm; 2]) {
+    let chat = fixtures::bytes("chat.json");
+    for (w, team) in [(0, "a"), (0, "b"), (1, "c"), (1, "d"), (1, "a"), (0, "e")] {
+        let out = run(
+            &mut workers[w],
+            &Call::post("/v1/chat/completions", &chat_request("gpt-4o")).header("x-team", team),
+            &Reply::json(200, &chat),
+        );
+        out.assert_flowed();
+    }
+}
+
 #[test]
 fn caps_hold_across_vms_through_shared_data() {
     let config =
@@ -755,16 +768,8 @@ fn caps_hold_across_vms_through_shared_data() {
     };
     let config = config.as_str();
     let mut workers = [host.vm(config), host.vm(config)];
-    let chat = fixtures::bytes("chat.json");
     // Worker 0 admits a and b; worker 1 then sees c, d (folded) and a (admitted already).
-    for (w, team) in [(0, "a"), (0, "b"), (1, "c"), (1, "d"), (1, "a"), (0, "e")] {
-        let out = run(
-            &mut workers[w],
-            &Call::post("/v1/chat/completions", &chat_request("gpt-4o")).header("x-team", team),
-            &Reply::json(200, &chat),
-        );
-        out.assert_flowed();
-    }
+    teams_across_two_workers(&mut workers);
     let m = host.metrics();
     assert_eq!(
         m.sum("llm_requests_total", &[("team", "a")]),
@@ -786,15 +791,7 @@ fn caps_hold_per_worker_on_a_host_without_shared_data() {
         r#"{"dimensions":[{"name":"team","value":"{request.header.x-team}","max_values":2}]}"#;
     let host = Host::ngx(false, 256);
     let mut workers = [host.vm(config), host.vm(config)];
-    let chat = fixtures::bytes("chat.json");
-    for (w, team) in [(0, "a"), (0, "b"), (1, "c"), (1, "d"), (1, "a"), (0, "e")] {
-        let out = run(
-            &mut workers[w],
-            &Call::post("/v1/chat/completions", &chat_request("gpt-4o")).header("x-team", team),
-            &Reply::json(200, &chat),
-        );
-        out.assert_flowed();
-    }
+    teams_across_two_workers(&mut workers);
     for w in &workers {
         assert!(
             w.log_text().contains("cardinality caps per VM"),
