@@ -1,15 +1,15 @@
 //! End to end through the real Envoy: two tokenmeter filters in one HTTP filter chain (an
 //! API whose gateway policy meters tokens twice), each with its own namespace, dimensions
 //! and VM. Both count every exchange exactly, each with its own labels; a stream's usage is
-//! asked for once, both count it as reported, and the client sees no usage it did not ask
-//! for.
+//! asked for once, whichever instance asks for it, both count it as reported, and the client
+//! sees no usage it did not ask for.
 //!
 //! Envoy runs decoder filters in chain order and encoder filters in reverse: the first
-//! instance sees the request first and the response last. The first instance injecting, and
-//! both, are run, each in its own Envoy; every check of one configuration runs before the
-//! test fails, so a failure lists all that went wrong. Injection in a later instance only is
-//! not supported yet: it hides the usage before the earlier instances see the response, so
-//! they estimate (docs/gateways.md says so).
+//! instance sees the request first and the response last, so when only the second asks for
+//! usage it hides it before the first sees it, and hands it over in filter state
+//! (`exchange::handoff`). Every configuration of injection is run (the first instance
+//! injects, the second, both), each in its own Envoy; every check of one configuration runs
+//! before the test fails, so a failure lists all that went wrong.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -634,6 +634,11 @@ fn two_instances(first_injects: bool, second_injects: bool) {
 #[test]
 fn two_instances_count_alike_when_the_first_injects() {
     two_instances(true, false);
+}
+
+#[test]
+fn two_instances_count_alike_when_the_second_injects() {
+    two_instances(false, true);
 }
 
 #[test]

@@ -148,6 +148,12 @@ impl HostSettings {
         (!name.is_empty()).then_some(name)
     }
 
+    /// Whether a property one filter sets is read by the others of the stream (Envoy's
+    /// filter state; nginx variables are not shared this way).
+    pub fn shares_stream_properties(&self) -> bool {
+        self.kind != HostKind::Nginx
+    }
+
     /// Whether the host says why a response failed (`response.code_details`).
     pub fn has_code_details(&self) -> bool {
         self.kind != HostKind::Nginx

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::host::{Host, Side};
-use super::{access_log, Exchange};
+use super::{access_log, handoff, Exchange, Injection};
 use crate::body::budget::Budget;
 use crate::config::Config;
 use crate::series::cardinality::{Cardinality, Registry};
@@ -289,6 +289,16 @@ impl Driver {
         }
         if let Some(record) = settlement.record.take() {
             host.collect(record);
+        }
+        // The usage this instance asked for and hid, for the instances before it in the
+        // chain, which see the response after it (see `handoff`).
+        if settlement.streamed
+            && ex.injection() == Injection::Injected
+            && config.host.shares_stream_properties()
+        {
+            if let Some(shared) = settlement.usage.as_ref().and_then(handoff::encode) {
+                host.set_property(handoff::PROPERTY, shared.as_bytes());
+            }
         }
         if let Some(name) = config.host.summary_property() {
             host.set_property(name, access_log::summary(&settlement).as_bytes());

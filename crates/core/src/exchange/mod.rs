@@ -24,6 +24,7 @@
 pub mod access_log;
 mod bodies;
 pub mod driver;
+pub mod handoff;
 pub mod host;
 mod response;
 pub mod settlement;
@@ -507,6 +508,13 @@ impl Exchange {
         if let Some(m) = meter.as_mut() {
             m.finish(enc);
             usage = m.usage;
+        }
+        // A later instance in the chain may have asked for this stream's usage and hidden
+        // it before this one saw the response: it left the usage behind.
+        if usage.is_none() && streamed && status_ok && config.host.shares_stream_properties() {
+            usage = host
+                .property(&[handoff::PROPERTY.to_string()])
+                .and_then(|b| handoff::decode(&b));
         }
         // Estimate only a successful exchange that produced a response the filter could
         // read: a stream, or an answer that is a JSON object (not an error page or a
