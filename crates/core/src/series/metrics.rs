@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError, Naming};
 use crate::exchange::settlement::Settlement;
 use crate::openai::usage::UsageSource;
 use crate::series::labels;
+use crate::series::rollup::{ERROR_TYPES, STATUS_CLASSES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -269,9 +270,10 @@ fn dimensional(f: &Family) -> bool {
 
 /// The longest value a family's own label takes.
 fn longest_fixed_value(config: &Config, label: &str) -> usize {
+    let longest = |values: &[&str]| values.iter().map(|v| v.len()).max().unwrap_or(0);
     match label {
-        "status_class" => "none".len(),
-        "error_type" => "client_cancelled".len(),
+        "status_class" => longest(&STATUS_CLASSES),
+        "error_type" => longest(&ERROR_TYPES),
         "gen_ai_token_type" => "output".len(),
         "reason" => "dispatch_failed".len(),
         "dimension" => config.label_names().map(str::len).max().unwrap_or(0),

@@ -5,7 +5,7 @@
 //! ([`rollup`]). `labels` and `dimensions` import nothing from the rest of the
 //! core, since [`crate::config`] validates with them; `cardinality` and `metrics` may import
 //! [`crate::config`], [`crate::openai`] and [`crate::exchange::settlement`], and so may
-//! `rollup`.
+//! `rollup`, whose lists of status classes and error types `metrics` reads too.
 
 pub mod cardinality;
 pub mod dimensions;
