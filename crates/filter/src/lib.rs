@@ -20,7 +20,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use tokenmeter_core::config::host::{HostAnswers, HostKind, Lookup};
+use tokenmeter_core::config::host::{HostAnswers, HostKind};
 use tokenmeter_core::config::{Config, ConfigError};
 use tokenmeter_core::exchange::driver::{self, Driver, Plugin};
 use tokenmeter_core::exchange::host::{self as core_host, Properties, Side};
@@ -246,11 +246,7 @@ fn buffer(side: Side) -> BufferType {
 
 impl Properties for EnvoyHost<'_> {
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
-        match self.vm.plugin.config.host.lookup(path) {
-            Lookup::Same => host::property(path),
-            Lookup::At(other) => host::property_of(other).ok().flatten(),
-            Lookup::Absent => None,
-        }
+        self.vm.plugin.config.host.read(path, host::property)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tokenmeter_core::config::host::{HostAnswers, HostSettings, Lookup};
+use tokenmeter_core::config::host::{HostAnswers, HostSettings};
 use tokenmeter_core::config::Config;
 use tokenmeter_core::exchange::driver::{Action, Driver, Plugin};
 use tokenmeter_core::exchange::host::{self, Properties, Side};
@@ -48,14 +48,7 @@ struct NativeHost<'a> {
 
 impl Properties for NativeHost<'_> {
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
-        match self.settings.lookup(path) {
-            Lookup::Same => self.props.get(path).cloned(),
-            Lookup::At(other) => {
-                let other: Vec<String> = other.iter().map(|s| s.to_string()).collect();
-                self.props.get(&other).cloned()
-            }
-            Lookup::Absent => None,
-        }
+        self.settings.read(path, |p| self.props.get(p).cloned())
     }
 }
 

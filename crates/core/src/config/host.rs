@@ -176,6 +176,19 @@ impl HostSettings {
         }
     }
 
+    /// Reads `path` where this host keeps it, through `get` (the host's property call).
+    pub fn read(
+        &self,
+        path: &[String],
+        get: impl Fn(&[String]) -> Option<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        match self.lookup(path) {
+            Lookup::Same => get(path),
+            Lookup::At(other) => get(&other.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            Lookup::Absent => None,
+        }
+    }
+
     /// The line logged once per VM at start: what was decided and what it means.
     pub fn describe(&self, name_cap: Option<usize>) -> String {
         let caps = if self.shared_data() {
