@@ -20,7 +20,7 @@ WASI_RUNNER   := $(CURDIR)/testkit/run-wasi.mjs
 export ENVOY_BIN      := $(ENVOY)
 export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help tools browser alertmanager prometheus wasm-target envoy wasm build run dashboard test test-unit test-cli test-e2e lint clean \
+.PHONY: help tools browser alertmanager prometheus postgres wasm-target envoy wasm build run dashboard test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
 	bench bench-console bench-peers bench-tokenizers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
@@ -63,6 +63,14 @@ prometheus:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+# Debian's PostgreSQL (any version: testkit/src/postgres.rs runs the newest), for the
+# PostgreSQL store tests.
+postgres:
+	@test -x /usr/lib/postgresql/15/bin/initdb || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql (the PostgreSQL store tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
@@ -96,7 +104,7 @@ dashboard:
 	cargo run --quiet -p tokenmeter-testkit --bin grafana-dashboard -- --out deploy/grafana/tokenmeter.json
 
 # Lints first: a change that breaks the no-trap rules or the formatting fails here.
-test: tools node browser alertmanager prometheus lint wasm
+test: tools node browser alertmanager prometheus postgres lint wasm
 	cargo test --workspace --no-fail-fast
 	@# The filter's host suite again, the test host modelling ngx_wasm_module (Kong).
 	TOKENMETER_TEST_HOST=ngx cargo test -p tokenmeter-filter --test host
@@ -124,10 +132,10 @@ test-unit:
 	cargo test --workspace --lib --bins
 
 # One test binary per layer: the test host (host), the built binary (cli), the real Envoy.
-test-cli: alertmanager prometheus
+test-cli: alertmanager prometheus postgres
 	cargo test -p tokenmeter-cli --test cli
 
-test-e2e: tools prometheus wasm
+test-e2e: tools prometheus postgres wasm
 	cargo test -p tokenmeter-cli --test envoy
 
 # clippy for the native workspace and for the filter as Envoy loads it (the workspace's

@@ -2,10 +2,10 @@
 //! an OpenAI-compatible upstream ([`upstream`]) and judge ([`judge`]), the real Envoy
 //! ([`envoy`]), the collector ([`collector`]), webhook and SMTP receivers for alerts, a real Alertmanager
 //! ([`alertmanager`]), an upstream that streams one event per write ([`trickle`]), a
-//! Prometheus text reader ([`prom`]), a real Prometheus ([`prometheus`]), the names PromQL
-//! expressions use checked against what tokenmeter emits ([`promql`]), the Grafana
-//! dashboard's generator ([`grafana`]) and an HTTP client that never treats a status as an
-//! error ([`client`]).
+//! Prometheus text reader ([`prom`]), a real Prometheus ([`prometheus`]), a real PostgreSQL
+//! ([`postgres`]), the names PromQL expressions use checked against what tokenmeter emits
+//! ([`promql`]), the Grafana dashboard's generator ([`grafana`]) and an HTTP client that
+//! never treats a status as an error ([`client`]).
 
 pub mod alertmanager;
 pub mod axum_thread;
@@ -15,6 +15,7 @@ pub mod demo;
 pub mod envoy;
 pub mod grafana;
 pub mod judge;
+pub mod postgres;
 pub mod prom;
 pub mod prometheus;
 pub mod promql;
