@@ -182,6 +182,20 @@ async fn on_store<T: Serialize + Send + 'static>(
     match outcome {
         Ok(Ok(Ok(answer))) => Json(answer).into_response(),
         Ok(Ok(Err((status, message)))) => error(status, message),
+        Ok(Err(e)) if crate::db::is_unavailable(&e) => {
+            // The sender keeps what it could not deliver, or counts it dropped; the store
+            // answers again once the database is back.
+            eprintln!("error: {what} failed: {e:#}");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} failed: {e:#}"),
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            response
+        }
         Ok(Err(e)) => {
             eprintln!("error: {what} failed: {e:#}");
             error(

@@ -13,6 +13,7 @@ use crate::quality::monitor::Monitor;
 use crate::quality::report;
 
 use crate::alerts::{self, AlertState};
+use crate::db::Location;
 use crate::evaluate::{self, Options};
 use crate::judge::Judge;
 use crate::store::Store;
@@ -25,9 +26,9 @@ pub enum Format {
 
 pub struct EvalArgs {
     pub monitor: PathBuf,
-    pub db: Option<PathBuf>,
+    pub db: Option<Location>,
     pub records: Option<PathBuf>,
-    pub cache_db: Option<PathBuf>,
+    pub cache_db: Option<Location>,
     pub format: Format,
     pub out: Option<PathBuf>,
     pub records_out: Option<PathBuf>,
@@ -56,15 +57,15 @@ pub async fn run(args: EvalArgs) -> Result<ExitCode> {
 
     let (records, store) = match (&args.db, &args.records) {
         (Some(db), _) => {
-            if !db.exists() {
-                anyhow::bail!("{}: no such database; collect records with tokenmeter serve or records import, or pass --records FILE.jsonl", db.display());
+            if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
+                anyhow::bail!("{}: no such database; collect records with tokenmeter serve or records import, or pass --records FILE.jsonl", path.display());
             }
             let store = Store::open(db)?;
             (evaluate::records_from_store(&store, window)?, Some(store))
         }
         (None, Some(file)) => {
             let records = evaluate::records_from_file(file, window)?;
-            let store = args.cache_db.as_deref().map(Store::open).transpose()?;
+            let store = args.cache_db.as_ref().map(Store::open).transpose()?;
             (records, store)
         }
         (None, None) => anyhow::bail!("give the records with --db FILE or --records FILE.jsonl"),

@@ -21,11 +21,13 @@ mod alerts;
 mod browse;
 mod collector;
 mod console;
+mod db;
 mod eval;
 mod evaluate;
 mod judge;
 mod params;
 mod records;
+mod retention;
 mod rollups;
 mod runs;
 mod scheduler;
@@ -182,11 +184,13 @@ enum Command {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
-    /// Collect records over HTTP into SQLite, and run monitors on their schedules.
+    /// Collect records and usage over HTTP into the store, and run monitors on their
+    /// schedules.
     Serve {
-        /// The SQLite database (created if missing).
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Address to listen on, HOST:PORT (port 0 picks a free one, printed at start).
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: String,
@@ -223,15 +227,19 @@ enum Command {
         /// The monitor definition (YAML).
         #[arg(long)]
         monitor: PathBuf,
-        /// Read records from this database (also the judge-result cache).
+        /// Read records from this store (also the judge-result cache): an SQLite file or a
+        /// postgres:// URL.
         #[arg(long, conflicts_with = "records", required_unless_present = "records")]
-        db: Option<PathBuf>,
+        db: Option<String>,
         /// Read records from this JSONL file.
         #[arg(long)]
         records: Option<PathBuf>,
-        /// With --records: keep the judge-result cache (and run history) in this database.
+        /// With --records: keep the judge-result cache (and run history) in this store.
         #[arg(long, requires = "records")]
-        cache_db: Option<PathBuf>,
+        cache_db: Option<String>,
+        /// A file holding the PostgreSQL password of --db or --cache-db.
+        #[arg(long)]
+        db_password_file: Option<PathBuf>,
         /// Report format.
         #[arg(long, value_enum, default_value = "table")]
         format: eval::Format,
@@ -253,18 +261,71 @@ enum Command {
     },
 }
 
+/// Where the store is.
+#[derive(clap::Args)]
+struct DbArgs {
+    /// The store: an SQLite file (created if missing), or a PostgreSQL database as
+    /// postgres://USER@HOST:PORT/DB[?sslmode=verify-full&sslrootcert=CA.pem] (the schema
+    /// is created and migrated; the password comes from --db-password-file or
+    /// TOKENMETER_DB_PASSWORD, never the URL).
+    #[arg(long)]
+    db: String,
+    /// A file holding the PostgreSQL password.
+    #[arg(long)]
+    db_password_file: Option<PathBuf>,
+}
+
+impl DbArgs {
+    fn location(&self) -> Result<db::Location> {
+        db::Location::parse(&self.db, self.db_password_file.as_deref())
+    }
+}
+
+/// How long the store keeps each kind of data (ISO 8601 durations, e.g. P30D; `forever`
+/// keeps it). A job of `serve` deletes what is older every ten minutes.
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Records (prompts and answers) and the judge results cached for them.
+    #[arg(long, default_value = "P30D")]
+    retain_records: String,
+    /// Usage rollups per minute; older ones are read from the hourly rollups.
+    #[arg(long, default_value = "P8D")]
+    retain_minutes: String,
+    /// Usage rollups per hour; older ones are read from the daily rollups.
+    #[arg(long, default_value = "P90D")]
+    retain_hours: String,
+    /// Usage rollups per day.
+    #[arg(long, default_value = "forever")]
+    retain_days: String,
+    /// Monitor runs, their scores and claims.
+    #[arg(long, default_value = "P400D")]
+    retain_runs: String,
+}
+
+impl RetentionArgs {
+    fn settings(&self) -> Result<retention::Retention> {
+        retention::Retention::parse(&[
+            ("--retain-records", &self.retain_records),
+            ("--retain-minutes", &self.retain_minutes),
+            ("--retain-hours", &self.retain_hours),
+            ("--retain-days", &self.retain_days),
+            ("--retain-runs", &self.retain_runs),
+        ])
+    }
+}
+
 #[derive(Subcommand)]
 enum RecordsCommand {
     /// Store the records of a JSONL file (`-` for stdin); existing ids are kept as they are.
     Import {
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         file: PathBuf,
     },
     /// Print stored records as JSONL, ordered by time.
     Export {
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         /// Start: a duration before now (P7D) or an RFC 3339 time.
         #[arg(long)]
         since: String,
@@ -502,6 +563,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve {
             db,
+            retention,
             listen,
             monitors,
             namespace,
@@ -510,8 +572,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token_file,
             ingest_token_file,
         } => {
+            let db = db.location()?;
+            let retention = retention.settings()?;
             runtime()?.block_on(serve::run(serve::ServeArgs {
                 db,
+                retention,
                 listen,
                 monitors,
                 namespace,
@@ -524,9 +589,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Records { command } => {
             match command {
-                RecordsCommand::Import { db, file } => records::import(&db, &file)?,
+                RecordsCommand::Import { db, file } => records::import(&db.location()?, &file)?,
                 RecordsCommand::Export { db, since, until } => {
-                    records::export(&db, &since, until.as_deref())?
+                    records::export(&db.location()?, &since, until.as_deref())?
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -536,6 +601,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             db,
             records,
             cache_db,
+            db_password_file,
             format,
             out,
             records_out,
@@ -544,9 +610,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_alerts,
         } => runtime()?.block_on(eval::run(eval::EvalArgs {
             monitor,
-            db,
+            db: db
+                .map(|d| db::Location::parse(&d, db_password_file.as_deref()))
+                .transpose()?,
             records,
-            cache_db,
+            cache_db: cache_db
+                .map(|d| db::Location::parse(&d, db_password_file.as_deref()))
+                .transpose()?,
             format,
             out,
             records_out,

@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use crate::ingest;
 use crate::quality::duration::{parse_rfc3339, IsoDuration};
 
+use crate::db::Location;
 use crate::store::Store;
 
 /// Imports a JSONL file (or stdin for `-`) in one transaction.
-pub fn import(db: &Path, file: &Path) -> Result<()> {
+pub fn import(db: &Location, file: &Path) -> Result<()> {
     let mut body = Vec::new();
     if file == Path::new("-") {
         std::io::stdin()
@@ -31,7 +32,7 @@ pub fn import(db: &Path, file: &Path) -> Result<()> {
     println!(
         "imported {} records into {} ({} new, {} duplicates)",
         batch.len(),
-        db.display(),
+        db.describe(),
         stored.stored,
         stored.duplicates
     );
@@ -50,11 +51,11 @@ pub fn parse_time(flag: &str, text: &str, now: DateTime<Utc>) -> Result<DateTime
 }
 
 /// Writes the records with `since <= time < until` to stdout as JSONL, by time.
-pub fn export(db: &Path, since: &str, until: Option<&str>) -> Result<()> {
-    if !db.exists() {
+pub fn export(db: &Location, since: &str, until: Option<&str>) -> Result<()> {
+    if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
         bail!(
             "{}: no such database; collect records with tokenmeter serve or records import first",
-            db.display()
+            path.display()
         );
     }
     let now = Utc::now();

@@ -1,8 +1,12 @@
 //! Runs each monitor of `tokenmeter serve` on its cron schedule (UTC), storing every run
 //! and alerting on breaches and failures. Runs of one monitor never overlap. A scheduler
 //! that stops says so in its [`Health`], which `/metrics` and the console show.
+//!
+//! Several collectors sharing one database each schedule every monitor; each scheduled
+//! time is claimed in the store, and only the collector that claims it runs it (the others
+//! read its result from the store). Runs asked for at start (`--run-monitors-now`) are not
+//! claimed.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +16,7 @@ use chrono::Utc;
 use crate::quality::monitor::Monitor;
 
 use crate::alerts::{self, AlertState};
+use crate::db::Location;
 use crate::evaluate::{self, Options};
 use crate::judge::Judge;
 use crate::store::Store;
@@ -41,14 +46,26 @@ impl Health {
 
 /// Runs the monitor now, then at every time its schedule names, forever; if the schedule
 /// ends, says why in `health`.
-pub async fn run(db: PathBuf, monitor: Monitor, run_now: bool, health: Arc<Health>) {
-    if let Err(why) = schedule(&db, &monitor, run_now).await {
+/// `instance` names this collector in the claims.
+pub async fn run(
+    db: Location,
+    monitor: Monitor,
+    run_now: bool,
+    health: Arc<Health>,
+    instance: Arc<str>,
+) {
+    if let Err(why) = schedule(&db, &monitor, run_now, &instance).await {
         eprintln!("monitor {}: {why}; not scheduling it again", monitor.name);
         health.stop(why);
     }
 }
 
-async fn schedule(db: &std::path::Path, monitor: &Monitor, run_now: bool) -> Result<(), String> {
+async fn schedule(
+    db: &Location,
+    monitor: &Monitor,
+    run_now: bool,
+    instance: &str,
+) -> Result<(), String> {
     // Validated when the definition was loaded; a monitor without one runs on demand.
     let cron = monitor
         .schedule
@@ -68,12 +85,23 @@ async fn schedule(db: &std::path::Path, monitor: &Monitor, run_now: bool) -> Res
             .map_err(|e| format!("its schedule has no next run after {now} ({e})"))?;
         let wait = (next - now).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
-        run_once(db, monitor).await;
+        let name = &monitor.name;
+        match claim(db, name, next.timestamp_micros(), instance) {
+            Ok(true) => run_once(db, monitor).await,
+            Ok(false) => eprintln!("monitor {name}: the run of {next} is another collector's"),
+            Err(e) => {
+                eprintln!("monitor {name}: cannot claim the run of {next}, not running it: {e:#}")
+            }
+        }
     }
 }
 
+fn claim(db: &Location, monitor: &str, slot_us: i64, instance: &str) -> Result<bool> {
+    Store::open(db)?.claim_run(monitor, slot_us, instance, Utc::now().timestamp_micros())
+}
+
 /// One evaluation of the window ending now, stored and alerted on.
-async fn run_once(db: &std::path::Path, monitor: &Monitor) {
+async fn run_once(db: &Location, monitor: &Monitor) {
     let started = Utc::now();
     let name = &monitor.name;
     let outcome = evaluate_now(db, monitor, started)
@@ -104,7 +132,7 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
         .as_ref()
         .map(|eval| &eval.report)
         .map_err(String::as_str);
-    match alerts::after_run(monitor, AlertState::Path(db), result, finished).await {
+    match alerts::after_run(monitor, AlertState::At(db), result, finished).await {
         Ok(t) => {
             for f in &t.opened {
                 eprintln!("monitor {name}: alert firing: {}", f.summary);
@@ -118,7 +146,7 @@ async fn run_once(db: &std::path::Path, monitor: &Monitor) {
 }
 
 async fn evaluate_now(
-    db: &std::path::Path,
+    db: &Location,
     monitor: &Monitor,
     now: chrono::DateTime<Utc>,
 ) -> Result<evaluate::Evaluation> {
@@ -148,7 +176,7 @@ async fn evaluate_now(
 }
 
 fn save(
-    db: &std::path::Path,
+    db: &Location,
     name: &str,
     started: chrono::DateTime<Utc>,
     finished: chrono::DateTime<Utc>,
@@ -183,7 +211,8 @@ mod tests {
         monitor.schedule = Some("not a schedule".into());
         let health = Arc::new(Health::default());
         let dir = tempfile::tempdir().unwrap();
-        run(dir.path().join("t.db"), monitor, false, health.clone()).await;
+        let db = Location::Sqlite(dir.path().join("t.db"));
+        run(db, monitor, false, health.clone(), "test".into()).await;
         let why = health.stopped().unwrap();
         assert!(why.contains("\"not a schedule\" is unreadable"), "{why}");
     }
@@ -194,7 +223,8 @@ mod tests {
         monitor.schedule = None;
         let health = Arc::new(Health::default());
         let dir = tempfile::tempdir().unwrap();
-        run(dir.path().join("t.db"), monitor, false, health.clone()).await;
+        let db = Location::Sqlite(dir.path().join("t.db"));
+        run(db, monitor, false, health.clone(), "test".into()).await;
         assert_eq!(health.stopped(), None);
     }
 }

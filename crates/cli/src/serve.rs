@@ -10,14 +10,17 @@ use anyhow::{bail, Context, Result};
 use crate::quality::exposition;
 
 use crate::collector::{self, AppState};
+use crate::db::Location;
 use crate::eval::load_monitor;
 use crate::judge::Judge;
+use crate::retention::Retention;
 use crate::runs;
 use crate::scheduler;
 use crate::store::Store;
 
 pub struct ServeArgs {
-    pub db: PathBuf,
+    pub db: Location,
+    pub retention: Retention,
     pub listen: String,
     pub monitors: Vec<PathBuf>,
     pub namespace: String,
@@ -103,6 +106,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         token: token.map(Arc::new),
         ingest_token: ingest_token.map(Arc::new),
     };
+    // Names this collector in the claims of scheduled runs, among others sharing the store.
+    let instance: Arc<str> = format!("{addr}/{}", std::process::id()).into();
+    tokio::spawn(crate::retention::run(
+        args.db.clone(),
+        args.retention.clone(),
+    ));
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     for (monitor, info) in monitors.into_iter().zip(state.monitors.iter()) {
@@ -121,6 +130,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             monitor,
             args.run_monitors_now,
             info.scheduler.clone(),
+            instance.clone(),
         ));
     }
     axum::serve(listener, collector::router(state))

@@ -7,7 +7,6 @@ mod alertmanager;
 pub mod condition;
 mod message;
 
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 
+use crate::db::Location;
 use crate::quality::monitor::{EmailAlerts, Monitor, SmtpTls, WebhookFormat};
 use crate::quality::report::Report;
 use crate::store::Store;
@@ -32,8 +32,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AlertState<'a> {
     /// Nowhere (`eval --records` without `--cache-db`): every breach is told, none resolves.
     None,
-    /// The store at this path.
-    Path(&'a Path),
+    /// The store there.
+    At(&'a Location),
     /// This open store.
     Shared(&'a Mutex<Store>),
 }
@@ -42,7 +42,7 @@ impl AlertState<'_> {
     fn with<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<Option<T>> {
         match self {
             AlertState::None => Ok(None),
-            AlertState::Path(p) => f(&mut Store::open(p)?).map(Some),
+            AlertState::At(l) => f(&mut Store::open(l)?).map(Some),
             AlertState::Shared(m) => {
                 let mut store = m
                     .lock()
