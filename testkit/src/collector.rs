@@ -22,12 +22,25 @@ impl Collector {
     /// [`Collector::start`] on a given address (a collector that comes back where the
     /// gateway expects it).
     pub fn start_on(bin: &Path, db: &Path, listen: &str, extra: &[&str]) -> Result<Collector> {
+        Collector::start_db(bin, db.as_os_str(), listen, extra, &[])
+    }
+
+    /// `BIN serve --db DB --listen LISTEN EXTRA...` with `env` added to its environment:
+    /// `db` is a file or a `postgres://` URL (its password in `TOKENMETER_DB_PASSWORD`).
+    pub fn start_db(
+        bin: &Path,
+        db: &std::ffi::OsStr,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Collector> {
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--db")
             .arg(db)
             .args(["--listen", listen])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -107,6 +120,27 @@ pub fn post(url: &str, content_type: &str, body: impl AsRef<[u8]>) -> Result<(u1
         .limit(64 * 1024 * 1024)
         .read_to_string()?;
     Ok((status, text))
+}
+
+/// POSTs a body; returns the status, the named response header (if sent) and the text.
+pub fn post_header(
+    url: &str,
+    content_type: &str,
+    body: impl AsRef<[u8]>,
+    header: &str,
+) -> Result<(u16, Option<String>, String)> {
+    let mut r = agent()
+        .post(url)
+        .header("content-type", content_type)
+        .send(body.as_ref())?;
+    let status = r.status().as_u16();
+    let value = r
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = r.body_mut().read_to_string()?;
+    Ok((status, value, text))
 }
 
 pub fn get(url: &str) -> Result<(u16, String)> {

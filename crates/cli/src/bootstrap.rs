@@ -30,8 +30,10 @@ pub struct BootstrapSpec {
     pub access_log: Option<String>,
     /// How often Envoy computes histograms for `/stats` (its default is 5 s).
     pub stats_flush_ms: Option<u64>,
-    /// The record collector (`tokenmeter serve`), as the `COLLECTOR_CLUSTER` cluster.
-    pub collector: Option<(String, u16)>,
+    /// The record collectors (`tokenmeter serve`), as the `COLLECTOR_CLUSTER` cluster: one,
+    /// or several sharing one store, which Envoy balances the deliveries over (a batch
+    /// retried after a failure may reach another; they store it once).
+    pub collectors: Vec<(String, u16)>,
 }
 
 /// The cluster name `envoy-config --collector` gives the collector.
@@ -199,13 +201,27 @@ pub fn render(spec: &BootstrapSpec, config: &Config) -> String {
         - endpoint:
             address: {{socket_address: {{address: {upstream_host}, port_value: {upstream_port}}}}}{tls_host}{collector}
 "#,
-        collector = match &spec.collector {
-            Some((host, port)) => format!(
-                "\n  - name: {COLLECTOR_CLUSTER}\n    type: {}\n    connect_timeout: 2s\n    load_assignment:\n      cluster_name: {COLLECTOR_CLUSTER}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address: {{socket_address: {{address: {}, port_value: {port}}}}}",
-                if host.parse::<std::net::IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" },
-                q(host)
-            ),
-            None => String::new(),
+        collector = if spec.collectors.is_empty() {
+            String::new()
+        } else {
+            let all_ips = spec
+                .collectors
+                .iter()
+                .all(|(host, _)| host.parse::<std::net::IpAddr>().is_ok());
+            let endpoints: String = spec
+                .collectors
+                .iter()
+                .map(|(host, port)| {
+                    format!(
+                        "\n        - endpoint:\n            address: {{socket_address: {{address: {}, port_value: {port}}}}}",
+                        q(host)
+                    )
+                })
+                .collect();
+            format!(
+                "\n  - name: {COLLECTOR_CLUSTER}\n    type: {}\n    connect_timeout: 2s\n    load_assignment:\n      cluster_name: {COLLECTOR_CLUSTER}\n      endpoints:\n      - lb_endpoints:{endpoints}",
+                if all_ips { "STATIC" } else { "STRICT_DNS" },
+            )
         },
         access_log = match &spec.access_log {
             Some(path) => format!(
@@ -246,7 +262,7 @@ mod tests {
             region: None,
             access_log: Some("/var/log/envoy/tokens.log".into()),
             stats_flush_ms: Some(1500),
-            collector: Some(("127.0.0.1".into(), 8900)),
+            collectors: vec![("127.0.0.1".into(), 8900), ("127.0.0.1".into(), 8901)],
         };
         let y = render(&spec, &config);
         assert!(y.contains(r#"- tag_name: "api_id""#), "{y}");
@@ -273,6 +289,7 @@ mod tests {
         );
         assert!(y.contains("- name: tokenmeter_collector"), "{y}");
         assert!(y.contains("port_value: 8900"), "{y}");
+        assert!(y.contains("port_value: 8901"), "{y}");
         for fixed in tokenmeter_core::series::metrics::FIXED_LABELS {
             assert!(
                 y.contains(&format!("- tag_name: \"{fixed}\"")),

@@ -95,10 +95,11 @@ enum Command {
         /// How often Envoy computes histograms, in milliseconds (Envoy's default: 5000).
         #[arg(long)]
         stats_flush_interval_ms: Option<u64>,
-        /// Send sampled inference records to `tokenmeter serve` at HOST:PORT: adds the
-        /// collector cluster, and a `collect` block to the filter configuration if it has none.
+        /// Send sampled inference records and usage rollups to `tokenmeter serve` at
+        /// HOST:PORT: adds the collector cluster, and a `collect` block to the filter
+        /// configuration if it has none. Repeat for several collectors sharing one store.
         #[arg(long)]
-        collector: Option<String>,
+        collector: Vec<String>,
     },
     /// Print an nginx.conf that runs the filter in ngx_wasm_module (nginx with Kong's Wasm
     /// module) in front of one upstream.
@@ -403,26 +404,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             // With --collector, the collect block's cluster is the one rendered here, so a
             // block that names none is completed before the configuration is checked.
-            let (text, config, collector) = match collector {
-                Some(addr) => {
-                    let Some((host, port)) = addr.rsplit_once(':') else {
-                        bail!("--collector must be HOST:PORT, got {addr:?}");
-                    };
-                    let text =
-                        with_collector(&read_text(&filter_config)?, bootstrap::COLLECTOR_CLUSTER)?;
-                    let config = Config::parse(text.as_bytes()).with_context(|| {
-                        format!("{} with the collect block", filter_config.display())
-                    })?;
-                    (
-                        text,
-                        config,
-                        Some((host.to_string(), parse_port(port, "--collector")?)),
-                    )
-                }
-                None => {
-                    let (text, config) = read_config(&filter_config)?;
-                    (text, config, None)
-                }
+            let mut collectors = Vec::new();
+            for addr in &collector {
+                let Some((host, port)) = addr.rsplit_once(':') else {
+                    bail!("--collector must be HOST:PORT, got {addr:?}");
+                };
+                collectors.push((host.to_string(), parse_port(port, "--collector")?));
+            }
+            let (text, config) = if collectors.is_empty() {
+                read_config(&filter_config)?
+            } else {
+                let text =
+                    with_collector(&read_text(&filter_config)?, bootstrap::COLLECTOR_CLUSTER)?;
+                let config = Config::parse(text.as_bytes()).with_context(|| {
+                    format!("{} with the collect block", filter_config.display())
+                })?;
+                (text, config)
             };
             let (listen_host, listen_port) = listen_addr(&listen)?;
             let (upstream_host, upstream_port) = host_port(&upstream, "--upstream")?;
@@ -440,7 +437,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 region,
                 access_log,
                 stats_flush_ms: stats_flush_interval_ms,
-                collector,
+                collectors,
             };
             print!("{}", bootstrap::render(&spec, &config));
             Ok(ExitCode::SUCCESS)

@@ -29,7 +29,7 @@ pub fn spec(filter_config: &str, upstream: &Upstream) -> BootstrapSpec {
         region: Some("westeurope".into()),
         access_log: None,
         stats_flush_ms: Some(200),
-        collector: None,
+        collectors: Vec::new(),
     }
 }
 

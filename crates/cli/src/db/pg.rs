@@ -102,11 +102,6 @@ impl Conn {
             in_transaction: false,
             broken: false,
         };
-        // Connect now: a wrong URL or password is told at start, not at the first batch.
-        worker
-            .client()
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("cannot connect to {}", target.shown))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("tokenmeter-postgres".into())
@@ -117,7 +112,11 @@ impl Conn {
                 }
             })
             .context("cannot start the database thread")?;
-        Ok(Conn { jobs })
+        let conn = Conn { jobs };
+        // Connect now (on the client's own thread, like every call): a wrong URL or
+        // password is told at start, not at the first batch.
+        conn.batch("SELECT 1")?;
+        Ok(conn)
     }
 
     fn ask(&self, op: Op, sql: &str, params: &[Value]) -> Result<Answer, DbError> {

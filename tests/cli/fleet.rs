@@ -1,0 +1,476 @@
+//! Several `tokenmeter serve` on one PostgreSQL store (a real server, started in a
+//! temporary directory): scheduled runs happen once, the judge cache is shared, a killed
+//! collector loses no acknowledged record, a database that goes away gives 503 until it
+//! returns, credentials stay off the command line, TLS is verified, retention deletes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::evaluation::*;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{json, Value};
+use tokenmeter_testkit::collector::{get, post, post_header, Collector};
+use tokenmeter_testkit::judge::JudgeServer;
+use tokenmeter_testkit::postgres::Postgres;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn pg_with(name: &str) -> Postgres {
+    let pg = Postgres::start().unwrap();
+    pg.create_database(name).unwrap();
+    pg
+}
+
+fn serve(pg: &Postgres, db: &str, extra: &[&str]) -> Collector {
+    Collector::start_db(
+        Path::new(BIN),
+        OsStr::new(&pg.url(db)),
+        "127.0.0.1:0",
+        extra,
+        &[("TOKENMETER_DB_PASSWORD", pg.password())],
+    )
+    .unwrap()
+}
+
+/// `tokenmeter ARGS` with the database's password in the environment; its output.
+fn run(pg: &Postgres, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TOKENMETER_DB_PASSWORD", pg.password())
+        .output()
+        .unwrap()
+}
+
+fn count(pg: &Postgres, db: &str, sql: &str) -> i64 {
+    pg.psql(db, sql).unwrap().trim().parse().unwrap()
+}
+
+fn records_jsonl(ids: impl IntoIterator<Item = String>, time: &str) -> String {
+    ids.into_iter()
+        .map(|id| {
+            format!(
+                "{}\n",
+                json!({"id": id, "time": time, "model": "gpt-4o-mini",
+                       "question": "What does the plan include?", "answer": "Support."})
+            )
+        })
+        .collect()
+}
+
+fn recent() -> String {
+    (Utc::now() - chrono::Duration::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[test]
+fn three_collectors_run_each_scheduled_run_once_and_share_the_judge_cache() {
+    let judge = JudgeServer::start(scoring_judge).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_with("fleet");
+    let records: Vec<Value> = (0..3)
+        .map(|i| {
+            let mut r = record(&format!("r{i}"), "", false);
+            r["time"] = recent().into();
+            r
+        })
+        .collect();
+    let file = write_records(dir.path(), &records);
+    let url = pg.url("fleet");
+    let out = run(
+        &pg,
+        &["records", "import", "--db", &url, file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every other second, in each of three collectors.
+    let m = write_monitor(
+        dir.path(),
+        "shared",
+        &judge.url(),
+        "",
+        "{fluency: {}}",
+        "schedule: \"*/2 * * * * *\"\n",
+    );
+    let monitor = ["--monitor", m.to_str().unwrap()];
+    // One of them reads its password from a file instead of the environment.
+    let password_file = dir.path().join("pgpass");
+    std::fs::write(&password_file, format!("{}\n", pg.password())).unwrap();
+    let with_file = Collector::start_db(
+        Path::new(BIN),
+        OsStr::new(&url),
+        "127.0.0.1:0",
+        &[
+            &monitor[..],
+            &["--db-password-file", password_file.to_str().unwrap()],
+        ]
+        .concat(),
+        &[],
+    )
+    .unwrap();
+    let collectors = [
+        serve(&pg, "fleet", &monitor),
+        serve(&pg, "fleet", &monitor),
+        with_file,
+    ];
+    let start = Instant::now();
+    while count(&pg, "fleet", "SELECT count(*) FROM monitor_runs") < 4 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "fewer than 4 runs within {LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every collector tells the same last run: the one some collector made.
+    let last_runs = || -> Vec<Value> {
+        collectors
+            .iter()
+            .map(|c| {
+                let (status, body) = get(&format!("{}/api/v1/monitors", c.url())).unwrap();
+                assert_eq!(status, 200, "{body}");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["monitors"][0]["last_run"].clone()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = last_runs();
+        if seen.iter().all(|r| *r == seen[0]) || Instant::now() > deadline {
+            break seen;
+        }
+    };
+    assert!(
+        seen.iter().all(|r| *r == seen[0] && !r.is_null()),
+        "{seen:?}"
+    );
+    let elapsed = start.elapsed().as_secs() as i64;
+    drop(collectors);
+    let runs = count(
+        &pg,
+        "fleet",
+        "SELECT count(*) FROM monitor_runs WHERE monitor = 'shared'",
+    );
+    let claims = count(
+        &pg,
+        "fleet",
+        "SELECT count(*) FROM monitor_claims WHERE monitor = 'shared'",
+    );
+    // One run per claimed time (a collector killed mid-run may leave a claim without one),
+    // and no more claims than scheduled times passed: three collectors, one run each.
+    assert!(
+        runs == claims || runs + 1 == claims,
+        "{runs} runs, {claims} claims"
+    );
+    assert!(claims <= elapsed / 2 + 3, "{claims} claims in {elapsed} s");
+    let instances = count(
+        &pg,
+        "fleet",
+        "SELECT count(DISTINCT slot_us) - count(*) FROM monitor_claims",
+    );
+    assert_eq!(instances, 0);
+    // The cache is the store's: later runs, whichever collector made them, ask nothing.
+    assert_eq!(judge.calls(), 3);
+}
+
+/// Posts batches of 50 records from three clients until `stop`; the batches answered 200.
+fn post_batches(url: &str, stop: &AtomicBool, acked: &Mutex<BTreeSet<usize>>, next: &Mutex<usize>) {
+    while !stop.load(Ordering::SeqCst) {
+        let n = {
+            let mut n = next.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let body = records_jsonl((0..50).map(|i| format!("b{n}-{i}")), &recent());
+        match post(&format!("{url}/v1/records"), "application/x-ndjson", body) {
+            Ok((200, _)) => {
+                acked.lock().unwrap().insert(n);
+            }
+            // The collector is gone: nothing more to send to it.
+            _ => return,
+        }
+    }
+}
+
+/// Which batches are stored whole, and whether any is stored in part.
+fn stored_batches(ids: Vec<String>) -> (BTreeSet<usize>, Vec<(usize, usize)>) {
+    let mut per_batch: BTreeMap<usize, usize> = BTreeMap::new();
+    for id in ids {
+        let n: usize = id
+            .trim_start_matches('b')
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        *per_batch.entry(n).or_default() += 1;
+    }
+    let whole = per_batch
+        .iter()
+        .filter(|(_, c)| **c == 50)
+        .map(|(n, _)| *n)
+        .collect();
+    let partial = per_batch.into_iter().filter(|(_, c)| *c != 50).collect();
+    (whole, partial)
+}
+
+fn kill_during_batches(collector: Collector) -> BTreeSet<usize> {
+    let url = collector.url().to_string();
+    let stop = AtomicBool::new(false);
+    let acked = Mutex::new(BTreeSet::new());
+    let next = Mutex::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| post_batches(&url, &stop, &acked, &next));
+        }
+        let start = Instant::now();
+        while acked.lock().unwrap().len() < 20 {
+            assert!(start.elapsed() < LIMIT, "too few batches acknowledged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SIGKILL with batches in flight: nothing is flushed or closed cleanly.
+        collector.kill().unwrap();
+        stop.store(true, Ordering::SeqCst);
+    });
+    acked.into_inner().unwrap()
+}
+
+#[test]
+fn a_killed_collector_keeps_every_acknowledged_batch_whole() {
+    // PostgreSQL.
+    let pg = pg_with("kill");
+    let acked = kill_during_batches(serve(&pg, "kill", &[]));
+    let ids: Vec<String> = pg
+        .psql("kill", "SELECT id FROM records")
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (whole, partial) = stored_batches(ids);
+    assert!(partial.is_empty(), "batches stored in part: {partial:?}");
+    assert!(
+        acked.is_subset(&whole),
+        "acknowledged but missing: {:?}",
+        acked.difference(&whole)
+    );
+    // SQLite.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let acked = kill_during_batches(Collector::start(Path::new(BIN), &db, &[]).unwrap());
+    let out = Command::new(BIN)
+        .args(["records", "export", "--since", "P1D", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let (whole, partial) = stored_batches(ids);
+    assert!(partial.is_empty(), "batches stored in part: {partial:?}");
+    assert!(
+        acked.is_subset(&whole),
+        "acknowledged but missing: {:?}",
+        acked.difference(&whole)
+    );
+}
+
+#[test]
+fn ingestion_answers_503_while_the_database_is_away_and_recovers_by_itself() {
+    let pg = pg_with("away");
+    let c = serve(&pg, "away", &[]);
+    let records = |tag: &str| records_jsonl([format!("{tag}-1"), format!("{tag}-2")], &recent());
+    let post_records = |body: String| {
+        let (status, retry, _) = post_header(
+            &format!("{}/v1/records", c.url()),
+            "application/x-ndjson",
+            body,
+            "retry-after",
+        )
+        .unwrap();
+        (status, retry)
+    };
+    assert_eq!(post_records(records("before")).0, 200);
+    pg.stop().unwrap();
+    let (status, retry) = post_records(records("during"));
+    assert_eq!(status, 503, "the database is away");
+    assert_eq!(retry.as_deref(), Some("5"));
+    let (status, body) = post(
+        &format!("{}/v1/rollups", c.url()),
+        "application/json",
+        r#"{"id":"vm-1","labels":[],"rows":[]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = get(&format!("{}/healthz", c.url())).unwrap();
+    assert_ne!(status, 200);
+    pg.start_again().unwrap();
+    // The same collector, not restarted.
+    assert_eq!(post_records(records("after")).0, 200);
+    let (status, _) = get(&format!("{}/healthz", c.url())).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        pg.psql(
+            "away",
+            "SELECT string_agg(id, ',' ORDER BY id) FROM records"
+        )
+        .unwrap(),
+        "after-1,after-2,before-1,before-2"
+    );
+}
+
+#[test]
+fn a_password_on_the_command_line_is_refused_and_tls_is_verified() {
+    let pg = Postgres::start_tls().unwrap();
+    pg.create_database("tls").unwrap();
+    let with_password = pg
+        .url("tls")
+        .replace("tokenmeter@", &format!("tokenmeter:{}@", pg.password()));
+    let out = Command::new(BIN)
+        .args([
+            "records",
+            "export",
+            "--since",
+            "P1D",
+            "--db",
+            &with_password,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--db-password-file"), "{err}");
+    assert!(
+        !err.contains(pg.password()),
+        "the password is echoed: {err}"
+    );
+    // Plain text is refused by this server; verified TLS works.
+    let out = run(
+        &pg,
+        &[
+            "records",
+            "export",
+            "--since",
+            "P1D",
+            "--db",
+            &pg.url("tls"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let ca = pg.ca_file().unwrap().to_str().unwrap().to_string();
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={ca}", pg.url("tls"));
+    let c = Collector::start_db(
+        Path::new(BIN),
+        OsStr::new(&verified),
+        "127.0.0.1:0",
+        &[],
+        &[("TOKENMETER_DB_PASSWORD", pg.password())],
+    )
+    .unwrap();
+    let (status, body) = post(
+        &format!("{}/v1/records", c.url()),
+        "application/x-ndjson",
+        records_jsonl(["t1".to_string()], &recent()),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count(&pg, "tls", "SELECT count(*) FROM records"), 1);
+    // Without the server's CA, the public roots do not vouch for it.
+    let out = run(
+        &pg,
+        &[
+            "records",
+            "export",
+            "--since",
+            "P1D",
+            "--db",
+            &format!("{}?sslmode=require", pg.url("tls")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn serve_deletes_what_is_older_than_its_retention() {
+    let pg = pg_with("old");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.jsonl");
+    let old = (Utc::now() - chrono::Duration::days(40)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    std::fs::write(
+        &file,
+        records_jsonl(["old".to_string()], &old) + &records_jsonl(["new".to_string()], &recent()),
+    )
+    .unwrap();
+    let sqlite = dir.path().join("t.db");
+    let url = pg.url("old");
+    for db in [url.as_str(), sqlite.to_str().unwrap()] {
+        let out = run(
+            &pg,
+            &["records", "import", "--db", db, file.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _c = Collector::start_db(
+            Path::new(BIN),
+            OsStr::new(db),
+            "127.0.0.1:0",
+            &["--retain-records", "P30D"],
+            &[("TOKENMETER_DB_PASSWORD", pg.password())],
+        )
+        .unwrap();
+        let start = Instant::now();
+        loop {
+            let out = run(&pg, &["records", "export", "--since", "P60D", "--db", db]);
+            let text = String::from_utf8(out.stdout).unwrap();
+            if text.lines().count() == 1 {
+                assert!(text.contains("\"new\""), "{text}");
+                break;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "{db}: the old record is still there: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // A finer tier that outlives its coarser one is refused.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--db",
+            sqlite.to_str().unwrap(),
+            "--retain-minutes",
+            "P100D",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--retain-hours: must be at least --retain-minutes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
