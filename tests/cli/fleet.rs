@@ -175,7 +175,30 @@ fn three_collectors_run_each_scheduled_run_once_and_share_the_judge_cache() {
         "SELECT count(DISTINCT slot_us) - count(*) FROM monitor_claims",
     );
     assert_eq!(instances, 0);
-    // The cache is the store's: later runs, whichever collector made them, ask nothing.
+    // The cache is the store's: later runs, whichever collector made them, ask nothing;
+    // nor does `eval` on the same store.
+    assert_eq!(judge.calls(), 3);
+    let out = run(
+        &pg,
+        &[
+            "eval",
+            "--monitor",
+            m.to_str().unwrap(),
+            "--db",
+            &url,
+            "--format",
+            "json",
+            "--no-alerts",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records"], 3, "{report}");
     assert_eq!(judge.calls(), 3);
 }
 
