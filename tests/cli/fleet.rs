@@ -497,3 +497,99 @@ fn serve_deletes_what_is_older_than_its_retention() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_same_deliveries_to_three_collectors_at_once_are_stored_once() {
+    let pg = pg_with("dup");
+    let collectors: Vec<Collector> = (0..3).map(|_| serve(&pg, "dup", &[])).collect();
+    let row = |minute: i64, team: &str| {
+        json!({"minute": minute, "values": [team], "requests": [0, 2, 0, 0, 0, 0],
+               "errors": [0, 0, 0, 0, 0, 0], "prompt_tokens": 7, "completion_tokens": 3,
+               "total_tokens": 10, "cached_tokens": 0, "reasoning_tokens": 0, "estimated": 0,
+               "invalid_usage": 0,
+               "duration_ms": {"buckets": [0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "sum": 150, "count": 2},
+               "ttft_ms": {"buckets": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "sum": 0, "count": 0},
+               "tpot_ms": {"buckets": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "sum": 0, "count": 0}})
+    };
+    // Ten batches, each sent to all three collectors at once, every round.
+    let batches: Vec<String> = (0..10)
+        .map(|b| {
+            let rows: Vec<Value> = (0..40)
+                .map(|i| {
+                    row(
+                        1_767_225_600 + 60 * ((b * 7 + i) % 90),
+                        ["red", "blue"][(i % 2) as usize],
+                    )
+                })
+                .collect();
+            json!({"id": format!("vm-{b}"), "labels": ["team"], "rows": rows}).to_string()
+        })
+        .collect();
+    let records = records_jsonl((0..100).map(|i| format!("r{i}")), &recent());
+    let answers: Vec<(usize, usize, u64)> = std::thread::scope(|s| {
+        let workers: Vec<_> = collectors
+            .iter()
+            .map(|c| {
+                let (batches, records) = (&batches, &records);
+                s.spawn(move || {
+                    let (status, body) = post(
+                        &format!("{}/v1/records", c.url()),
+                        "application/x-ndjson",
+                        records,
+                    )
+                    .unwrap();
+                    assert_eq!(status, 200, "{body}");
+                    let stored = serde_json::from_str::<Value>(&body).unwrap()["stored"]
+                        .as_u64()
+                        .unwrap();
+                    let mut added = 0;
+                    let mut duplicate = 0;
+                    for b in batches {
+                        let (status, body) =
+                            post(&format!("{}/v1/rollups", c.url()), "application/json", b)
+                                .unwrap();
+                        assert_eq!(status, 200, "{body}");
+                        match serde_json::from_str::<Value>(&body).unwrap()["duplicate"].as_bool() {
+                            Some(false) => added += 1,
+                            _ => duplicate += 1,
+                        }
+                    }
+                    (added, duplicate, stored)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(
+        answers.iter().map(|a| a.0).sum::<usize>(),
+        10,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().map(|a| a.1).sum::<usize>(),
+        20,
+        "{answers:?}"
+    );
+    assert_eq!(answers.iter().map(|a| a.2).sum::<u64>(), 100, "{answers:?}");
+    assert_eq!(count(&pg, "dup", "SELECT count(*) FROM records"), 100);
+    for table in ["rollups_minute", "rollups_hour", "rollups_day"] {
+        assert_eq!(
+            count(
+                &pg,
+                "dup",
+                &format!("SELECT sum(prompt_tokens) FROM {table}")
+            ),
+            10 * 40 * 7,
+            "{table}"
+        );
+    }
+    // The usage API of any collector tells the same.
+    let (status, body) = get(&format!(
+        "{}/api/v1/usage?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=P1D&group_by=team",
+        collectors[2].url()
+    ))
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(usage["totals"]["prompt_tokens"], 10 * 40 * 7, "{usage}");
+}
