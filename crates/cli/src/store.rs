@@ -1346,6 +1346,31 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_held_past_its_timeout_is_unavailable_not_a_hang() {
+        let pg = Postgres::start().unwrap();
+        pg.create_database("store").unwrap();
+        let url = format!("{}?options=-c%20statement_timeout%3D300", pg.url("store"));
+        let mut store = Store::open(&Location::postgres(&url, pg.password()).unwrap()).unwrap();
+        let batch = parse_batch(b"{\"id\":\"a\"}", now()).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                pg.psql(
+                    "store",
+                    "BEGIN; LOCK TABLE records; SELECT pg_sleep(3); COMMIT",
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let start = std::time::Instant::now();
+            let e = store.insert(&batch, 0).err().unwrap();
+            assert!(crate::db::is_unavailable(&e), "{e:#}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        });
+        // The same connection serves the next statement.
+        store.insert(&batch, 0).unwrap();
+        assert_eq!(store.count_records().unwrap(), 1);
+    }
+
+    #[test]
     fn postgres_over_verified_tls() {
         let pg = Postgres::start_tls().unwrap();
         pg.create_database("store").unwrap();

@@ -37,6 +37,9 @@ pub struct PgTarget {
 /// How long a connection attempt may take before the database counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one statement, or an unanswered write on the connection, may take.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Location {
     /// Reads `--db`; `password_file` is `--db-password-file`.
     pub fn parse(text: &str, password_file: Option<&Path>) -> Result<Location> {
@@ -137,6 +140,16 @@ impl PgTarget {
             );
         }
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A database that stops answering (a lock held elsewhere, a network that drops
+        // packets) must not hold the collector for ever: the statement fails, the sender
+        // gets 503 and tries again.
+        config.tcp_user_timeout(STALL_TIMEOUT);
+        if config.get_options().is_none() {
+            config.options(&format!(
+                "-c statement_timeout={}",
+                STALL_TIMEOUT.as_millis()
+            ));
+        }
         config.application_name("tokenmeter");
         config.ssl_mode(if tls {
             postgres::config::SslMode::Require

@@ -325,6 +325,8 @@ impl Worker {
                 self.lost();
                 DbError::Unavailable(message)
             }
+            // statement_timeout: the database is too slow or locked; the connection is fine.
+            Some(c) if *c == SqlState::QUERY_CANCELED => DbError::Unavailable(message),
             _ if e.code().is_none() && e.as_db_error().is_none() => {
                 // Not the server's answer: an I/O failure on the way.
                 self.lost();
