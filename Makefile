@@ -22,7 +22,7 @@ export TOKENMETER_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help tools browser alertmanager prometheus postgres wasm-target envoy wasm build run dashboard test test-unit test-cli test-e2e lint clean \
 	test-wasm test-wasm-host test-wasm-core node \
-	bench bench-console bench-peers bench-tokenizers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
+	bench bench-console bench-store bench-peers bench-tokenizers peers-tools bench-deps bench-wasm bench-native fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-seeds
 
 help:
 	@echo "make run    build everything, start Envoy with the filter in front of the example upstream and the collector with its console, send traffic, run a demo monitor, show the metrics and the console's address (RUN_ARGS=--exit to stop after)"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench-peers  tokenmeter against LiteLLM's proxy: CPU per request and requests/s beside Envoy with tokenmeter and plain Envoy (BENCH_PEERS_ARGS to change)"
 	@echo "make bench-tokenizers  tiktoken-rs against bpe-openai, natively and in V8: tokens/s, equal counts, long repeats (JSON lines)"
 	@echo "make bench-console  what the console and rollups cost: rollups' CPU, the 30-day query over 10,000 series, the first render (BENCH_CONSOLE_ARGS to change)"
+	@echo "make bench-store  the store on SQLite and PostgreSQL: records/s and rollup rows/s into one and three collectors, the console's 30-day usage query (BENCH_STORE_ARGS to change)"
 	@echo "make fuzz   the fuzz campaign over the core, about 10 minutes, resumable (FUZZ_SECONDS per target, FUZZ_SEED, FUZZ_TARGETS)"
 	@echo "make fuzz-corpus  minimise what the campaign found into the committed corpus (fuzz/corpus)"
 
@@ -166,6 +167,18 @@ bench-console: tools node bench-deps browser build bench-wasm bench-native
 	target/release/bench-console --envoy $(ENVOY) --wasm $(WASM) --tokenmeter $(TOKENMETER) \
 	  --replay-wasm $(BENCH_WASM)/replay.wasm --replay-native $(BENCH_NATIVE)/replay \
 	  --wasi-runner $(WASI_RUNNER) --config $(CONFIG) --out BENCHMARKS.md $(BENCH_CONSOLE_ARGS)
+
+# The store's benchmarks: records and rollups taken in through one collector and through
+# three sharing one database, on SQLite and on PostgreSQL (testkit's cluster of Debian's
+# server, fsync on), and the console's 30-day usage query on each, all over HTTP. About 5
+# minutes; a section of BENCHMARKS.md.
+BENCH_STORE_ARGS ?=
+
+bench-store: postgres
+	cargo build --release -p tokenmeter-cli --bin tokenmeter
+	cargo build --release -p tokenmeter-bench --bin bench-store
+	target/release/bench-store --tokenmeter $(TOKENMETER) --out BENCHMARKS.md \
+	  --command "make bench-store$(if $(BENCH_STORE_ARGS), BENCH_STORE_ARGS='$(BENCH_STORE_ARGS)')" $(BENCH_STORE_ARGS)
 
 # tokenmeter against the peer a user would pick instead: LiteLLM's proxy, one worker, on the
 # same canned upstream and traffic; a section of BENCHMARKS.md. About 5 minutes. LiteLLM is
