@@ -511,13 +511,16 @@ fn the_same_deliveries_to_three_collectors_at_once_are_stored_once() {
                "ttft_ms": {"buckets": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "sum": 0, "count": 0},
                "tpot_ms": {"buckets": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "sum": 0, "count": 0}})
     };
-    // Ten batches, each sent to all three collectors at once, every round.
+    // Ten batches, each sent to all three collectors at once, of the last 90 minutes (older
+    // minutes are retention's to delete).
+    let now = Utc::now().timestamp();
+    let base = now - now.rem_euclid(60) - 90 * 60;
     let batches: Vec<String> = (0..10)
         .map(|b| {
             let rows: Vec<Value> = (0..40)
                 .map(|i| {
                     row(
-                        1_767_225_600 + 60 * ((b * 7 + i) % 90),
+                        base + 60 * ((b * 7 + i) % 90),
                         ["red", "blue"][(i % 2) as usize],
                     )
                 })
@@ -585,7 +588,7 @@ fn the_same_deliveries_to_three_collectors_at_once_are_stored_once() {
     }
     // The usage API of any collector tells the same.
     let (status, body) = get(&format!(
-        "{}/api/v1/usage?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=P1D&group_by=team",
+        "{}/api/v1/usage?window=P1D&step=P1D&group_by=team",
         collectors[2].url()
     ))
     .unwrap();

@@ -220,12 +220,15 @@ fn two_gateways_and_three_collectors_share_one_postgres_through_an_outage() {
         total(&envoys, "llm_rollup_requests_dropped_total", &[]),
         0.0
     );
-    // Each collector connected again after the outage: each took deliveries then.
-    let activity = pg
+    // The collectors connected again after the outage, with no more connections than
+    // their pools hold (four each).
+    let connections: usize = pg
         .psql(
             "fleet",
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokenmeter'",
         )
+        .unwrap()
+        .parse()
         .unwrap();
-    assert_eq!(activity, "3", "one connection per collector");
+    assert!((3..=12).contains(&connections), "{connections} connections");
 }

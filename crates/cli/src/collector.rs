@@ -2,7 +2,7 @@
 //! `GET /api/v1/operations`, `GET /api/v1/records[/{id}]`, `GET /api/v1/quality`,
 //! `GET /api/v1/monitors`, `GET /healthz`, `GET /metrics`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -20,10 +20,11 @@ use crate::quality::exposition::{self, MonitorState};
 use crate::{browse, ingest, rollups, runs, usage};
 
 use crate::store::Store;
+use crate::stores::Stores;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<Mutex<Store>>,
+    pub store: Arc<Stores>,
     pub namespace: String,
     pub monitors: Arc<Vec<runs::MonitorInfo>>,
     pub max_body_bytes: usize,
@@ -172,13 +173,7 @@ async fn on_store<T: Serialize + Send + 'static>(
     work: impl FnOnce(&mut Store) -> anyhow::Result<Result<T, Refusal>> + Send + 'static,
 ) -> Response {
     let store = state.store.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        work(&mut store)
-    })
-    .await;
+    let outcome = tokio::task::spawn_blocking(move || store.with(work)).await;
     match outcome {
         Ok(Ok(Ok(answer))) => Json(answer).into_response(),
         Ok(Ok(Err((status, message)))) => error(status, message),
@@ -381,11 +376,9 @@ async fn get_monitors(State(state): State<AppState>, Query(params): Params) -> R
 
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        store.lock().map(|s| s.check().is_ok()).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || store.with(|s| s.check()).is_ok())
+        .await
+        .unwrap_or(false);
     if ok {
         Json(json!({"status": "ok"})).into_response()
     } else {
@@ -400,25 +393,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
     let monitors = state.monitors.clone();
     let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<MonitorState>> {
-        let store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store is unusable after an earlier failure"))?;
-        monitors
-            .iter()
-            .map(|m| {
-                let runs = store.monitor_runs(&m.name)?;
-                Ok(MonitorState {
-                    monitor: m.name.clone(),
-                    last_report: runs.last_report,
-                    last_run_failed: runs.last_failed,
-                    scheduler_running: match m.scheduler_state().0 {
-                        "running" => Some(true),
-                        "stopped" => Some(false),
-                        _ => None,
-                    },
+        store.with(|store| {
+            monitors
+                .iter()
+                .map(|m| {
+                    let runs = store.monitor_runs(&m.name)?;
+                    Ok(MonitorState {
+                        monitor: m.name.clone(),
+                        last_report: runs.last_report,
+                        last_run_failed: runs.last_failed,
+                        scheduler_running: match m.scheduler_state().0 {
+                            "running" => Some(true),
+                            "stopped" => Some(false),
+                            _ => None,
+                        },
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     })
     .await;
     match rendered {

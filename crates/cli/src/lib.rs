@@ -33,6 +33,7 @@ mod runs;
 mod scheduler;
 mod serve;
 mod store;
+mod stores;
 mod tiers;
 mod usage;
 

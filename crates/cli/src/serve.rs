@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -16,7 +16,7 @@ use crate::judge::Judge;
 use crate::retention::Retention;
 use crate::runs;
 use crate::scheduler;
-use crate::store::Store;
+use crate::stores::Stores;
 
 pub struct ServeArgs {
     pub db: Location,
@@ -75,7 +75,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .as_deref()
         .map(|p| read_token("--ingest-token-file", p))
         .transpose()?;
-    let store = Store::open(&args.db)?;
+    let stores = Stores::open(&args.db)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
@@ -84,7 +84,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("--listen: {addr} is reachable from other machines, and the store holds users' prompts and answers; give --token-file so that reads need a token, or listen on 127.0.0.1");
     }
     let state = AppState {
-        store: Arc::new(Mutex::new(store)),
+        store: Arc::new(stores),
         namespace: args.namespace.clone(),
         monitors: Arc::new(
             monitors

@@ -193,6 +193,29 @@ CREATE TABLE rollup_batches (
     sql
 }
 
+/// Records per insert statement, well inside both databases' limits on bound values.
+const RECORDS_PER_STATEMENT: usize = 32;
+
+/// An insert of `n` records that answers the ids it stored (not those already there).
+fn insert_records(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "(?{}, ?{}, ?{}, ?{})",
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3,
+                4 * i + 4
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO records (id, time_us, received_us, record) VALUES {}
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+        rows.join(", ")
+    )
+}
+
 /// How many records of a batch were new and how many were already stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stored {
@@ -208,6 +231,7 @@ pub struct MonitorRuns {
 
 pub struct Store {
     db: Db,
+    series: crate::tiers::SeriesIds,
 }
 
 /// Serializes migrations of one PostgreSQL database by several collectors starting at
@@ -218,7 +242,10 @@ impl Store {
     /// Opens (creating if needed) and migrates the store.
     pub fn open(location: &Location) -> Result<Store> {
         let db = Db::open(location)?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            series: Default::default(),
+        };
         store
             .migrate()
             .with_context(|| format!("cannot prepare database {}", location.describe()))?;
@@ -329,19 +356,27 @@ impl Store {
         for item in batch {
             json.push(serde_json::to_string(&item.record)?);
         }
+        let rows: Vec<(&Incoming, &String)> = batch.iter().zip(&json).collect();
         self.db
             .transaction(|db| {
                 let mut counts = Stored::default();
-                for (item, json) in batch.iter().zip(&json) {
-                    let n = db.execute(
-                        "INSERT INTO records (id, time_us, received_us, record) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (id) DO NOTHING",
-                        params![item.record.id.as_str(), item.time_us, received_us, json.as_str()],
-                    )?;
-                    match n {
-                        0 => counts.duplicates += 1,
-                        _ => counts.stored += 1,
+                // Several records per statement (a round trip each on PostgreSQL); within
+                // one, as across them, the first of an id is kept.
+                for chunk in rows.chunks(RECORDS_PER_STATEMENT) {
+                    let mut values = Vec::with_capacity(chunk.len() * 4);
+                    for (item, json) in chunk {
+                        values.extend([
+                            Value::from(item.record.id.as_str()),
+                            item.time_us.into(),
+                            received_us.into(),
+                            Value::from(json.as_str()),
+                        ]);
                     }
+                    let stored = db
+                        .query_all(&insert_records(chunk.len()), &values, |_| Ok(()))?
+                        .len() as u64;
+                    counts.stored += stored;
+                    counts.duplicates += chunk.len() as u64 - stored;
                 }
                 Ok(counts)
             })
@@ -351,7 +386,9 @@ impl Store {
     /// Adds a rollup batch in one transaction; `false` when a batch with its id was added
     /// before (a retried delivery, perhaps to another collector), which changes nothing.
     pub fn insert_rollups(&mut self, batch: &Batch, received_us: i64) -> Result<bool> {
-        self.db
+        let known = &self.series;
+        let (added, new_series) = self
+            .db
             .transaction(|db| {
                 let added = db.execute(
                     "INSERT INTO rollup_batches (id, received_us, rows) VALUES (?1, ?2, ?3)
@@ -359,12 +396,13 @@ impl Store {
                     params![batch.id.as_str(), received_us, batch.rows.len() as i64],
                 )?;
                 if added == 0 {
-                    return Ok(false);
+                    return Ok((false, Vec::new()));
                 }
-                crate::tiers::add_batch(db, batch)?;
-                Ok(true)
+                Ok((true, crate::tiers::add_batch(db, batch, known)?))
             })
-            .context("cannot store the rollups")
+            .context("cannot store the rollups")?;
+        self.series.committed(new_series);
+        Ok(added)
     }
 
     /// The rollups of a usage query, summed per step and group: `(step index, group, sums)`.
@@ -1335,6 +1373,8 @@ mod tests {
             .unwrap()
         };
         store.insert(&batch("a"), 0).unwrap();
+        // Another connection, idle through the outage.
+        let mut idle = Store::open(&location).unwrap();
         pg.stop().unwrap();
         let e = store.insert(&batch("b"), 0).err().unwrap();
         assert!(crate::db::is_unavailable(&e), "{e:#}");
@@ -1343,6 +1383,12 @@ mod tests {
         // The same store, without reopening: it connects again by itself.
         store.insert(&batch("b"), 0).unwrap();
         assert_eq!(store.count_records().unwrap(), 2);
+        // Its first read and its first transaction after the restart find the broken
+        // connection before anything was done, and run on a new one.
+        assert_eq!(idle.count_records().unwrap(), 2);
+        pg.restart().unwrap();
+        idle.insert(&batch("c"), 0).unwrap();
+        assert_eq!(idle.count_records().unwrap(), 3);
     }
 
     #[test]

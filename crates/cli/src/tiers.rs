@@ -328,9 +328,31 @@ fn write_upserts<'a>(
     flush(table, count, &mut pending)
 }
 
+/// Series ids known to be committed, by their labels' JSON: a series is never deleted, so
+/// its id holds for good, and most batches name only series seen before. Bounded: a
+/// collector fed ever new label values starts the cache afresh.
+#[derive(Default)]
+pub struct SeriesIds {
+    known: HashMap<String, i64>,
+}
+
+/// Most series ids a collector remembers.
+const MAX_KNOWN_SERIES: usize = 100_000;
+
+impl SeriesIds {
+    /// Remembers ids stored by a transaction that has committed.
+    pub fn committed(&mut self, new: Vec<(String, i64)>) {
+        if self.known.len() + new.len() > MAX_KNOWN_SERIES {
+            self.known.clear();
+        }
+        self.known.extend(new);
+    }
+}
+
 /// Adds a batch's rows to every tier and marginal (the caller's transaction makes it all
-/// or nothing).
-pub fn add_batch(db: &Db, batch: &Batch) -> Result<()> {
+/// or nothing). Returns the series ids it had to look up or store, for
+/// [`SeriesIds::committed`] once the transaction has committed.
+pub fn add_batch(db: &Db, batch: &Batch, ids: &SeriesIds) -> Result<Vec<(String, i64)>> {
     let mut series: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
     for row in &batch.rows {
         let labels = series_labels(&batch.labels, &row.values);
@@ -340,8 +362,16 @@ pub fn add_batch(db: &Db, batch: &Batch) -> Result<()> {
             .push(row);
     }
     let mut adds = Additions::default();
+    let mut looked_up = Vec::new();
     for (json, rows) in &series {
-        let id = series_id(db, json)?;
+        let id = match ids.known.get(json) {
+            Some(id) => *id,
+            None => {
+                let id = series_id(db, json)?;
+                looked_up.push((json.clone(), id));
+                id
+            }
+        };
         for row in rows {
             let labels: Vec<(&str, &str)> = series_labels(&batch.labels, &row.values)
                 .into_iter()
@@ -351,7 +381,8 @@ pub fn add_batch(db: &Db, batch: &Batch) -> Result<()> {
             adds.add_marginals(&labels, row.minute, &vals);
         }
     }
-    adds.write(db)
+    adds.write(db)?;
+    Ok(looked_up)
 }
 
 /// An insert of `count` rows of `keys` then `cols` (bound in that order, row after row)
@@ -410,29 +441,38 @@ impl Horizons {
 }
 
 /// The window split by tier: `(table, from, to)` in seconds, coarsest first. Before the
-/// horizons, the window reads whichever coarser tier still holds it: the buckets whose
-/// start lies in the window, each in the step its start is in (so a step there may hold
-/// up to a bucket's worth more or less than its exact span). From the minute horizon on,
-/// [`parts`] splits it exactly.
+/// horizons, the window reads only the coarser tiers that still hold it, and where their
+/// buckets do not fit the steps or the window, the finest of them: the buckets whose start
+/// lies in the window, each in the step its start is in (so a step there may hold up to a
+/// bucket's worth more or less than its exact span). From the minute horizon on, the split
+/// is exact: whole buckets of the coarsest tier that fits, minutes for the ragged rest.
 pub fn plan(
     from: i64,
     to: i64,
     step: i64,
     horizons: Horizons,
-    stored_from: impl FnMut(i64, i64) -> bool,
+    mut stored_from: impl FnMut(i64, i64) -> bool,
 ) -> Vec<(&'static str, i64, i64)> {
     let mut out = Vec::new();
+    let mut never = |_: i64, _: i64| true;
     let days_to = to.min(horizons.hour);
     if from < days_to {
-        out.push(("rollups_day", from, days_to));
+        out.extend(split(&TIERS[..1], from, days_to, step, false, &mut never));
     }
     let (hours_from, hours_to) = (from.max(horizons.hour), to.min(horizons.minute));
     if hours_from < hours_to {
-        out.push(("rollups_hour", hours_from, hours_to));
+        out.extend(split(
+            &TIERS[..2],
+            hours_from,
+            hours_to,
+            step,
+            false,
+            &mut never,
+        ));
     }
     let rest = from.max(horizons.minute);
     if rest < to {
-        out.extend(parts(rest, to, step, stored_from));
+        out.extend(split(&TIERS, rest, to, step, true, &mut stored_from));
     }
     out
 }
@@ -442,35 +482,54 @@ pub fn plan(
 /// takes the rest (a minute belongs to the step its start is in). The one bucket that holds
 /// the window's end is read whole when nothing was stored in it from the end on (the usual
 /// case: a window that ends now); `stored_from(to, end)` tells whether the minute tier has
-/// rows in `[to, end)`.
-pub fn parts(
+/// rows in `[to, end)`. (What [`plan`] does from the minute horizon on.)
+#[cfg(test)]
+fn parts(
     from: i64,
     to: i64,
     step: i64,
     mut stored_from: impl FnMut(i64, i64) -> bool,
 ) -> Vec<(&'static str, i64, i64)> {
+    split(&TIERS, from, to, step, true, &mut stored_from)
+}
+
+/// The window split over `tiers` (coarsest first; the last takes whatever the others cannot).
+/// `at_end`: `to` is the window's end, so the bucket holding it may be read whole.
+fn split(
+    tiers: &[(&'static str, i64)],
+    from: i64,
+    to: i64,
+    step: i64,
+    at_end: bool,
+    stored_from: &mut dyn FnMut(i64, i64) -> bool,
+) -> Vec<(&'static str, i64, i64)> {
+    let (Some(&(table, size)), finer) = (tiers.first(), tiers.get(1..).unwrap_or_default()) else {
+        return Vec::new();
+    };
+    if finer.is_empty() {
+        return vec![(table, from, to)];
+    }
+    // Whole buckets from the first boundary on to the last one.
+    let first = from + (size - from.rem_euclid(size)) % size;
+    let last = to - to.rem_euclid(size);
+    if step % size != 0 || first > last {
+        return split(finer, from, to, step, at_end, stored_from);
+    }
     let mut out = Vec::new();
-    let mut cur = from;
-    for (table, size) in TIERS {
-        if cur >= to {
-            break;
-        }
-        if size == 60 {
-            out.push((table, cur, to));
-            break;
-        }
-        if step % size != 0 || cur.rem_euclid(size) != 0 {
-            continue;
-        }
-        let whole = cur + (to - cur).div_euclid(size) * size;
-        if whole < to && !stored_from(to, whole + size) {
-            out.push((table, cur, whole + size));
-            break;
-        }
-        if whole > cur {
-            out.push((table, cur, whole));
-            cur = whole;
-        }
+    if from < first {
+        out.extend(split(finer, from, first, step, false, stored_from));
+    }
+    let mut end = last;
+    let mut tail = last < to;
+    if tail && at_end && !stored_from(to, last + size) {
+        end = last + size;
+        tail = false;
+    }
+    if first < end {
+        out.push((table, first, end));
+    }
+    if tail {
+        out.extend(split(finer, last, to, step, at_end, stored_from));
     }
     out
 }
@@ -522,7 +581,35 @@ fn groups(db: &Db, q: &Query) -> Result<Groups> {
 /// row, several times slower over a fleet's series). Rows come in bucket order, so one
 /// step's sums are open at a time.
 fn per_step(db: &Db, q: &Query, values: &[String]) -> Result<StepSums> {
-    let (by_id, names) = groups(db, q)?;
+    let stored_from = |from: i64, to: i64| -> bool {
+        // When unsure, read the finer tiers: always exact.
+        db.query_one(
+            "SELECT EXISTS (SELECT 1 FROM rollups_minute WHERE bucket >= ?1 AND bucket < ?2)",
+            params![from, to],
+            |r| r.bool(0),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(true)
+    };
+    let horizons = Horizons::read(db)?;
+    let parts = plan(q.from, q.to, q.step, horizons, stored_from);
+    let marginal_of = |table: &str| {
+        MARGINALS
+            .iter()
+            .zip(["rollups_day", "rollups_hour"])
+            .find(|(_, tier)| *tier == table)
+            .map(|((m, _), _)| *m)
+    };
+    // The series and their groups only when some part reads the series (a fleet's table of
+    // them is large, and the marginals answer most queries).
+    let reads_series =
+        Plan::of(q).is_none() || parts.iter().any(|(t, _, _)| marginal_of(t).is_none());
+    let (by_id, names) = if reads_series {
+        groups(db, q)?
+    } else {
+        Groups::default()
+    };
     let width = values.len();
     let mut out = Vec::new();
     let mut open = vec![0i64; names.len() * width];
@@ -536,25 +623,8 @@ fn per_step(db: &Db, q: &Query, values: &[String]) -> Result<StepSums> {
             }
         }
     };
-    let stored_from = |from: i64, to: i64| -> bool {
-        // When unsure, read the finer tiers: always exact.
-        db.query_one(
-            "SELECT EXISTS (SELECT 1 FROM rollups_minute WHERE bucket >= ?1 AND bucket < ?2)",
-            params![from, to],
-            |r| r.bool(0),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(true)
-    };
-    let horizons = Horizons::read(db)?;
-    for (table, from, to) in plan(q.from, q.to, q.step, horizons, stored_from) {
-        let marginal = MARGINALS
-            .iter()
-            .zip(["rollups_day", "rollups_hour"])
-            .find(|(_, tier)| *tier == table)
-            .map(|((m, _), _)| *m);
-        if let (Some(marginal), Some(plan)) = (marginal, Plan::of(q)) {
+    for (table, from, to) in parts {
+        if let (Some(marginal), Some(plan)) = (marginal_of(table), Plan::of(q)) {
             out.extend(from_marginals(db, q, marginal, from, to, &plan, values)?);
             continue;
         }
@@ -835,6 +905,40 @@ mod tests {
             true
         });
         assert_eq!(asked[0], (to, 31 * day));
+    }
+
+    #[test]
+    fn before_the_horizons_the_coarsest_tier_left_that_fits_is_read() {
+        let day = 86_400;
+        let never = |_: i64, _: i64| true;
+        // Retention left minutes from 5 a.m. of day 20 on and hours from day 10 on.
+        let horizons = Horizons {
+            minute: 20 * day + 5 * 3600,
+            hour: 10 * day,
+        };
+        assert_eq!(
+            plan(0, 30 * day, day, horizons, never),
+            [
+                ("rollups_day", 0, 10 * day),
+                ("rollups_day", 10 * day, 20 * day),
+                ("rollups_hour", 20 * day, 20 * day + 5 * 3600),
+                ("rollups_hour", 20 * day + 5 * 3600, 21 * day),
+                ("rollups_day", 21 * day, 30 * day),
+            ]
+        );
+        // Five-minute steps over deleted minutes read hours; over deleted hours, days.
+        assert_eq!(
+            plan(9 * day, 21 * day, 300, horizons, never),
+            [
+                ("rollups_day", 9 * day, 10 * day),
+                ("rollups_hour", 10 * day, 20 * day + 5 * 3600),
+                ("rollups_minute", 20 * day + 5 * 3600, 21 * day),
+            ]
+        );
+        assert_eq!(
+            plan(0, 7200, 3600, Horizons::NONE, never),
+            parts(0, 7200, 3600, never)
+        );
     }
 
     #[test]

@@ -220,7 +220,29 @@ impl Worker {
         }
     }
 
+    /// Runs a job; a connection found broken when the job could not have changed anything
+    /// yet (a `BEGIN`, a read outside a transaction) is made again and the job run once
+    /// more, so that the first request after a database restart does not fail on a
+    /// connection that was idle through it.
     fn run(&mut self, op: Op, sql: &str, params: &[Value]) -> Result<Answer, DbError> {
+        let had_connection = self.client.is_some();
+        let answer = self.run_once(&op, sql, params);
+        let harmless = |w: &Worker| match op {
+            Op::Begin => true,
+            Op::Query => !w.in_transaction && is_read(sql),
+            _ => false,
+        };
+        match answer {
+            Err(DbError::Unavailable(_))
+                if had_connection && self.client.is_none() && harmless(self) =>
+            {
+                self.run_once(&op, sql, params)
+            }
+            other => other,
+        }
+    }
+
+    fn run_once(&mut self, op: &Op, sql: &str, params: &[Value]) -> Result<Answer, DbError> {
         match op {
             Op::Begin => {
                 self.in_transaction = false;
@@ -269,7 +291,7 @@ impl Worker {
                 let statement = self.statement(sql)?;
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                if matches!(op, Op::Execute) {
+                if matches!(op, &Op::Execute) {
                     let n = self.client()?.execute(&statement, &refs);
                     return n.map(Answer::Changed).map_err(|e| self.failed(e));
                 }
@@ -335,6 +357,15 @@ impl Worker {
             _ => DbError::Failed(message),
         }
     }
+}
+
+/// Whether a statement only reads.
+fn is_read(sql: &str) -> bool {
+    let head = sql.trim_start();
+    ["SELECT", "WITH"].iter().any(|k| {
+        head.get(..k.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(k))
+    }) && !head.to_ascii_uppercase().contains("INSERT")
 }
 
 /// An error with its causes, as one line.
