@@ -72,31 +72,25 @@ fn stored_ids(pg: &Postgres) -> BTreeSet<String> {
 }
 
 /// A team's requests, prompt tokens and total tokens in every tier and marginal of the
-/// store (they must agree).
+/// store (they must agree), read in one statement: one snapshot, while batches arrive.
 fn stored_usage(pg: &Postgres, team: &str) -> [i64; 3] {
     let sums = "coalesce(sum(requests_2xx), 0) || ',' || coalesce(sum(prompt_tokens), 0) || ',' || coalesce(sum(total_tokens), 0)";
     let series = format!("'{{\"team\":\"{team}\"}}'");
-    let mut all = Vec::new();
+    let mut parts = Vec::new();
     for t in ["rollups_minute", "rollups_hour", "rollups_day"] {
-        all.push(
-            pg.psql(
-                "fleet",
-                &format!(
-            "SELECT {sums} FROM {t} r JOIN series s ON s.id = r.series_id WHERE s.labels = {series}"
-        ),
-            )
-            .unwrap(),
-        );
+        parts.push(format!(
+            "(SELECT {sums} FROM {t} r JOIN series s ON s.id = r.series_id WHERE s.labels = {series})"
+        ));
     }
     for t in ["marginals_hour", "marginals_day"] {
-        all.push(
-            pg.psql(
-                "fleet",
-                &format!("SELECT {sums} FROM {t} WHERE label = 'team' AND value = '{team}'"),
-            )
-            .unwrap(),
-        );
+        parts.push(format!(
+            "(SELECT {sums} FROM {t} WHERE label = 'team' AND value = '{team}')"
+        ));
     }
+    let line = pg
+        .psql("fleet", &format!("SELECT {}", parts.join(" || ' ' || ")))
+        .unwrap();
+    let all: Vec<&str> = line.split(' ').collect();
     assert!(
         all.iter().all(|a| *a == all[0]),
         "the tiers differ for {team}: {all:?}"

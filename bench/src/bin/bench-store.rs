@@ -1350,8 +1350,9 @@ PostgreSQL its WAL. PostgreSQL runs with the shared buffers of a default install
 (testkit's clusters have 16 MB).\n\n\
 **How.** Real `tokenmeter serve` processes (`--listen 127.0.0.1:0`, default flags), each\n\
 on a fresh database; three collectors share one database, the batches dealt round-robin\n\
-over them. A collector does one store operation at a time, on its one connection, so posts\n\
-to one collector queue there. {clients} client threads post the batches, each once, a thread\n\
+over them. A collector works through one connection to an SQLite file and four to\n\
+PostgreSQL, so posts to one collector queue there past that. {clients} client threads post\n\
+the batches, each once, a thread\n\
 its next as soon as its last is answered; a 503 would be tried again after 250 ms, and\n\
 counted.\n\n\
 - *Records/s*: {records} records a round, about 2 KB of JSON each (question, answer and\n  \

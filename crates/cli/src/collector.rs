@@ -32,6 +32,8 @@ pub struct AppState {
     pub token: Option<Arc<String>>,
     /// The token record and rollup posts need, when one was given.
     pub ingest_token: Option<Arc<String>>,
+    /// Places for the deliveries in progress ([`MAX_DELIVERIES`]).
+    pub deliveries: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -166,14 +168,30 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 type Refusal = (StatusCode, String);
 
 /// Runs `work` on the store off the async threads and answers with its JSON; a refusal
-/// with its status, and a failure of the store with 500 (logged, naming `what`).
+/// with its status, a database that is unavailable or busy with 503, and any other failure
+/// of the store with 500 (logged, naming `what`).
 async fn on_store<T: Serialize + Send + 'static>(
     state: &AppState,
     what: &'static str,
     work: impl FnOnce(&mut Store) -> anyhow::Result<Result<T, Refusal>> + Send + 'static,
 ) -> Response {
+    on_store_after(state, what, || Ok(()), move |store, ()| work(store)).await
+}
+
+/// [`on_store`] after `prepare` (parsing a body), which runs before a connection is taken:
+/// a large body does not hold the store while it is read.
+async fn on_store_after<P: Send + 'static, T: Serialize + Send + 'static>(
+    state: &AppState,
+    what: &'static str,
+    prepare: impl FnOnce() -> Result<P, Refusal> + Send + 'static,
+    work: impl FnOnce(&mut Store, P) -> anyhow::Result<Result<T, Refusal>> + Send + 'static,
+) -> Response {
     let store = state.store.clone();
-    let outcome = tokio::task::spawn_blocking(move || store.with(work)).await;
+    let outcome = tokio::task::spawn_blocking(move || match prepare() {
+        Ok(p) => store.with(|s| work(s, p)),
+        Err(refusal) => Ok(Err(refusal)),
+    })
+    .await;
     match outcome {
         Ok(Ok(Ok(answer))) => Json(answer).into_response(),
         Ok(Ok(Err((status, message)))) => error(status, message),
@@ -205,6 +223,27 @@ async fn on_store<T: Serialize + Send + 'static>(
     }
 }
 
+/// Most deliveries (record and rollup posts) a collector holds at once, bodies and all;
+/// past that it answers 503 at once, so a stalled database cannot make it hoard bodies.
+pub const MAX_DELIVERIES: usize = 64;
+
+/// A place among the deliveries in progress, if one is free.
+fn ingestion_slot(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.deliveries.clone().try_acquire_owned().ok()
+}
+
+fn busy() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{MAX_DELIVERIES} deliveries are already waiting for the store; try again shortly"),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
+}
+
 fn bad_request(message: impl ToString) -> Refusal {
     (StatusCode::BAD_REQUEST, message.to_string())
 }
@@ -226,17 +265,21 @@ async fn post_records(
         }
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    on_store(&state, "storing the records", move |store| {
-        let received = Utc::now();
-        let batch = match ingest::parse_batch(&body, received) {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(bad_request(e))),
-        };
-        let stored = store.insert(&batch, received.timestamp_micros())?;
-        Ok(Ok(
-            json!({"stored": stored.stored, "duplicates": stored.duplicates}),
-        ))
-    })
+    let Some(_slot) = ingestion_slot(&state) else {
+        return busy();
+    };
+    let received = Utc::now();
+    on_store_after(
+        &state,
+        "storing the records",
+        move || ingest::parse_batch(&body, received).map_err(bad_request),
+        move |store, batch| {
+            let stored = store.insert(&batch, received.timestamp_micros())?;
+            Ok(Ok(
+                json!({"stored": stored.stored, "duplicates": stored.duplicates}),
+            ))
+        },
+    )
     .await
 }
 
@@ -249,14 +292,18 @@ async fn post_rollups(
         Ok(b) => b,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    on_store(&state, "storing the rollups", move |store| {
-        let batch = match rollups::parse(&body) {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(bad_request(e))),
-        };
-        let added = store.insert_rollups(&batch, Utc::now().timestamp_micros())?;
-        Ok(Ok(json!({"rows": batch.rows.len(), "duplicate": !added})))
-    })
+    let Some(_slot) = ingestion_slot(&state) else {
+        return busy();
+    };
+    on_store_after(
+        &state,
+        "storing the rollups",
+        move || rollups::parse(&body).map_err(bad_request),
+        move |store, batch| {
+            let added = store.insert_rollups(&batch, Utc::now().timestamp_micros())?;
+            Ok(Ok(json!({"rows": batch.rows.len(), "duplicate": !added})))
+        },
+    )
     .await
 }
 
@@ -374,11 +421,16 @@ async fn get_monitors(State(state): State<AppState>, Query(params): Params) -> R
     .await
 }
 
+/// How long `/healthz` waits for a connection to the store.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
-    let ok = tokio::task::spawn_blocking(move || store.with(|s| s.check()).is_ok())
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || {
+        store.with_deadline(HEALTH_WAIT, |s| s.check()).is_ok()
+    })
+    .await
+    .unwrap_or(false);
     if ok {
         Json(json!({"status": "ok"})).into_response()
     } else {

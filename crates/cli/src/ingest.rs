@@ -101,6 +101,9 @@ fn record(value: Value, location: &str, received: DateTime<Utc>) -> Result<Incom
     if record.id.len() > MAX_ID_BYTES {
         return Err(fail("id", format!("is longer than {MAX_ID_BYTES} bytes")));
     }
+    if record.id.contains('\0') {
+        return Err(fail("id", "holds a NUL character".to_string()));
+    }
     let time = match &record.time {
         Some(text) => parse_rfc3339(text).ok_or_else(|| {
             fail(
@@ -168,6 +171,10 @@ mod tests {
             "line 1: time: \"yesterday\" is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
         );
         assert_eq!(err("{\"id\":\"  \"}"), "line 1: id: must not be empty");
+        assert_eq!(
+            err("{\"id\":\"a\\u0000\"}"),
+            "line 1: id: holds a NUL character"
+        );
         assert!(
             err("{\"id\":\"a\",\"usage\":{\"prompt\":-1}}").starts_with("line 1: usage.prompt: ")
         );

@@ -14,12 +14,41 @@ pub const MAX_ROWS: usize = 100_000;
 pub struct RollupError(String);
 
 /// Parses and checks a batch.
+/// The largest count a row may hold in any field: far above what one gateway VM adds up
+/// in a minute (10^8 tokens per request), far below what would overflow the store's sums.
+pub const MAX_COUNT: u64 = 1 << 45;
+
+/// Every count of a row, by field name.
+fn counts(row: &tokenmeter_core::series::rollup::Row) -> Vec<(&'static str, u64)> {
+    let mut out: Vec<(&'static str, u64)> = Vec::new();
+    out.extend(row.requests.iter().map(|v| ("requests", *v)));
+    out.extend(row.errors.iter().map(|v| ("errors", *v)));
+    out.extend([
+        ("prompt_tokens", row.prompt_tokens),
+        ("completion_tokens", row.completion_tokens),
+        ("total_tokens", row.total_tokens),
+        ("cached_tokens", row.cached_tokens),
+        ("reasoning_tokens", row.reasoning_tokens),
+        ("estimated", row.estimated),
+        ("invalid_usage", row.invalid_usage),
+    ]);
+    for (name, h) in [
+        ("duration_ms", &row.duration_ms),
+        ("ttft_ms", &row.ttft_ms),
+        ("tpot_ms", &row.tpot_ms),
+    ] {
+        out.extend(h.buckets.iter().map(|v| (name, *v)));
+        out.extend([(name, h.sum), (name, h.count)]);
+    }
+    out
+}
+
 pub fn parse(body: &[u8]) -> Result<Batch, RollupError> {
     let batch: Batch = serde_json::from_slice(body)
         .map_err(|e| RollupError(format!("body: not a rollup batch: {e}")))?;
-    if batch.id.is_empty() || batch.id.len() > MAX_ID_BYTES {
+    if batch.id.is_empty() || batch.id.len() > MAX_ID_BYTES || batch.id.contains('\0') {
         return Err(RollupError(format!(
-            "id: must be 1 to {MAX_ID_BYTES} bytes"
+            "id: must be 1 to {MAX_ID_BYTES} bytes, without NUL"
         )));
     }
     // Label names as Prometheus has them, each once: an empty name would read as the
@@ -44,7 +73,8 @@ pub fn parse(body: &[u8]) -> Result<Batch, RollupError> {
         )));
     }
     let histogram = |h: &Histogram, bounds: &[u64], field: &str, i: usize| {
-        if h.buckets.len() != bounds.len() + 1 || h.buckets.iter().sum::<u64>() != h.count {
+        let total = h.buckets.iter().try_fold(0u64, |a, b| a.checked_add(*b));
+        if h.buckets.len() != bounds.len() + 1 || total != Some(h.count) {
             return Err(RollupError(format!(
                 "rows[{i}].{field}: {} buckets adding up to the count expected",
                 bounds.len() + 1
@@ -64,6 +94,16 @@ pub fn parse(body: &[u8]) -> Result<Batch, RollupError> {
             return Err(RollupError(format!(
                 "rows[{i}].minute: {} is not the start of a minute",
                 row.minute
+            )));
+        }
+        if let Some((field, v)) = counts(row).into_iter().find(|(_, v)| *v > MAX_COUNT) {
+            return Err(RollupError(format!(
+                "rows[{i}].{field}: {v} is more than a gateway counts in a minute (at most {MAX_COUNT})"
+            )));
+        }
+        if let Some(v) = row.values.iter().find(|v| v.contains('\0')) {
+            return Err(RollupError(format!(
+                "rows[{i}].values: {v:?} holds a NUL character"
             )));
         }
         histogram(&row.duration_ms, &LATENCY_BOUNDS_MS, "duration_ms", i)?;
@@ -128,5 +168,36 @@ mod tests {
             .to_string()
             .starts_with("id"));
         assert!(parse(b"[]").unwrap_err().to_string().starts_with("body"));
+    }
+
+    #[test]
+    fn absurd_counts_and_nul_characters_are_refused() {
+        let good = batch();
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["requests"][0] = serde_json::json!(u64::MAX);
+        let e = parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("rows[0].requests: 18446744073709551615 is more than"),
+            "{e}"
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["duration_ms"]["sum"] = serde_json::json!(MAX_COUNT + 1);
+        let e = parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("rows[0].duration_ms"), "{e}");
+        // Buckets whose sum would overflow: refused, not a panic.
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["ttft_ms"]["buckets"][0] = serde_json::json!(u64::MAX);
+        v["rows"][0]["ttft_ms"]["buckets"][1] = serde_json::json!(u64::MAX);
+        assert!(parse(v.to_string().as_bytes()).is_err());
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["rows"][0]["values"][0] = "re\u{0}d".into();
+        let e = parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("NUL"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+        v["id"] = "vm\u{0}-1".into();
+        assert!(parse(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+            .starts_with("id"));
     }
 }

@@ -105,6 +105,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         token: token.map(Arc::new),
         ingest_token: ingest_token.map(Arc::new),
+        deliveries: Arc::new(tokio::sync::Semaphore::new(collector::MAX_DELIVERIES)),
     };
     // Names this collector in the claims of scheduled runs, among others sharing the store.
     let instance: Arc<str> = format!("{addr}/{}", std::process::id()).into();

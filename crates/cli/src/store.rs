@@ -193,6 +193,32 @@ CREATE TABLE rollup_batches (
     sql
 }
 
+/// A record's JSON with every NUL character (`\u0000`, in a user's text) made U+FFFD:
+/// PostgreSQL's JSON type refuses NUL, which would make every filtered read of the records
+/// fail; both backends store the same text.
+fn without_nul(json: String) -> String {
+    if !json.contains("\\u0000") {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json.as_str();
+    while let Some(i) = rest.find("\\u0000") {
+        let (before, after) = rest.split_at(i);
+        out.push_str(before);
+        // An escape only where an even number of backslashes comes before it (`\\u0000`
+        // is a backslash and the text "u0000").
+        let backslashes = before.bytes().rev().take_while(|b| *b == b'\\').count();
+        out.push_str(if backslashes % 2 == 0 {
+            "\\ufffd"
+        } else {
+            "\\u0000"
+        });
+        rest = after.get(6..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Records per insert statement, well inside both databases' limits on bound values.
 const RECORDS_PER_STATEMENT: usize = 32;
 
@@ -354,12 +380,20 @@ impl Store {
     pub fn insert(&mut self, batch: &[Incoming], received_us: i64) -> Result<Stored> {
         let mut json = Vec::with_capacity(batch.len());
         for item in batch {
-            json.push(serde_json::to_string(&item.record)?);
+            json.push(without_nul(serde_json::to_string(&item.record)?));
         }
-        let rows: Vec<(&Incoming, &String)> = batch.iter().zip(&json).collect();
+        // Each id once (the first of the batch kept), in id order: collectors storing
+        // overlapping batches at once take the rows' locks in one order, so never deadlock.
+        let mut rows: Vec<(&Incoming, &String)> = batch.iter().zip(&json).collect();
+        rows.sort_by(|a, b| a.0.record.id.cmp(&b.0.record.id));
+        rows.dedup_by(|later, first| later.0.record.id == first.0.record.id);
+        let repeated = (batch.len() - rows.len()) as u64;
         self.db
             .transaction(|db| {
-                let mut counts = Stored::default();
+                let mut counts = Stored {
+                    stored: 0,
+                    duplicates: repeated,
+                };
                 // Several records per statement (a round trip each on PostgreSQL); within
                 // one, as across them, the first of an id is kept.
                 for chunk in rows.chunks(RECORDS_PER_STATEMENT) {
@@ -1414,6 +1448,78 @@ mod tests {
         // The same connection serves the next statement.
         store.insert(&batch, 0).unwrap();
         assert_eq!(store.count_records().unwrap(), 1);
+    }
+
+    #[test]
+    fn nul_characters_in_text_are_stored_as_u_fffd_and_records_stay_browsable() {
+        assert_eq!(
+            without_nul(r#"{"q":"a\u0000b"}"#.into()),
+            r#"{"q":"a\ufffdb"}"#
+        );
+        // A backslash then the text u0000 is not a NUL.
+        assert_eq!(
+            without_nul(r#"{"q":"a\\u0000b"}"#.into()),
+            r#"{"q":"a\\u0000b"}"#
+        );
+        assert_eq!(
+            without_nul(r#"{"q":"\\\u0000"}"#.into()),
+            r#"{"q":"\\\ufffd"}"#
+        );
+        on_both(|location| {
+            let mut store = Store::open(location).unwrap();
+            let batch = parse_batch(
+                b"{\"id\":\"n\",\"time\":\"2026-11-26T09:00:00Z\",\"model\":\"gpt\",\"question\":\"a\\u0000b\"}",
+                now(),
+            )
+            .unwrap();
+            store.insert(&batch, 0).unwrap();
+            let q = crate::browse::RecordsQuery {
+                from_us: 0,
+                to_us: i64::MAX,
+                filters: vec![("model", "gpt".into())],
+                metric: None,
+                pass: None,
+                limit: 10,
+                offset: 0,
+            };
+            let (total, records) = store.records_page(&q).unwrap();
+            assert_eq!(total, 1);
+            assert!(records[0].contains("a\\ufffdb"), "{records:?}");
+        });
+    }
+
+    #[test]
+    fn absurd_counts_saturate_instead_of_breaking_the_queries() {
+        use tokenmeter_core::series::rollup::Row;
+        on_both(|location| {
+            let mut store = Store::open(location).unwrap();
+            for n in 0..3 {
+                let batch = Batch {
+                    id: format!("vm-{n}"),
+                    labels: vec!["team".into()],
+                    rows: vec![Row {
+                        requests: [u64::MAX, u64::MAX, 0, 0, 0, 0],
+                        prompt_tokens: u64::MAX,
+                        ..Row::new(1_767_225_600, vec!["red".into()])
+                    }],
+                };
+                assert!(store.insert_rollups(&batch, 0).unwrap());
+            }
+            for (step, group_by) in [(86_400, Some("team".to_string())), (60, None)] {
+                let q = crate::usage::Query {
+                    from: 1_767_225_600,
+                    to: 1_767_225_600 + 86_400,
+                    step,
+                    group_by,
+                    scope: None,
+                };
+                let a = crate::usage::answer(&q, store.usage(&q).unwrap());
+                assert_eq!(a.totals.requests, i64::MAX);
+                assert_eq!(a.totals.prompt_tokens, i64::MAX);
+                let ops = crate::usage::operations(&q, store.operations(&q).unwrap());
+                assert_eq!(ops.totals.requests, i64::MAX);
+            }
+        });
     }
 
     #[test]

@@ -395,9 +395,16 @@ fn upsert(table: &str, keys: &[&str], cols: &[String], count: usize) -> String {
             format!("({})", params.join(", "))
         })
         .collect();
+    // Saturating (values are never negative): an absurd batch cannot make a stored sum
+    // overflow, which PostgreSQL refuses and SQLite turns into a float.
     let updates: Vec<String> = cols
         .iter()
-        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+        .map(|c| {
+            format!(
+                "{c} = CASE WHEN excluded.{c} > {max} - {table}.{c} THEN {max} ELSE {table}.{c} + excluded.{c} END",
+                max = i64::MAX
+            )
+        })
         .collect();
     format!(
         "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
@@ -543,24 +550,35 @@ type StepSums = Vec<(i64, Option<String>, Vec<i64>)>;
 
 fn groups(db: &Db, q: &Query) -> Result<Groups> {
     let dialect = db.dialect();
+    // Label names are checked to be letters, digits and `_` when the query is read; they
+    // are bound, so that every label shares one statement.
+    let mut params: Vec<Value> = Vec::new();
     let group = match &q.group_by {
-        // Label names are checked to be letters, digits and `_` when the query is read.
-        Some(label) => dialect.json_text("labels", label),
+        Some(label) => {
+            params.push(Value::from(label));
+            dialect.json_text_bound("labels", "?1")
+        }
         None => "NULL".to_string(),
     };
-    let (scope, value) = match &q.scope {
-        Some((label, value)) => (
-            format!(" WHERE {} = ?1", dialect.json_text("labels", label)),
-            vec![Value::from(value)],
-        ),
-        None => (String::new(), Vec::new()),
+    let scope = match &q.scope {
+        Some((label, value)) => {
+            let n = params.len();
+            params.push(Value::from(label));
+            params.push(Value::from(value));
+            format!(
+                " WHERE {} = ?{}",
+                dialect.json_text_bound("labels", &format!("?{}", n + 1)),
+                n + 2
+            )
+        }
+        None => String::new(),
     };
     let mut by_id = HashMap::new();
     let mut names: Vec<Option<String>> = Vec::new();
     let mut index: HashMap<Option<String>, usize> = HashMap::new();
     db.query(
         &format!("SELECT id, CAST({group} AS TEXT) FROM series{scope}"),
-        &value,
+        &params,
         &mut |r| {
             let (id, name) = (r.int(0)?, r.opt_text(1)?);
             let i = *index.entry(name.clone()).or_insert_with(|| {
@@ -765,24 +783,30 @@ fn from_marginals(
 
 /// Usage per step and group: `(step index, group, sums)`.
 pub fn usage(db: &Db, q: &Query) -> Result<Vec<(i64, Option<String>, Sums)>> {
-    let statuses = status_columns();
-    let mut values = vec![statuses.join(" + "), error_columns().join(" + ")];
+    // Every column on its own, added here with saturation: SQL's `+` over the columns
+    // would fail (PostgreSQL) or turn to a float (SQLite) on a store fed absurd counts.
+    let mut values = status_columns();
+    values.extend(error_columns());
     values.extend(TOKENS.iter().take(5).map(|t| t.to_string()));
+    let (statuses, errors) = (STATUS_CLASSES.len(), ERROR_TYPES.len());
     Ok(per_step(db, q, &values)?
         .into_iter()
         .map(|(step, group, v)| {
             let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            let sum =
+                |from: usize, n: usize| (from..from + n).fold(0i64, |a, i| a.saturating_add(at(i)));
+            let t = statuses + errors;
             (
                 step,
                 group,
                 Sums {
-                    requests: at(0),
-                    errors: at(1),
-                    prompt_tokens: at(2),
-                    completion_tokens: at(3),
-                    total_tokens: at(4),
-                    cached_tokens: at(5),
-                    reasoning_tokens: at(6),
+                    requests: sum(0, statuses),
+                    errors: sum(statuses, errors),
+                    prompt_tokens: at(t),
+                    completion_tokens: at(t + 1),
+                    total_tokens: at(t + 2),
+                    cached_tokens: at(t + 3),
+                    reasoning_tokens: at(t + 4),
                 },
             )
         })
@@ -792,11 +816,11 @@ pub fn usage(db: &Db, q: &Query) -> Result<Vec<(i64, Option<String>, Sums)>> {
 /// Requests, errors and the duration and TTFT histograms per step and group.
 pub fn operations(db: &Db, q: &Query) -> Result<Vec<OperationsRow>> {
     let buckets = LATENCY_BOUNDS_MS.len() + 1;
-    let statuses = status_columns();
-    let mut values = vec![statuses.join(" + ")];
+    let mut values = status_columns();
     values.extend(error_columns());
     values.extend(histogram_columns("duration_ms", buckets));
     values.extend(histogram_columns("ttft_ms", buckets));
+    let (statuses, errors) = (STATUS_CLASSES.len(), ERROR_TYPES.len());
     Ok(per_step(db, q, &values)?
         .into_iter()
         .map(|(step, group, v)| {
@@ -806,13 +830,14 @@ pub fn operations(db: &Db, q: &Query) -> Result<Vec<OperationsRow>> {
                 sum: at(first + buckets).max(0) as u64,
                 count: at(first + buckets + 1).max(0) as u64,
             };
+            let first = statuses + errors;
             OperationsRow {
                 step,
                 group,
-                requests: at(0),
-                errors: [at(1), at(2), at(3), at(4), at(5), at(6)],
-                duration: histogram(7),
-                ttft: histogram(7 + buckets + 2),
+                requests: (0..statuses).fold(0i64, |a, i| a.saturating_add(at(i))),
+                errors: std::array::from_fn(|i| at(statuses + i)),
+                duration: histogram(first),
+                ttft: histogram(first + buckets + 2),
             }
         })
         .collect())

@@ -125,14 +125,19 @@ pub struct Sums {
 }
 
 impl Sums {
+    /// Adds, saturating: a store fed absurd counts answers absurd sums, not an error.
     pub fn add(&mut self, o: &Sums) {
-        self.requests += o.requests;
-        self.errors += o.errors;
-        self.prompt_tokens += o.prompt_tokens;
-        self.completion_tokens += o.completion_tokens;
-        self.total_tokens += o.total_tokens;
-        self.cached_tokens += o.cached_tokens;
-        self.reasoning_tokens += o.reasoning_tokens;
+        for (a, b) in [
+            (&mut self.requests, o.requests),
+            (&mut self.errors, o.errors),
+            (&mut self.prompt_tokens, o.prompt_tokens),
+            (&mut self.completion_tokens, o.completion_tokens),
+            (&mut self.total_tokens, o.total_tokens),
+            (&mut self.cached_tokens, o.cached_tokens),
+            (&mut self.reasoning_tokens, o.reasoning_tokens),
+        ] {
+            *a = a.saturating_add(b);
+        }
     }
 }
 
@@ -337,7 +342,7 @@ fn quantile(buckets: &[u64], bounds: &[u64], count: u64, q: f64) -> Option<f64> 
     let rank = q * count as f64;
     let mut below = 0u64;
     for (i, &n) in buckets.iter().enumerate() {
-        if n > 0 && (below + n) as f64 >= rank {
+        if n > 0 && below.saturating_add(n) as f64 >= rank {
             let lower = if i == 0 {
                 0
             } else {
@@ -349,7 +354,7 @@ fn quantile(buckets: &[u64], bounds: &[u64], count: u64, q: f64) -> Option<f64> 
             let within = (rank - below as f64) / n as f64;
             return Some(lower as f64 + (upper - lower) as f64 * within);
         }
-        below += n;
+        below = below.saturating_add(n);
     }
     bounds.last().map(|&b| b as f64)
 }
@@ -412,9 +417,9 @@ impl Acc {
     }
 
     fn add(&mut self, r: &OperationsRow) {
-        self.requests += r.requests;
+        self.requests = self.requests.saturating_add(r.requests);
         for (a, b) in self.errors.iter_mut().zip(r.errors) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
         for (mine, theirs) in [(&mut self.duration, &r.duration), (&mut self.ttft, &r.ttft)] {
             for (a, b) in mine.buckets.iter_mut().zip(&theirs.buckets) {
@@ -426,7 +431,7 @@ impl Acc {
     }
 
     fn figures(&self) -> Operations {
-        let failed: i64 = self.errors.iter().sum();
+        let failed = self.errors.iter().fold(0i64, |a, b| a.saturating_add(*b));
         Operations {
             requests: self.requests,
             errors: ERROR_TYPES.iter().copied().zip(self.errors).collect(),

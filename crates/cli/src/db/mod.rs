@@ -31,6 +31,15 @@ impl Dialect {
             Dialect::Postgres => format!("(CAST({col} AS jsonb) ->> '{key}')"),
         }
     }
+
+    /// The same, the member's name bound at `param` (`?N`), so that one statement serves
+    /// every name. The name must still be a checked one (SQLite reads it into a path).
+    pub(crate) fn json_text_bound(self, col: &str, param: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_extract({col}, '$.\"' || {param} || '\"')"),
+            Dialect::Postgres => format!("(CAST({col} AS jsonb) ->> CAST({param} AS TEXT))"),
+        }
+    }
 }
 
 /// A value bound to a statement or read from a row.
@@ -266,12 +275,24 @@ impl Db {
                     let collided = e
                         .chain()
                         .any(|c| matches!(c.downcast_ref::<DbError>(), Some(DbError::Collided(_))));
-                    if !collided || attempt >= ATTEMPTS {
+                    if collided && attempt >= ATTEMPTS {
+                        // Other writers keep winning: answer as busy, to be tried later.
+                        return Err(DbError::Unavailable(format!(
+                            "the transaction collided with others {ATTEMPTS} times: {e:#}"
+                        ))
+                        .into());
+                    }
+                    if !collided {
                         return Err(e);
                     }
                 }
             }
         }
+    }
+
+    /// Ends any transaction left open (by a panic); nothing to report if there was none.
+    pub(crate) fn abandon(&self) {
+        let _ = self.rollback();
     }
 
     fn begin(&self) -> Result<()> {

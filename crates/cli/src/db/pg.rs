@@ -171,6 +171,9 @@ impl Conn {
     }
 }
 
+/// Most prepared statements kept per connection.
+const MAX_STATEMENTS: usize = 512;
+
 struct Worker {
     target: PgTarget,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -318,6 +321,11 @@ impl Worker {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
+        if self.statements.len() >= MAX_STATEMENTS {
+            // The store's statements are a few hundred shapes; past that, start afresh
+            // rather than keep every one here and in the server's session.
+            self.statements.clear();
+        }
         let prepared = self.client()?.prepare(&to_dollar_placeholders(sql));
         let s = prepared.map_err(|e| self.failed(e))?;
         self.statements.insert(sql.to_string(), s.clone());
@@ -353,6 +361,15 @@ impl Worker {
                 // Not the server's answer: an I/O failure on the way.
                 self.lost();
                 DbError::Unavailable(message)
+            }
+            // A prepared statement the server no longer has, or whose plan changed under
+            // it (a pooler between, a schema changed): prepare anew next time.
+            Some(c)
+                if *c == SqlState::INVALID_SQL_STATEMENT_NAME
+                    || *c == SqlState::FEATURE_NOT_SUPPORTED =>
+            {
+                self.statements.clear();
+                DbError::Failed(message)
             }
             _ => DbError::Failed(message),
         }
