@@ -26,10 +26,16 @@ fn pg_with(name: &str) -> Postgres {
     pg
 }
 
+/// `tokenmeter serve` on `db` (a database of `pg`, or a URL or file) with `pg`'s password.
 fn serve(pg: &Postgres, db: &str, extra: &[&str]) -> Collector {
+    let url = if db.contains("://") || db.contains('/') {
+        db.to_string()
+    } else {
+        pg.url(db)
+    };
     Collector::start_db(
         Path::new(BIN),
-        OsStr::new(&pg.url(db)),
+        OsStr::new(&url),
         "127.0.0.1:0",
         extra,
         &[("TOKENMETER_DB_PASSWORD", pg.password())],
@@ -384,29 +390,12 @@ fn a_password_on_the_command_line_is_refused_and_tls_is_verified() {
         !err.contains(pg.password()),
         "the password is echoed: {err}"
     );
+    let export = |db: &str| run(&pg, &["records", "export", "--since", "P1D", "--db", db]);
     // Plain text is refused by this server; verified TLS works.
-    let out = run(
-        &pg,
-        &[
-            "records",
-            "export",
-            "--since",
-            "P1D",
-            "--db",
-            &pg.url("tls"),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(export(&pg.url("tls")).status.code(), Some(1));
     let ca = pg.ca_file().unwrap().to_str().unwrap().to_string();
     let verified = format!("{}?sslmode=verify-full&sslrootcert={ca}", pg.url("tls"));
-    let c = Collector::start_db(
-        Path::new(BIN),
-        OsStr::new(&verified),
-        "127.0.0.1:0",
-        &[],
-        &[("TOKENMETER_DB_PASSWORD", pg.password())],
-    )
-    .unwrap();
+    let c = serve(&pg, &verified, &[]);
     let (status, body) = post(
         &format!("{}/v1/records", c.url()),
         "application/x-ndjson",
@@ -416,17 +405,7 @@ fn a_password_on_the_command_line_is_refused_and_tls_is_verified() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(count(&pg, "tls", "SELECT count(*) FROM records"), 1);
     // Without the server's CA, the public roots do not vouch for it.
-    let out = run(
-        &pg,
-        &[
-            "records",
-            "export",
-            "--since",
-            "P1D",
-            "--db",
-            &format!("{}?sslmode=require", pg.url("tls")),
-        ],
-    );
+    let out = export(&format!("{}?sslmode=require", pg.url("tls")));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect"), "{err}");
@@ -455,14 +434,7 @@ fn serve_deletes_what_is_older_than_its_retention() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let _c = Collector::start_db(
-            Path::new(BIN),
-            OsStr::new(db),
-            "127.0.0.1:0",
-            &["--retain-records", "P30D"],
-            &[("TOKENMETER_DB_PASSWORD", pg.password())],
-        )
-        .unwrap();
+        let _c = serve(&pg, db, &["--retain-records", "P30D"]);
         let start = Instant::now();
         loop {
             let out = run(&pg, &["records", "export", "--since", "P60D", "--db", db]);

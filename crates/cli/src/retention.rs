@@ -208,12 +208,7 @@ fn delete_spans(
                 for m in marginals {
                     db.execute(&format!("DELETE FROM {m} WHERE bucket < ?1"), params![end])?;
                 }
-                db.execute(
-                    "INSERT INTO tier_horizons (tier, since) VALUES (?1, ?2)
-                     ON CONFLICT (tier) DO UPDATE SET since = excluded.since
-                     WHERE excluded.since > tier_horizons.since",
-                    params![name, end],
-                )?;
+                move_horizon(db, name, end)?;
             }
             Ok(n)
         })?;
@@ -222,12 +217,18 @@ fn delete_spans(
         // Also when nothing was old enough to delete: a tier that holds nothing before the
         // cutoff begins there, and rows arriving late for that time are read from the
         // coarser tier, which has them too.
-        db.execute(
-            "INSERT INTO tier_horizons (tier, since) VALUES (?1, ?2)
-             ON CONFLICT (tier) DO UPDATE SET since = excluded.since
-             WHERE excluded.since > tier_horizons.since",
-            params![name, cutoff],
-        )?;
+        move_horizon(db, name, cutoff)?;
     }
     Ok(deleted)
+}
+
+/// Moves a tier's horizon on to `since` (never back).
+fn move_horizon(db: &Db, tier: &str, since: i64) -> Result<()> {
+    db.execute(
+        "INSERT INTO tier_horizons (tier, since) VALUES (?1, ?2)
+         ON CONFLICT (tier) DO UPDATE SET since = excluded.since
+         WHERE excluded.since > tier_horizons.since",
+        params![tier, since],
+    )?;
+    Ok(())
 }
