@@ -151,6 +151,7 @@ fn three_collectors_run_each_scheduled_run_once_and_share_the_judge_cache() {
         if seen.iter().all(|r| *r == seen[0]) || Instant::now() > deadline {
             break seen;
         }
+        std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
         seen.iter().all(|r| *r == seen[0] && !r.is_null()),
@@ -175,12 +176,6 @@ fn three_collectors_run_each_scheduled_run_once_and_share_the_judge_cache() {
         "{runs} runs, {claims} claims"
     );
     assert!(claims <= elapsed / 2 + 3, "{claims} claims in {elapsed} s");
-    let instances = count(
-        &pg,
-        "fleet",
-        "SELECT count(DISTINCT slot_us) - count(*) FROM monitor_claims",
-    );
-    assert_eq!(instances, 0);
     // The cache is the store's: later runs, whichever collector made them, ask nothing;
     // nor does `eval` on the same store.
     assert_eq!(judge.calls(), 3);
@@ -349,7 +344,7 @@ fn ingestion_answers_503_while_the_database_is_away_and_recovers_by_itself() {
     .unwrap();
     assert_eq!(status, 503, "{body}");
     let (status, _) = get(&format!("{}/healthz", c.url())).unwrap();
-    assert_ne!(status, 200);
+    assert_eq!(status, 503);
     pg.start_again().unwrap();
     // The same collector, not restarted.
     assert_eq!(post_records(records("after")).0, 200);

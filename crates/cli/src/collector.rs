@@ -265,15 +265,20 @@ async fn post_records(
         }
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let Some(_slot) = ingestion_slot(&state) else {
+    let Some(slot) = ingestion_slot(&state) else {
         return busy();
     };
     let received = Utc::now();
     on_store_after(
         &state,
         "storing the records",
-        move || ingest::parse_batch(&body, received).map_err(bad_request),
-        move |store, batch| {
+        // The place is held until the work ends, even if the client has gone.
+        move || {
+            ingest::parse_batch(&body, received)
+                .map_err(bad_request)
+                .map(|b| (b, slot))
+        },
+        move |store, (batch, _slot)| {
             let stored = store.insert(&batch, received.timestamp_micros())?;
             Ok(Ok(
                 json!({"stored": stored.stored, "duplicates": stored.duplicates}),
@@ -292,14 +297,18 @@ async fn post_rollups(
         Ok(b) => b,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let Some(_slot) = ingestion_slot(&state) else {
+    let Some(slot) = ingestion_slot(&state) else {
         return busy();
     };
     on_store_after(
         &state,
         "storing the rollups",
-        move || rollups::parse(&body).map_err(bad_request),
-        move |store, batch| {
+        move || {
+            rollups::parse(&body)
+                .map_err(bad_request)
+                .map(|b| (b, slot))
+        },
+        move |store, (batch, _slot)| {
             let added = store.insert_rollups(&batch, Utc::now().timestamp_micros())?;
             Ok(Ok(json!({"rows": batch.rows.len(), "duplicate": !added})))
         },

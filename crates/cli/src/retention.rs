@@ -76,6 +76,25 @@ impl Retention {
     }
 }
 
+impl Retention {
+    /// What is kept, for the start-up line: deleting is not something to do unannounced.
+    pub fn describe(&self) -> String {
+        let age = |a: Option<i64>| match a {
+            Some(s) if s % 86_400 == 0 => format!("{} days", s / 86_400),
+            Some(s) => format!("{s} s"),
+            None => "forever".to_string(),
+        };
+        format!(
+            "keeping records {}, minute rollups {}, hour rollups {}, day rollups {}, monitor runs {}; older ones are deleted",
+            age(self.records),
+            age(self.minutes),
+            age(self.hours),
+            age(self.days),
+            age(self.runs)
+        )
+    }
+}
+
 /// What one pass deleted, per kind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Deleted {
@@ -198,7 +217,7 @@ fn delete_spans(
         let Some(oldest) = oldest.filter(|o| *o < cutoff) else {
             break;
         };
-        let end = cutoff.min(oldest.saturating_add(span));
+        let end = span_end(oldest, cutoff, span);
         deleted += db.transaction(|db| {
             let n = db.execute(
                 &format!("DELETE FROM {table} WHERE {column} < ?1"),
@@ -222,6 +241,13 @@ fn delete_spans(
     Ok(deleted)
 }
 
+/// Where the span holding `oldest` ends: on a multiple of `span` (each a whole number of
+/// the coarser tier's buckets), so that every horizon a pass leaves, even one it stops
+/// partway, is a coarser bucket's start and no bucket is read from two tiers.
+fn span_end(oldest: i64, cutoff: i64, span: i64) -> i64 {
+    cutoff.min((oldest - oldest.rem_euclid(span)).saturating_add(span))
+}
+
 /// Moves a tier's horizon on to `since` (never back).
 fn move_horizon(db: &Db, tier: &str, since: i64) -> Result<()> {
     db.execute(
@@ -231,4 +257,51 @@ fn move_horizon(db: &Db, tier: &str, since: i64) -> Result<()> {
         params![tier, since],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_end_on_their_own_boundaries_whatever_the_oldest_row() {
+        let day = 86_400;
+        // Minutes from 05:07 on: the first span ends at the next midnight, an hour's start.
+        assert_eq!(span_end(5 * 3600 + 7 * 60, 10 * day, day), day);
+        assert_eq!(span_end(day, 10 * day, day), 2 * day);
+        assert_eq!(span_end(9 * day + 60, 9 * day + 3600, day), 9 * day + 3600);
+        // Hours in 30-day spans end on a day's start.
+        let end = span_end(3 * day + 7 * 3600, 400 * day, 30 * day);
+        assert_eq!(end % day, 0);
+        assert_eq!(end, 30 * day);
+    }
+
+    #[test]
+    fn settings_are_durations_or_forever_and_tiers_outlive_finer_ones() {
+        let s = |v: [&str; 5]| {
+            let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+            Retention::parse(&[
+                ("--retain-records", &v[0]),
+                ("--retain-minutes", &v[1]),
+                ("--retain-hours", &v[2]),
+                ("--retain-days", &v[3]),
+                ("--retain-runs", &v[4]),
+            ])
+        };
+        let r = s(["P30D", "P8D", "P90D", "forever", "P400D"]).unwrap();
+        assert_eq!(
+            (r.records, r.minutes, r.days),
+            (Some(30 * 86_400), Some(8 * 86_400), None)
+        );
+        let e = s(["P30D", "P8D", "P1D", "forever", "P400D"]).err().unwrap();
+        assert!(e.to_string().starts_with("--retain-hours"), "{e}");
+        let e = s(["soon", "P8D", "P90D", "forever", "P400D"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("--retain-records"), "{e}");
+        let e = s(["P30D", "forever", "P90D", "forever", "P400D"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("--retain-hours"), "{e}");
+    }
 }

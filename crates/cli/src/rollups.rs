@@ -13,7 +13,6 @@ pub const MAX_ROWS: usize = 100_000;
 #[error("{0}")]
 pub struct RollupError(String);
 
-/// Parses and checks a batch.
 /// The largest count a row may hold in any field: far above what one gateway VM adds up
 /// in a minute (10^8 tokens per request), far below what would overflow the store's sums.
 pub const MAX_COUNT: u64 = 1 << 45;
@@ -43,6 +42,7 @@ fn counts(row: &tokenmeter_core::series::rollup::Row) -> Vec<(&'static str, u64)
     out
 }
 
+/// Parses and checks a batch.
 pub fn parse(body: &[u8]) -> Result<Batch, RollupError> {
     let batch: Batch = serde_json::from_slice(body)
         .map_err(|e| RollupError(format!("body: not a rollup batch: {e}")))?;

@@ -86,7 +86,13 @@ async fn schedule(
         let wait = (next - now).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
         let name = &monitor.name;
-        match claim(db, name, next.timestamp_micros(), instance) {
+        // Off the async threads: connecting to a database may take seconds.
+        let (d, n, i) = (db.clone(), name.clone(), instance.to_string());
+        let claimed =
+            tokio::task::spawn_blocking(move || claim(&d, &n, next.timestamp_micros(), &i))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the claim stopped: {e}")));
+        match claimed {
             Ok(true) => run_once(db, monitor).await,
             Ok(false) => eprintln!("monitor {name}: the run of {next} is another collector's"),
             Err(e) => {

@@ -109,6 +109,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     // Names this collector in the claims of scheduled runs, among others sharing the store.
     let instance: Arc<str> = format!("{addr}/{}", std::process::id()).into();
+    eprintln!("retention: {}", args.retention.describe());
     tokio::spawn(crate::retention::run(
         args.db.clone(),
         args.retention.clone(),

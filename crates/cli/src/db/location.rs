@@ -119,7 +119,7 @@ impl PgTarget {
             other => bail!("--db: sslmode={other:?} is not one of disable, require, verify-ca, verify-full"),
         };
         if root_cert.is_some() && !tls {
-            bail!("--db: sslrootcert needs sslmode=require or verify-full");
+            bail!("--db: sslrootcert needs sslmode=require, verify-ca or verify-full");
         }
         let rebuilt = if kept.is_empty() {
             base.to_string()
@@ -144,11 +144,10 @@ impl PgTarget {
         // packets) must not hold the collector for ever: the statement fails, the sender
         // gets 503 and tries again.
         config.tcp_user_timeout(STALL_TIMEOUT);
-        if config.get_options().is_none() {
-            config.options(&format!(
-                "-c statement_timeout={}",
-                STALL_TIMEOUT.as_millis()
-            ));
+        let options = config.get_options().unwrap_or_default().to_string();
+        if !options.contains("statement_timeout") {
+            let timeout = format!("-c statement_timeout={}", STALL_TIMEOUT.as_millis());
+            config.options(format!("{options} {timeout}").trim());
         }
         config.application_name("tokenmeter");
         config.ssl_mode(if tls {

@@ -174,6 +174,9 @@ enum Conn {
 /// An open database.
 pub(crate) struct Db {
     conn: Conn,
+    /// A transaction is open: one inside it would commit the outer one's work early on
+    /// PostgreSQL (which only warns at a second BEGIN), so it is refused.
+    in_transaction: std::cell::Cell<bool>,
 }
 
 /// How many times a transaction that collided with another runs again.
@@ -185,7 +188,10 @@ impl Db {
             Location::Sqlite(path) => Conn::Sqlite(sqlite::Conn::open(path)?),
             Location::Postgres(target) => Conn::Postgres(pg::Conn::open(target)?),
         };
-        Ok(Db { conn })
+        Ok(Db {
+            conn,
+            in_transaction: std::cell::Cell::new(false),
+        })
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
@@ -262,6 +268,15 @@ impl Db {
     /// collided with a concurrent one (another collector) runs again, so `f` must be safe
     /// to repeat.
     pub(crate) fn transaction<T>(&self, mut f: impl FnMut(&Db) -> Result<T>) -> Result<T> {
+        if self.in_transaction.replace(true) {
+            bail!("a transaction cannot begin inside another");
+        }
+        let outcome = self.attempts(&mut f);
+        self.in_transaction.set(false);
+        outcome
+    }
+
+    fn attempts<T>(&self, f: &mut impl FnMut(&Db) -> Result<T>) -> Result<T> {
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -40,9 +40,15 @@ impl ToSql for Value {
             },
             Value::Bool(b) => match *ty {
                 Type::BOOL => b.to_sql(ty, out),
-                _ => i64::from(*b).to_sql(&Type::INT8, out),
+                Type::INT8 => i64::from(*b).to_sql(ty, out),
+                _ => Err(format!("cannot bind a boolean as {ty}").into()),
             },
-            Value::Text(s) => s.as_str().to_sql(ty, out),
+            Value::Text(s) => match *ty {
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    s.as_str().to_sql(ty, out)
+                }
+                _ => Err(format!("cannot bind text as {ty}").into()),
+            },
         }
     }
 
@@ -376,13 +382,21 @@ impl Worker {
     }
 }
 
-/// Whether a statement only reads.
+/// Whether a statement only reads: the store's reads are plain `SELECT`s and `WITH …
+/// SELECT`s that name no writing statement (and call no function that writes).
 fn is_read(sql: &str) -> bool {
-    let head = sql.trim_start();
-    ["SELECT", "WITH"].iter().any(|k| {
-        head.get(..k.len())
-            .is_some_and(|h| h.eq_ignore_ascii_case(k))
-    }) && !head.to_ascii_uppercase().contains("INSERT")
+    let upper = sql.trim_start().to_ascii_uppercase();
+    (upper.starts_with("SELECT") || upper.starts_with("WITH"))
+        && ![
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "PG_ADVISORY",
+            "NEXTVAL",
+            "SETVAL",
+        ]
+        .iter()
+        .any(|w| upper.contains(w))
 }
 
 /// An error with its causes, as one line.
@@ -471,7 +485,9 @@ fn tls_config(target: &PgTarget) -> Result<Option<tokio_postgres_rustls::MakeRus
     Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
 }
 
+/// Once per process: the store is opened by every pass, claim and run.
 fn warn_if_plain_beyond_loopback(target: &PgTarget) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
     let remote = target.config.get_hosts().iter().any(|h| match h {
         postgres::config::Host::Tcp(name) => {
             name != "localhost"
@@ -482,9 +498,11 @@ fn warn_if_plain_beyond_loopback(target: &PgTarget) {
         postgres::config::Host::Unix(_) => false,
     });
     if remote {
-        eprintln!(
+        WARNED.call_once(|| {
+            eprintln!(
             "warning: {} is reached without TLS: records (users' prompts and answers) and the password cross the network in the clear; add sslmode=verify-full to --db",
             target.shown
         );
+        });
     }
 }
