@@ -132,6 +132,17 @@ fn floor(t: i64, size: i64) -> i64 {
     t - t.rem_euclid(size)
 }
 
+/// A tier's pass: its age, table, coarser bucket, span per transaction, marginal tables,
+/// and where to count what went.
+type TierPass<'a> = (
+    Option<i64>,
+    &'static str,
+    i64,
+    i64,
+    &'static [&'static str],
+    &'a mut u64,
+);
+
 /// Deletes what is older than its retention at `now` (Unix seconds).
 pub fn enforce(db: &Db, r: &Retention, now: i64) -> Result<Deleted> {
     let mut d = Deleted::default();
@@ -143,39 +154,39 @@ pub fn enforce(db: &Db, r: &Retention, now: i64) -> Result<Deleted> {
             params![cutoff],
         )?;
     }
-    // Finer tiers go in whole coarser buckets, so each horizon is a coarser bucket's start.
-    if let Some(age) = r.minutes {
-        let cutoff = floor(now - age, 3_600);
-        d.minutes = delete_spans(
-            db,
+    // Finer tiers go in whole coarser buckets, so each horizon is a coarser bucket's start;
+    // a span per transaction: a day of minutes, a month of hours, a year of days.
+    let tiers: [TierPass<'_>; 3] = [
+        (
+            r.minutes,
             "rollups_minute",
-            "bucket",
-            cutoff,
+            3_600,
             86_400,
-            Some(("rollups_minute", &[])),
-        )?;
-    }
-    if let Some(age) = r.hours {
-        let cutoff = floor(now - age, 86_400);
-        d.hours = delete_spans(
-            db,
+            &[],
+            &mut d.minutes,
+        ),
+        (
+            r.hours,
             "rollups_hour",
-            "bucket",
-            cutoff,
+            86_400,
             30 * 86_400,
-            Some(("rollups_hour", &["marginals_hour"])),
-        )?;
-    }
-    if let Some(age) = r.days {
-        let cutoff = floor(now - age, 86_400);
-        d.days = delete_spans(
-            db,
+            &["marginals_hour"],
+            &mut d.hours,
+        ),
+        (
+            r.days,
             "rollups_day",
-            "bucket",
-            cutoff,
+            86_400,
             365 * 86_400,
-            Some(("rollups_day", &["marginals_day"])),
-        )?;
+            &["marginals_day"],
+            &mut d.days,
+        ),
+    ];
+    for (age, table, coarser, span, marginals, deleted) in tiers {
+        if let Some(age) = age {
+            let cutoff = floor(now - age, coarser);
+            *deleted = delete_spans(db, table, "bucket", cutoff, span, Some((table, marginals)))?;
+        }
     }
     if let Some(age) = r.runs {
         let cutoff = (now - age).saturating_mul(1_000_000);
