@@ -106,9 +106,11 @@ impl PgTarget {
         let mut root_cert = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Decoded as the rest of the URL is (`%20` in a path).
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
             match key {
-                "sslmode" => ssl_mode = value.to_string(),
-                "sslrootcert" => root_cert = Some(PathBuf::from(value)),
+                "sslmode" => ssl_mode = value.into_owned(),
+                "sslrootcert" => root_cert = Some(PathBuf::from(value.into_owned())),
                 _ => kept.push(pair),
             }
         }
@@ -224,6 +226,9 @@ mod tests {
         let t = pg("postgres://tm@db.example/s?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
         assert!(t.tls);
         assert_eq!(t.root_cert.as_deref(), Some(Path::new("/ca.pem")));
+        let t = pg("postgres://tm@db.example/s?sslmode=verify-full&sslrootcert=/my%20certs/ca.pem")
+            .unwrap();
+        assert_eq!(t.root_cert.as_deref(), Some(Path::new("/my certs/ca.pem")));
         assert!(t.shown.ends_with("(TLS)"));
         let e = pg("postgres://tm@db.example/s?sslmode=prefer")
             .err()
