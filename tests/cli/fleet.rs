@@ -244,6 +244,17 @@ fn stored_batches(ids: Vec<String>) -> (BTreeSet<usize>, Vec<(usize, usize)>) {
     (whole, partial)
 }
 
+/// Every acknowledged batch is stored whole, and no batch in part.
+fn assert_stored_whole(acked: &BTreeSet<usize>, ids: Vec<String>) {
+    let (whole, partial) = stored_batches(ids);
+    assert!(partial.is_empty(), "batches stored in part: {partial:?}");
+    assert!(
+        acked.is_subset(&whole),
+        "acknowledged but missing: {:?}",
+        acked.difference(&whole)
+    );
+}
+
 fn kill_during_batches(collector: Collector) -> BTreeSet<usize> {
     let url = collector.url().to_string();
     let stop = AtomicBool::new(false);
@@ -270,34 +281,29 @@ fn a_killed_collector_keeps_every_acknowledged_batch_whole() {
     // PostgreSQL.
     let pg = pg_with("kill");
     let acked = kill_during_batches(serve(&pg, "kill", &[]));
-    let ids: Vec<String> = pg
-        .psql("kill", "SELECT id FROM records")
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let (whole, partial) = stored_batches(ids);
-    assert!(partial.is_empty(), "batches stored in part: {partial:?}");
-    assert!(
-        acked.is_subset(&whole),
-        "acknowledged but missing: {:?}",
-        acked.difference(&whole)
-    );
+    let ids = pg.psql("kill", "SELECT id FROM records").unwrap();
+    assert_stored_whole(&acked, ids.lines().map(str::to_string).collect());
     // SQLite.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
     let acked = kill_during_batches(Collector::start(Path::new(BIN), &db, &[]).unwrap());
-    let out = Command::new(BIN)
-        .args(["records", "export", "--since", "P1D", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
+    let out = run(
+        &pg,
+        &[
+            "records",
+            "export",
+            "--since",
+            "P1D",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ids: Vec<String> = String::from_utf8(out.stdout)
+    let ids = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| {
@@ -307,13 +313,7 @@ fn a_killed_collector_keeps_every_acknowledged_batch_whole() {
                 .to_string()
         })
         .collect();
-    let (whole, partial) = stored_batches(ids);
-    assert!(partial.is_empty(), "batches stored in part: {partial:?}");
-    assert!(
-        acked.is_subset(&whole),
-        "acknowledged but missing: {:?}",
-        acked.difference(&whole)
-    );
+    assert_stored_whole(&acked, ids);
 }
 
 #[test]

@@ -281,6 +281,16 @@ fn send(
     (via, received.last().map(|r| r.body.clone()))
 }
 
+/// Checks that the upstream received the client's body byte for byte.
+fn untouched(f: &mut Failures, case: &str, body: &Value, sent: Option<&[u8]>) {
+    f.check(sent == Some(body.to_string().as_bytes()), || {
+        format!(
+            "{case}: the upstream must receive the client's body byte for byte\n  client:   {body}\n  upstream: {}",
+            String::from_utf8_lossy(sent.unwrap_or_default())
+        )
+    });
+}
+
 /// A JSON chat or completions exchange: passed untouched, counted exactly by both.
 fn json_exchange(
     gw: &Gateway,
@@ -291,12 +301,7 @@ fn json_exchange(
     body: Value,
 ) -> Exchange {
     let (via, sent) = send(gw, f, case, path, &body);
-    f.check(sent.as_deref() == Some(body.to_string().as_bytes()), || {
-        format!(
-            "{case}: the upstream must receive the client's body byte for byte\n  client:   {body}\n  upstream: {}",
-            String::from_utf8_lossy(sent.as_deref().unwrap_or_default())
-        )
-    });
+    untouched(f, case, &body, sent.as_deref());
     let model = via.json()["model"].as_str().unwrap_or_default().to_string();
     Exchange {
         case,
@@ -380,12 +385,7 @@ fn asked_stream(
     body: Value,
 ) -> Exchange {
     let (via, sent) = send(gw, f, case, path, &body);
-    f.check(sent.as_deref() == Some(body.to_string().as_bytes()), || {
-        format!(
-            "{case}: the upstream must receive the client's body byte for byte\n  client:   {body}\n  upstream: {}",
-            String::from_utf8_lossy(sent.as_deref().unwrap_or_default())
-        )
-    });
+    untouched(f, case, &body, sent.as_deref());
     let direct = gw.post_direct(path, &headers(case), body.to_string().as_bytes());
     f.check(via.text() == direct.text(), || {
         format!(
