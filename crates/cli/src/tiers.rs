@@ -349,21 +349,28 @@ impl SeriesIds {
     }
 }
 
+/// A series' label pairs and its rows in a batch.
+type SeriesRows<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a Row>);
+
 /// Adds a batch's rows to every tier and marginal (the caller's transaction makes it all
 /// or nothing). Returns the series ids it had to look up or store, for
 /// [`SeriesIds::committed`] once the transaction has committed.
 pub fn add_batch(db: &Db, batch: &Batch, ids: &SeriesIds) -> Result<Vec<(String, i64)>> {
-    let mut series: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    // Rows by series: its labels as JSON (the key it is stored under) and as pairs (for
+    // the marginals), worked out once per series.
+    let mut series: BTreeMap<String, SeriesRows<'_>> = BTreeMap::new();
     for row in &batch.rows {
         let labels = series_labels(&batch.labels, &row.values);
+        let json = serde_json::to_string(&labels)?;
         series
-            .entry(serde_json::to_string(&labels)?)
-            .or_default()
+            .entry(json)
+            .or_insert_with(|| (labels.into_iter().collect(), Vec::new()))
+            .1
             .push(row);
     }
     let mut adds = Additions::default();
     let mut looked_up = Vec::new();
-    for (json, rows) in &series {
+    for (json, (labels, rows)) in &series {
         let id = match ids.known.get(json) {
             Some(id) => *id,
             None => {
@@ -373,12 +380,9 @@ pub fn add_batch(db: &Db, batch: &Batch, ids: &SeriesIds) -> Result<Vec<(String,
             }
         };
         for row in rows {
-            let labels: Vec<(&str, &str)> = series_labels(&batch.labels, &row.values)
-                .into_iter()
-                .collect();
             let vals = values(row);
             adds.add_tiers(id, row.minute, &vals);
-            adds.add_marginals(&labels, row.minute, &vals);
+            adds.add_marginals(labels, row.minute, &vals);
         }
     }
     adds.write(db)?;
